@@ -1,0 +1,1 @@
+"""dreamcam.engines: fast backends for the UNet and autoencoder (eager, compiled, TensorRT)."""

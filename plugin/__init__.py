@@ -1,0 +1,1 @@
+"""dreamcam.plugin: the app (sources, sinks, runner, control, OBS bridge, tray, CLI)."""
