@@ -1,0 +1,105 @@
+"""The one settings path: every control surface (OBS bridge, tray, CLI, config file) calls
+`SettingsStore.apply`; the runner reads `SettingsStore.current` between two frames and publishes
+its numbers on a `StatusBoard` that control surfaces read."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .settings import SettingsError, StreamSettings, apply_changes
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[StreamSettings, str], None]
+
+
+class SettingsStore:
+    """Thread-safe holder of the StreamSettings in force."""
+
+    def __init__(self, initial: StreamSettings | None = None) -> None:
+        self._lock = threading.Lock()
+        self._current = initial or StreamSettings()
+        self._version = 0
+        self._listeners: list[Listener] = []
+
+    @property
+    def current(self) -> StreamSettings:
+        return self._current
+
+    @property
+    def version(self) -> int:
+        """Grows by one with every accepted change; the runner compares it between frames."""
+        return self._version
+
+    def snapshot(self) -> tuple[StreamSettings, int]:
+        with self._lock:
+            return self._current, self._version
+
+    def apply(self, changes: Mapping[str, Any], origin: str = "") -> StreamSettings:
+        """Validate and apply a partial update atomically; raise SettingsError and keep the old
+        settings when any field is bad. Unknown fields are ignored with one log line."""
+        with self._lock:
+            new, unknown = apply_changes(self._current, changes)
+            if unknown:
+                log.info("ignored unknown settings from %s: %s", origin or "?", ", ".join(unknown))
+            changed = new != self._current
+            if changed:
+                self._current = new
+                self._version += 1
+            listeners = list(self._listeners)
+        if changed:
+            for listener in listeners:
+                try:
+                    listener(new, origin)
+                except Exception:  # a broken listener must not break the control path
+                    log.exception("settings listener failed")
+        return new
+
+    def subscribe(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+
+@dataclass
+class Status:
+    """What the app reports about once a second (the `status` message of the control protocol)."""
+
+    running: bool = False
+    fps_in: float = 0.0
+    fps_out: float = 0.0
+    infer_fps: float = 0.0
+    infer_ms: float = 0.0
+    skip_ratio: float = 0.0
+    latency_ms: float = 0.0
+    dropped: int = 0
+    model: str = ""
+    engine: str = ""
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        data.update(self.extra)
+        return data
+
+
+class StatusBoard:
+    """Latest Status, written by the runner, read by control surfaces (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status = Status()
+
+    def publish(self, status: Status) -> None:
+        with self._lock:
+            self._status = status
+
+    def latest(self) -> Status:
+        with self._lock:
+            return self._status
+
+
+__all__ = ["SettingsStore", "SettingsError", "Status", "StatusBoard"]
