@@ -1,0 +1,151 @@
+"""DreamcamApp: the running app (source -> processor -> sink) plus its services (OBS bridge,
+control server, ...), owning the one SettingsStore and StatusBoard that control surfaces use."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Protocol
+
+from .control import SettingsStore, StatusBoard
+from .processor import Processor
+from .runner import Runner, RunnerConfig
+from .settings import AppSettings, StreamSettings
+from .sinks import Sink, make_sink
+from .sources import Source, make_source
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    def start(self) -> Any: ...
+
+    def stop(self) -> Any: ...
+
+
+class DreamcamApp:
+    """Start with `.start()` (returns at once); stop with `.stop()` (from any thread, e.g. Ctrl+C,
+    SIGTERM or the tray's quit). `source`, `sink` and `processor` default to what `app` names;
+    without a processor the model is loaded in the background while the input passes through."""
+
+    def __init__(
+        self,
+        app: AppSettings,
+        initial: StreamSettings | None = None,
+        *,
+        source: Source | None = None,
+        sink: Sink | None = None,
+        processor: Processor | None = None,
+        load_processor: Callable[[], Processor] | None = None,
+        max_frames: int | None = None,
+    ) -> None:
+        self.settings = app
+        self.store = SettingsStore(initial)
+        self.board = StatusBoard()
+        self.source = source or make_source(app.source, width=app.width, height=app.height, fps=app.fps)
+        self.sink = sink or make_sink(app.sink, width=app.width, height=app.height, fps=app.fps,
+                                      max_frames=max_frames)
+        self._processor = processor
+        self._load_processor = load_processor
+        if processor is None and load_processor is None:
+            self._load_processor = self._default_loader
+        self._services: list[Service] = []
+        self._started_services: list[Service] = []
+        self._runner: Runner | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def _default_loader(self) -> Processor:
+        from .pipeline import build_processor
+
+        return build_processor(self.settings)
+
+    # ---- services --------------------------------------------------------------------------
+    def add_service(self, service: Service) -> None:
+        """Started after the frame loop starts and stopped before it stops (in reverse order)."""
+        with self._lock:
+            self._services.append(service)
+            running = self._runner is not None and not self._stopped.is_set()
+        if running:
+            self._start_service(service)
+
+    def _start_service(self, service: Service) -> None:
+        try:
+            service.start()
+        except Exception as exc:
+            log.exception("service %s failed to start", type(service).__name__)
+            raise RuntimeError(f"{type(service).__name__} failed to start: {exc}") from exc
+        self._started_services.append(service)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self._runner is not None and not self._stopped.is_set()
+
+    @property
+    def runner(self) -> Runner | None:
+        return self._runner
+
+    def start(self) -> None:
+        """Open the source and the sink (raising SourceError/SinkError with a clear message when
+        one is missing), then start the threads and the services. Returns at once."""
+        with self._lock:
+            if self._runner is not None:
+                raise RuntimeError("this app was already started; make a new DreamcamApp")
+            self.source.open()
+            try:
+                self.sink.open()
+            except Exception:
+                self.source.close()
+                raise
+            config = RunnerConfig(self.settings.width, self.settings.height, self.settings.resize,
+                                  model=self.settings.model, engine=self.settings.engine)
+            self._runner = Runner(self.source, self.sink, self.store, self.board, config,
+                                  processor=self._processor, load_processor=self._load_processor)
+            self._runner.start()
+            services = list(self._services)
+        try:
+            for service in services:
+                self._start_service(service)
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop services, join the threads, release the sink and the source. Safe to call twice;
+        True when everything ended within `timeout`."""
+        with self._lock:
+            if self._runner is None or self._stopped.is_set():
+                return True
+            self._stopped.set()
+            services, self._started_services = self._started_services[::-1], []
+        for service in services:
+            try:
+                service.stop()
+            except Exception:
+                log.exception("service %s failed to stop", type(service).__name__)
+        clean = self._runner.stop(timeout)
+        for part in (self.sink, self.source):
+            try:
+                part.close()
+            except Exception:
+                log.exception("closing %s failed", getattr(part, "name", part))
+        return clean
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the app is stopped or its sink is done (e.g. a file sink wrote max frames)."""
+        if self._runner is None:
+            return True
+        finished = self._runner.finished
+        if timeout is None:
+            while not finished.wait(0.2):
+                pass
+            return True
+        return finished.wait(timeout)
+
+    def __enter__(self) -> "DreamcamApp":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,312 @@
+"""The frame loop: three threads (capture, inference, publish) joined by latest-frame mailboxes.
+
+Capture never waits for inference and the sink never waits for either: a paced sink (virtual
+camera) sends the last output again when nothing new is ready. Settings are read from the
+SettingsStore between two frames and applied to the processor as one update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .control import SettingsStore, Status, StatusBoard
+from .frames import Frame, fit
+from .mailbox import Mailbox
+from .processor import Processor, accepted_kwargs, core_update
+from .settings import StreamSettings
+from .sinks import Sink
+from .sources import Pacer, Source
+from .stats import Average, RateMeter
+
+log = logging.getLogger(__name__)
+
+THREAD_PREFIX = "dreamcam-"
+STATUS_PERIOD_S = 1.0
+ERROR_HOLD_S = 5.0  # a frame error stays in the status this long after it last happened
+BACKOFF_START_S = 0.2
+BACKOFF_MAX_S = 2.0
+
+
+@dataclass
+class RunnerConfig:
+    width: int = 512
+    height: int = 512
+    resize: str = "crop"
+    model: str = ""
+    engine: str = ""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class Runner:
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        store: SettingsStore,
+        board: StatusBoard,
+        config: RunnerConfig,
+        *,
+        processor: Processor | None = None,
+        load_processor: Callable[[], Processor] | None = None,
+    ) -> None:
+        self.source, self.sink, self.store, self.board, self.config = source, sink, store, board, config
+        self.processor = processor
+        self._load_processor = load_processor
+        self.in_box: Mailbox[Frame] = Mailbox()
+        self.out_box: Mailbox[Frame] = Mailbox()
+        self._stop = threading.Event()
+        self.finished = threading.Event()  # set when the sink says it is done, or on stop
+        self._threads: list[threading.Thread] = []
+        self._pacers: list[Pacer] = []
+        self._lock = threading.Lock()
+        self._errors: dict[str, tuple[str, float]] = {}  # topic -> (text, time; inf = until cleared)
+        self._fps_in, self._fps_out, self._fps_infer = RateMeter(), RateMeter(), RateMeter()
+        self._infer_ms, self._latency_ms, self._skips = Average(), Average(), Average(60)
+        self._applied_version = -1
+        self.active_settings: StreamSettings | None = None
+        self.frames_published = 0
+        self.new_frames_published = 0
+        self.last_published: Frame | None = None
+        self._last_status = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for name, target in (("capture", self._capture_loop), ("inference", self._inference_loop),
+                             ("publish", self._publish_loop)):
+            thread = threading.Thread(target=self._guard(target), name=THREAD_PREFIX + name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop all threads; True when every thread ended within `timeout`."""
+        self._stop.set()
+        for pacer in self._pacers:
+            pacer.interrupt()
+        self.in_box.close()
+        self.out_box.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("threads still running after %.1f s: %s", timeout, ", ".join(alive))
+        self.finished.set()
+        self._publish_status(running=False)
+        return not alive
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except Exception as exc:  # a crashed thread must show up in the status, not vanish
+                log.exception("%s crashed", threading.current_thread().name)
+                self._set_error(threading.current_thread().name, f"crashed: {exc}")
+        return run
+
+    # ---- errors ----------------------------------------------------------------------------
+    def _set_error(self, topic: str, text: str, hold: float | None = None) -> None:
+        until = time.monotonic() + hold if hold else float("inf")
+        with self._lock:
+            self._errors[topic] = (text, until)
+
+    def _clear_error(self, topic: str) -> None:
+        with self._lock:
+            self._errors.pop(topic, None)
+
+    def error_text(self) -> str:
+        t = time.monotonic()
+        with self._lock:
+            return "; ".join(text for text, until in self._errors.values() if until > t)
+
+    # ---- capture ---------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        pacer = getattr(self.source, "_pacer", None)
+        if isinstance(pacer, Pacer):
+            self._pacers.append(pacer)
+        while not self._stop.is_set():
+            try:
+                frame = self.source.read()
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                self._recover_source(exc)
+                continue
+            self._fps_in.tick()
+            self.in_box.put(frame)
+
+    def _recover_source(self, exc: Exception) -> None:
+        name = getattr(self.source, "name", "source")
+        log.warning("source %s lost: %s; retrying", name, exc)
+        self._set_error("source", f"source {name} lost ({exc}); retrying")
+        delay = BACKOFF_START_S
+        while not self._stop.is_set():
+            try:
+                self.source.close()
+            except Exception:
+                log.debug("closing the lost source failed", exc_info=True)
+            if self._stop.wait(delay):
+                return
+            try:
+                self.source.open()
+            except Exception as again:
+                self._set_error("source", f"source {name} lost ({again}); retrying every {delay:.1f} s")
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            log.info("source %s is back", name)
+            self._clear_error("source")
+            return
+
+    # ---- inference -------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        if self.processor is None and self._load_processor is not None:
+            self._load_in_background()
+        while not self._stop.is_set():
+            frame = self.in_box.get(timeout=0.1)
+            if frame is None:
+                continue
+            settings, version = self._settings_for_frame()
+            out = self._process(frame, settings)
+            if out is None:
+                continue
+            meta = dict(frame.meta, settings_version=version, t_processed=time.monotonic())
+            self.out_box.put(Frame(out, frame.t_capture, frame.index, meta))
+
+    def _load_in_background(self) -> None:
+        def load() -> None:
+            self._set_error("model", "loading the model")
+            try:
+                processor = self._load_processor()
+            except Exception as exc:
+                log.exception("model failed to load")
+                self._set_error("model", f"model failed to load: {exc}")
+                return
+            self.processor = processor
+            self._clear_error("model")
+        threading.Thread(target=load, name=THREAD_PREFIX + "load", daemon=True).start()
+
+    def _settings_for_frame(self) -> tuple[StreamSettings, int]:
+        """Apply a newer settings version to the processor as one update; on rejection the
+        previous settings stay in force and the error goes to the status."""
+        settings, version = self.store.snapshot()
+        processor = self.processor
+        if processor is None:
+            return settings, version
+        if version == self._applied_version and self.active_settings is not None:
+            return self.active_settings, version
+        self._applied_version = version
+        try:
+            processor.update(**accepted_kwargs(processor.update, core_update(settings)))
+        except ValueError as exc:
+            log.warning("settings rejected by the pipeline: %s", exc)
+            self._set_error("settings", f"rejected update: {exc}")
+            if self.active_settings is not None:
+                return self.active_settings, version
+            return settings, version
+        self._clear_error("settings")
+        self.active_settings = settings
+        return settings, version
+
+    def _process(self, frame: Frame, settings: StreamSettings) -> np.ndarray | None:
+        image = fit(frame.image, self.config.width, self.config.height, self.config.resize)
+        processor = self.processor
+        if settings.paused or processor is None:
+            return image
+        t0 = time.perf_counter()
+        try:
+            out = processor(image)
+        except Exception as exc:
+            kind = "GPU out of memory" if _is_out_of_memory(exc) else "frame failed"
+            log.warning("%s: %s", kind, exc)
+            self._set_error("inference", f"{kind}: {exc}", hold=ERROR_HOLD_S)
+            return None
+        self._infer_ms.add((time.perf_counter() - t0) * 1000)
+        self._fps_infer.tick()
+        skipped = getattr(processor, "last_skipped", None)
+        if skipped is not None:
+            self._skips.add(1.0 if skipped else 0.0)
+        return out
+
+    # ---- publish ---------------------------------------------------------------------------
+    def _publish_loop(self) -> None:
+        pacer = Pacer(self.sink.fps) if self.sink.fps else None
+        if pacer:
+            self._pacers.append(pacer)
+        last: Frame | None = None
+        while not self._stop.is_set():
+            if pacer:
+                pacer.wait()
+                if self._stop.is_set():
+                    break
+                new = self.out_box.take_new()
+            else:
+                new = self.out_box.get(timeout=0.1)
+            if new is not None:
+                last = new
+                self._write(new, fresh=True)
+            elif pacer and self.sink.repeat_last and last is not None:
+                self._write(last, fresh=False)
+            if getattr(self.sink, "done", False):
+                self.finished.set()
+            self._maybe_publish_status()
+
+    def _write(self, frame: Frame, fresh: bool) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            self.sink.write(frame.image)
+        except Exception as exc:
+            log.warning("sink %s failed: %s", getattr(self.sink, "name", "?"), exc)
+            self._set_error("sink", f"output failed: {exc}", hold=ERROR_HOLD_S)
+            return
+        self._fps_out.tick()
+        self.frames_published += 1
+        if fresh:
+            self.new_frames_published += 1
+            self.last_published = frame
+            self._latency_ms.add((time.monotonic() - frame.t_capture) * 1000)
+
+    # ---- status ----------------------------------------------------------------------------
+    def _maybe_publish_status(self) -> None:
+        t = time.monotonic()
+        if t - self._last_status >= STATUS_PERIOD_S:
+            self._last_status = t
+            status = self._publish_status(running=True)
+            log.info(
+                "in %.1f fps | infer %.1f fps %.0f ms | out %.1f fps | latency %.0f ms | dropped %d%s",
+                status.fps_in, status.infer_fps, status.infer_ms, status.fps_out, status.latency_ms,
+                status.dropped, f" | {status.error}" if status.error else "",
+            )
+
+    def status(self, running: bool = True) -> Status:
+        return Status(
+            running=running,
+            fps_in=round(self._fps_in.rate(), 2),
+            fps_out=round(self._fps_out.rate(), 2),
+            infer_fps=round(self._fps_infer.rate(), 2),
+            infer_ms=round(self._infer_ms.mean(), 2),
+            skip_ratio=round(self._skips.mean(), 3),
+            latency_ms=round(self._latency_ms.mean(), 1),
+            dropped=self.in_box.dropped + self.out_box.dropped,
+            model=self.config.model,
+            engine=self.config.engine,
+            error=self.error_text(),
+            extra={"frames_out": self.frames_published, "source": getattr(self.source, "name", "")},
+        )
+
+    def _publish_status(self, running: bool) -> Status:
+        status = self.status(running)
+        self.board.publish(status)
+        return status
