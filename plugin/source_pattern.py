@@ -24,7 +24,7 @@ class PatternSource:
         self._x, self._y = x / width, y / height
 
     def open(self) -> None:
-        self._index = 0
+        self._pacer.reset()
 
     def read(self) -> Frame:
         self._pacer.wait()

@@ -50,7 +50,12 @@ class Pacer:
             self._next = now
 
     def interrupt(self) -> None:
+        """Wake a waiting thread now (on close or stop); `reset` re-arms the pacer."""
         self._wake.set()
+
+    def reset(self) -> None:
+        self._wake.clear()
+        self._next = 0.0
 
 
 def make_source(spec: str, *, width: int = 512, height: int = 512, fps: float = 30.0) -> Source:

@@ -1,0 +1,104 @@
+"""File sinks: a video file (PyAV, one frame per new output) and a numbered PNG sequence."""
+
+from __future__ import annotations
+
+import fractions
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .sinks import SinkError
+
+
+class VideoFileSink:
+    name = "file"
+    fps = None  # unpaced: every new output frame is written once
+    repeat_last = False
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, *,
+                 max_frames: int | None = None, codec: str | None = None) -> None:
+        self.path = Path(path)
+        self.width, self.height, self.rate = width, height, fps
+        self.max_frames = max_frames
+        self.codec = codec
+        self.frames_written = 0
+        self._container = None
+        self._stream = None
+
+    @property
+    def done(self) -> bool:
+        return self.max_frames is not None and self.frames_written >= self.max_frames
+
+    def open(self) -> None:
+        import av
+
+        if self.path.parent and not self.path.parent.exists():
+            raise SinkError(f"video file: folder {self.path.parent} does not exist")
+        codec = self.codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4")
+        try:
+            self._container = av.open(str(self.path), mode="w")
+            rate = fractions.Fraction(self.rate).limit_denominator(1001)
+            self._stream = self._container.add_stream(codec, rate=rate)
+        except Exception as exc:
+            raise SinkError(f"video file {self.path}: cannot write ({exc})") from exc
+        self._stream.width, self._stream.height = self.width, self.height
+        self._stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            self._stream.options = {"preset": "veryfast", "crf": "20"}
+
+    def write(self, image: np.ndarray) -> None:
+        import av
+
+        if self._container is None or self.done:
+            return
+        h, w = image.shape[:2]
+        if (w, h) != (self.width, self.height):
+            raise ValueError(f"frame is {w}x{h}, the video is {self.width}x{self.height}")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        frame.pts = self.frames_written
+        self._container.mux(self._stream.encode(frame))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            container.mux(self._stream.encode(None))
+        finally:
+            container.close()
+
+
+class ImageSequenceSink:
+    name = "images"
+    fps = None
+    repeat_last = False
+
+    def __init__(self, folder: str | os.PathLike, *, max_frames: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.max_frames = max_frames
+        self.frames_written = 0
+        self._open = False
+
+    @property
+    def done(self) -> bool:
+        return self.max_frames is not None and self.frames_written >= self.max_frames
+
+    def open(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SinkError(f"image folder {self.folder}: cannot create ({exc})") from exc
+        self._open = True
+
+    def write(self, image: np.ndarray) -> None:
+        from PIL import Image
+
+        if not self._open or self.done:
+            return
+        Image.fromarray(image).save(self.folder / f"frame_{self.frames_written:06d}.png")
+        self.frames_written += 1
+
+    def close(self) -> None:
+        self._open = False
