@@ -1,0 +1,683 @@
+"""Dreamcam control panel for OBS Studio (Tools > Scripts > +).
+
+Change Dreamcam's prompt, strength, guidance, seed, similarity filter and pause from inside OBS.
+The panel talks to the Dreamcam app through OBS's own WebSocket server (obs-websocket v5): it
+broadcasts `settings` custom events and shows the `status` events the app sends back.
+
+Runs inside OBS's Python: imports only the standard library, `obspython` and `obsws_python`.
+It shares no code with the dreamcam package; the message format below is a copy of the contract
+in dreamcam's plugin/messages.py and a test holds both to the same format.
+
+Network I/O happens on one worker thread of this script, never on OBS's UI or video thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Mapping, Optional
+
+try:  # outside OBS (unit tests, linters) the pure logic below still imports
+    import obspython as obs
+except ImportError:  # pragma: no cover - only inside OBS is this module present
+    obs = None
+
+# `python -m pip install --target <this folder>/dreamcam_vendor obsws-python` also works.
+_VENDOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dreamcam_vendor")
+if os.path.isdir(_VENDOR) and _VENDOR not in sys.path:
+    sys.path.insert(0, _VENDOR)
+
+try:
+    import obsws_python
+
+    OBSWS_IMPORT_ERROR = ""
+    # It logs the password (INFO) and a traceback per refused connection; the panel says it better.
+    for _name in ("obsws_python", "websocket"):
+        logging.getLogger(_name).setLevel(logging.CRITICAL)
+except Exception as _exc:  # ImportError, or a broken install
+    obsws_python = None
+    OBSWS_IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
+
+# ---------------------------------------------------------------------------------------------
+# The message format (copy of the contract; see docs/obs.md)
+# ---------------------------------------------------------------------------------------------
+NAMESPACE = "dreamcam"
+PROTOCOL_VERSION = 1
+MAX_PROMPT_CHARS = 4000
+CFG_TYPES = ("none", "full", "self", "initialize")
+
+# Panel controls that map 1:1 onto the app's live settings (names are the app's field names).
+# name: (type, default, low, high, step, label)
+FIELDS: Dict[str, tuple] = {
+    "prompt": ("text", "a vivid watercolor painting, soft light, highly detailed", None, None, None, "Prompt"),
+    "negative_prompt": ("text", "blurry, low quality, deformed", None, None, None, "Negative prompt"),
+    "strength": ("float", 0.5, 0.0, 1.0, 0.01, "Strength (0 keeps the input, 1 ignores it)"),
+    "steps": ("int", 1, 1, 8, 1, "Steps"),
+    "guidance_scale": ("float", 1.2, 0.0, 20.0, 0.1, "Guidance scale"),
+    "cfg_type": ("choice", "self", None, None, None, "Guidance type"),
+    "delta": ("float", 1.0, 0.0, 5.0, 0.05, "Delta (residual guidance)"),
+    "seed": ("int", 2, 0, 2**31 - 1, 1, "Seed"),
+    "similarity_filter": ("bool", True, None, None, None, "Skip near-identical frames (similarity filter)"),
+    "similarity_threshold": ("float", 0.98, 0.0, 1.0, 0.001, "Similarity threshold"),
+    "similarity_max_skip": ("int", 10, 0, 1000, 1, "Max frames skipped in a row"),
+    "paused": ("bool", False, None, None, None, "Pause (pass the input through unchanged)"),
+}
+
+BUILTIN_PRESETS: Dict[str, Dict[str, Any]] = {
+    "Watercolor": {"prompt": "a vivid watercolor painting, soft light, highly detailed", "strength": 0.5},
+    "Anime": {"prompt": "anime style portrait, cel shading, clean lines, vibrant colors", "strength": 0.6},
+    "Oil painting": {"prompt": "an oil painting in the style of the old masters, dramatic light", "strength": 0.55},
+}
+
+DEBOUNCE_S = 0.4  # send this long after the last change...
+MAX_WAIT_S = 1.5  # ...but at least this often while the user keeps dragging or typing
+STATUS_STALE_S = 4.0  # no status for this long: the app is not running (or not connected)
+
+
+def encode(kind: str, **fields: Any) -> Dict[str, Any]:
+    """Event data of one dreamcam message (the request body wraps it as {"eventData": ...})."""
+    return {NAMESPACE: {"v": PROTOCOL_VERSION, "kind": kind, **fields}}
+
+
+def settings_message(changes: Mapping[str, Any]) -> Dict[str, Any]:
+    return encode("settings", **dict(changes))
+
+
+def decode(event_data: Any) -> Optional[Dict[str, Any]]:
+    """The dreamcam payload of an event, or None when the event is not a v1 dreamcam message."""
+    if not isinstance(event_data, Mapping):
+        return None
+    payload = event_data.get(NAMESPACE)
+    if not isinstance(payload, Mapping) or payload.get("v") != PROTOCOL_VERSION:
+        return None
+    if not isinstance(payload.get("kind"), str):
+        return None
+    return dict(payload)
+
+
+def diff_settings(current: Mapping[str, Any], last_sent: Mapping[str, Any]) -> Dict[str, Any]:
+    """Fields of `current` that differ from what was last sent (all of them if nothing was)."""
+    return {k: v for k, v in current.items() if k not in last_sent or last_sent[k] != v}
+
+
+def normalize(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Panel values as the app expects them: known fields only, right types (OBS gives floats)."""
+    out: Dict[str, Any] = {}
+    for name, value in values.items():
+        spec = FIELDS.get(name)
+        if spec is None:
+            continue
+        kind = spec[0]
+        if kind == "int":
+            out[name] = int(value)
+        elif kind == "float":
+            out[name] = round(float(value), 6)
+        elif kind == "bool":
+            out[name] = bool(value)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def check_values(values: Mapping[str, Any]) -> str:
+    """A short warning for values the app would reject, or "" (the app re-checks everything)."""
+    for name in ("prompt", "negative_prompt"):
+        text = values.get(name, "")
+        if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+            return f"{name} is {len(text)} characters; at most {MAX_PROMPT_CHARS} are allowed"
+    cfg = values.get("cfg_type")
+    if cfg is not None and cfg not in CFG_TYPES:
+        return f"cfg_type must be one of {', '.join(CFG_TYPES)}"
+    return ""
+
+
+class Debouncer:
+    """Says when a burst of changes has settled: `delay` after the last change, or at the latest
+    `max_wait` after the first unsent change (so a long drag still sends now and then)."""
+
+    def __init__(self, delay: float = DEBOUNCE_S, max_wait: float = MAX_WAIT_S) -> None:
+        self.delay = delay
+        self.max_wait = max_wait
+        self._first: Optional[float] = None
+        self._last: Optional[float] = None
+
+    @property
+    def pending(self) -> bool:
+        return self._first is not None
+
+    def touch(self, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._last = now
+
+    def due(self, now: float) -> bool:
+        if self._first is None or self._last is None:
+            return False
+        return now - self._last >= self.delay or now - self._first >= self.max_wait
+
+    def reset(self) -> None:
+        self._first = self._last = None
+
+
+def _pct(value: Any) -> str:
+    try:
+        return f"{100 * float(value):.0f}%"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _num(value: Any, fmt: str) -> str:
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return "?"
+
+
+def format_status(connection: str, status: Optional[Mapping[str, Any]], age_s: Optional[float],
+                  warning: str = "") -> str:
+    """One line for the panel: OBS connection, app running, fps, skip ratio, latency, errors."""
+    if connection != "connected":
+        line = connection
+    elif status is None or age_s is None or age_s > STATUS_STALE_S:
+        line = "connected to OBS; waiting for the Dreamcam app (start it with: dreamcam run --obs)"
+    else:
+        state = "running" if status.get("running") else "stopped"
+        if status.get("paused"):
+            state = "paused"
+        line = (f"connected; app {state} | {_num(status.get('fps_out'), '.1f')} fps out, "
+                f"{_num(status.get('infer_fps'), '.1f')} fps processed | skip {_pct(status.get('skip_ratio'))} "
+                f"| latency {_num(status.get('latency_ms'), '.0f')} ms")
+        if status.get("model"):
+            line += f" | {status.get('model')}"
+            if status.get("engine"):
+                line += f" ({status.get('engine')})"
+        if status.get("error"):
+            line += f" | error: {status.get('error')}"
+    if warning:
+        line += f" | {warning}"
+    return line
+
+
+def install_hint(error: str = OBSWS_IMPORT_ERROR) -> str:
+    """What to tell the user when obsws_python cannot be imported inside OBS."""
+    return (
+        "The Python package obsws-python is missing from the Python that OBS uses "
+        f"({error}). Install it into that Python and reload this script:\n"
+        "- Windows: the folder set in Tools > Scripts > Python Settings holds python.exe; run\n"
+        '  "<that folder>\\python.exe" -m pip install obsws-python\n'
+        "- macOS: the Python.framework set in Tools > Scripts > Python Settings; run\n"
+        "  <that python3> -m pip install obsws-python\n"
+        "- Linux: OBS uses the system Python 3; run: python3 -m pip install --user obsws-python\n"
+        "  (or pip install --target <script folder>/dreamcam_vendor obsws-python)\n"
+        "OBS 28/29 on Windows accept Python 3.6 to 3.10; OBS 30 and later up to 3.12 (64-bit)."
+    )
+
+
+class Panel:
+    """The panel's state, shared by OBS callbacks and the network thread (all under one lock).
+
+    OBS threads call `update` with the panel values; the network thread calls `outgoing` to get
+    the message to send, and `on_event` with every custom event it receives."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 debounce: Optional[Debouncer] = None) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._debounce = debounce or Debouncer()
+        self._values: Dict[str, Any] = {}
+        self._sent: Dict[str, Any] = {}
+        self._extra: Dict[str, Any] = {}  # one-shot fields (preset name)
+        self._sync = True  # send everything on the next chance (first connect, app said hello)
+        self._status: Optional[Dict[str, Any]] = None
+        self._status_at: Optional[float] = None
+        self.connection = "not connected"
+
+    def update(self, values: Mapping[str, Any], **extra: Any) -> None:
+        with self._lock:
+            self._values = normalize(values)
+            self._extra.update(extra)
+            if diff_settings(self._values, self._sent) or self._extra:
+                self._debounce.touch(self._clock())
+
+    def request_sync(self) -> None:
+        with self._lock:
+            self._sync = True
+
+    def outgoing(self) -> Optional[Dict[str, Any]]:
+        """Event data to send now, or None. Marks it as sent (the caller sends it or resyncs)."""
+        with self._lock:
+            if not self._values:
+                return None
+            if self._sync:
+                changes = dict(self._values)
+            elif self._debounce.due(self._clock()):
+                changes = diff_settings(self._values, self._sent)
+            else:
+                return None
+            changes.update(self._extra)
+            self._extra = {}
+            self._sync = False
+            self._debounce.reset()
+            if not changes:
+                return None
+            self._sent = dict(self._values)
+            return settings_message(changes)
+
+    def on_event(self, event_data: Any) -> None:
+        payload = decode(event_data)
+        if payload is None:
+            return
+        kind = payload.get("kind")
+        with self._lock:
+            if kind == "status":
+                self._status = payload
+                self._status_at = self._clock()
+            elif kind == "hello" and payload.get("role") == "app":
+                self._sync = True  # a (re)started app gets the whole panel
+            elif kind == "bye" and payload.get("role") == "app":
+                self._status = None
+
+    def status_line(self) -> str:
+        with self._lock:
+            age = None if self._status_at is None else self._clock() - self._status_at
+            return format_status(self.connection, self._status, age, check_values(self._values))
+
+
+# ---------------------------------------------------------------------------------------------
+# Network thread
+# ---------------------------------------------------------------------------------------------
+class Link:
+    """Owns the obs-websocket clients on one thread; reconnects with back-off."""
+
+    def __init__(self, panel: Panel, client_module: Any = None, log: Callable[[str], None] = print) -> None:
+        self.panel = panel
+        self._ws = client_module if client_module is not None else obsws_python
+        self._log = log
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._conn: Optional[tuple] = None
+        self._thread: Optional[threading.Thread] = None
+        self._outbox: "queue.Queue[Dict[str, Any]]" = queue.Queue(maxsize=100)
+        self._last_logged = ""
+        self._reconnect_now = False
+
+    def configure(self, host: str, port: int, password: str) -> None:
+        with self._lock:
+            if self._conn == (host, port, password):
+                return
+            self._conn = (host, port, password)
+        self._reconnect_now = True
+        self._wake.set()
+
+    def send(self, event_data: Dict[str, Any]) -> None:
+        try:
+            self._outbox.put_nowait(event_data)
+        except queue.Full:
+            pass
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._reconnect_now = False
+        self._thread = threading.Thread(target=self._run, name="dreamcam-obs-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _set_connection(self, text: str) -> None:
+        self.panel.connection = text
+        if text != self._last_logged:  # one line per change, never one per retry
+            self._last_logged = text
+            self._log(f"[dreamcam] {text}")
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            with self._lock:
+                conn = self._conn
+            if conn is None:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            self._reconnect_now = False
+            clients = self._connect(conn)
+            if clients is None:
+                self._wake.wait(backoff)
+                self._wake.clear()
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.5
+            self._serve(*clients)
+            self._close(*clients)
+            if not self._stop.is_set():
+                self._set_connection(f"lost the connection to OBS at {conn[0]}:{conn[1]}; reconnecting")
+
+    def _connect(self, conn: tuple) -> Optional[tuple]:
+        host, port, password = conn
+        if self._ws is None:
+            self._set_connection("obsws-python is not installed (see the note above)")
+            return None
+        req = ev = None
+        try:
+            req = self._ws.ReqClient(host=host, port=port, password=password, timeout=3)
+            ev = self._ws.EventClient(host=host, port=port, password=password, subs=self._ws.Subs.GENERAL)
+        except Exception as exc:
+            self._close(req, ev)
+            self._set_connection(describe_connect_error(exc, host, port))
+            return None
+
+        def on_custom_event(data: Any) -> None:  # obsws-python dispatches on this exact name
+            try:
+                self.panel.on_event({k: getattr(data, k) for k in data.attrs()})
+            except Exception:
+                pass  # an odd event must not kill the event thread
+
+        ev.callback.register(on_custom_event)
+        self._set_connection("connected")
+        self.panel.request_sync()
+        req.broadcast_custom_event({"eventData": encode("hello", role="obs-panel")})
+        return req, ev
+
+    def _serve(self, req: Any, ev: Any) -> None:
+        while not self._stop.is_set() and not self._reconnect_now:
+            if not ev.worker.is_alive():
+                return
+            try:
+                message = self.panel.outgoing()
+                if message is not None:
+                    req.broadcast_custom_event({"eventData": message})
+                while True:
+                    req.broadcast_custom_event({"eventData": self._outbox.get_nowait()})
+            except queue.Empty:
+                pass
+            except Exception:
+                self.panel.request_sync()  # resend everything once reconnected
+                return
+            self._wake.wait(0.05)
+            self._wake.clear()
+
+    @staticmethod
+    def _close(req: Any, ev: Any) -> None:
+        for client in (ev, req):
+            if client is None:
+                continue
+            try:
+                client.disconnect()
+            except Exception:
+                pass
+
+
+def describe_connect_error(exc: BaseException, host: str, port: int) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if "identify" in text or "password" in text:
+        return (f"OBS WebSocket at {host}:{port} rejected the password; copy it from "
+                "Tools > WebSocket Server Settings > Show Connect Info")
+    if isinstance(exc, (ConnectionRefusedError, OSError)) or "refused" in text.lower():
+        return (f"no OBS WebSocket server at {host}:{port}; enable it in Tools > WebSocket Server "
+                "Settings and check the port")
+    return f"cannot connect to OBS WebSocket at {host}:{port}: {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets (kept in the script's settings, so they travel with the scene collection on any OS)
+# ---------------------------------------------------------------------------------------------
+def load_presets(raw: str) -> Dict[str, Dict[str, Any]]:
+    presets = {k: dict(v) for k, v in BUILTIN_PRESETS.items()}
+    try:
+        saved = json.loads(raw) if raw else {}
+    except ValueError:
+        saved = {}
+    if isinstance(saved, dict):
+        for name, values in saved.items():
+            if isinstance(name, str) and isinstance(values, dict):
+                presets[name] = normalize(values)
+    return presets
+
+
+def save_preset(raw: str, name: str, values: Mapping[str, Any]) -> str:
+    """The presets JSON with `name` set to the preset-worthy part of `values`."""
+    try:
+        saved = json.loads(raw) if raw else {}
+    except ValueError:
+        saved = {}
+    if not isinstance(saved, dict):
+        saved = {}
+    keep = {k: v for k, v in normalize(values).items() if k != "paused"}
+    saved[name] = keep
+    return json.dumps(saved, sort_keys=True)
+
+
+def delete_preset(raw: str, name: str) -> str:
+    try:
+        saved = json.loads(raw) if raw else {}
+    except ValueError:
+        saved = {}
+    if isinstance(saved, dict):
+        saved.pop(name, None)
+    return json.dumps(saved if isinstance(saved, dict) else {}, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# OBS glue (everything below runs only inside OBS, or with a stand-in obspython in tests)
+# ---------------------------------------------------------------------------------------------
+class _Script:
+    def __init__(self) -> None:
+        self.settings: Any = None
+        self.panel = Panel()
+        self.link: Optional[Link] = None
+        self.shown_line = ""
+
+
+_S = _Script()
+
+
+def _log(message: str) -> None:
+    if obs is not None and hasattr(obs, "script_log"):
+        obs.script_log(obs.LOG_INFO, message)
+    else:
+        print(message)
+
+
+def read_panel(settings: Any) -> Dict[str, Any]:
+    values: Dict[str, Any] = {}
+    for name, spec in FIELDS.items():
+        kind = spec[0]
+        if kind == "int":
+            values[name] = obs.obs_data_get_int(settings, name)
+        elif kind == "float":
+            values[name] = obs.obs_data_get_double(settings, name)
+        elif kind == "bool":
+            values[name] = obs.obs_data_get_bool(settings, name)
+        else:
+            values[name] = obs.obs_data_get_string(settings, name)
+    return values
+
+
+def write_panel(settings: Any, values: Mapping[str, Any]) -> None:
+    for name, value in normalize(values).items():
+        kind = FIELDS[name][0]
+        if kind == "int":
+            obs.obs_data_set_int(settings, name, value)
+        elif kind == "float":
+            obs.obs_data_set_double(settings, name, value)
+        elif kind == "bool":
+            obs.obs_data_set_bool(settings, name, value)
+        else:
+            obs.obs_data_set_string(settings, name, value)
+
+
+def script_description() -> str:
+    text = ("<b>Dreamcam</b>: live control of the Dreamcam app (real-time diffusion virtual camera). "
+            "Start the app with <code>dreamcam run --obs</code>, enable Tools &gt; WebSocket Server "
+            "Settings, and enter the same port and password below.")
+    if obsws_python is None:
+        text += "<br><b>Not working yet:</b> " + install_hint().replace("\n", "<br>")
+    return text
+
+
+def script_defaults(settings: Any) -> None:
+    obs.obs_data_set_default_string(settings, "host", "127.0.0.1")
+    obs.obs_data_set_default_int(settings, "port", 4455)
+    obs.obs_data_set_default_string(settings, "presets_json", "")
+    for name, spec in FIELDS.items():
+        kind, default = spec[0], spec[1]
+        if kind == "int":
+            obs.obs_data_set_default_int(settings, name, default)
+        elif kind == "float":
+            obs.obs_data_set_default_double(settings, name, default)
+        elif kind == "bool":
+            obs.obs_data_set_default_bool(settings, name, default)
+        else:
+            obs.obs_data_set_default_string(settings, name, default)
+
+
+def script_properties() -> Any:
+    props = obs.obs_properties_create()
+    if obsws_python is None:
+        obs.obs_properties_add_text(props, "install_hint", install_hint(), obs.OBS_TEXT_INFO)
+    obs.obs_properties_add_text(props, "status", "Status", obs.OBS_TEXT_INFO)
+    obs.obs_properties_add_button(props, "refresh_status", "Refresh status", _on_refresh)
+    obs.obs_properties_add_text(props, "host", "WebSocket host", obs.OBS_TEXT_DEFAULT)
+    obs.obs_properties_add_int(props, "port", "WebSocket port", 1, 65535, 1)
+    obs.obs_properties_add_text(props, "password", "WebSocket password", obs.OBS_TEXT_PASSWORD)
+    for name, spec in FIELDS.items():
+        kind, _default, low, high, step, label = spec
+        if name == "prompt" or name == "negative_prompt":
+            obs.obs_properties_add_text(props, name, label, obs.OBS_TEXT_MULTILINE)
+        elif name == "cfg_type":
+            lst = obs.obs_properties_add_list(props, name, label, obs.OBS_COMBO_TYPE_LIST,
+                                              obs.OBS_COMBO_FORMAT_STRING)
+            for cfg in CFG_TYPES:
+                obs.obs_property_list_add_string(lst, cfg, cfg)
+        elif name == "seed":
+            obs.obs_properties_add_int(props, name, label, low, high, step)
+            obs.obs_properties_add_button(props, "randomize_seed", "Randomize seed", _on_randomize_seed)
+        elif kind == "int":
+            obs.obs_properties_add_int_slider(props, name, label, low, high, step)
+        elif kind == "float":
+            obs.obs_properties_add_float_slider(props, name, label, low, high, step)
+        elif kind == "bool":
+            obs.obs_properties_add_bool(props, name, label)
+    lst = obs.obs_properties_add_list(props, "preset_pick", "Preset", obs.OBS_COMBO_TYPE_LIST,
+                                      obs.OBS_COMBO_FORMAT_STRING)
+    raw = obs.obs_data_get_string(_S.settings, "presets_json") if _S.settings is not None else ""
+    for name in sorted(load_presets(raw)):
+        obs.obs_property_list_add_string(lst, name, name)
+    obs.obs_properties_add_button(props, "preset_load", "Load preset", _on_preset_load)
+    obs.obs_properties_add_text(props, "preset_name", "Save current as", obs.OBS_TEXT_DEFAULT)
+    obs.obs_properties_add_button(props, "preset_save", "Save preset", _on_preset_save)
+    obs.obs_properties_add_button(props, "preset_delete", "Delete picked preset", _on_preset_delete)
+    return props
+
+
+def script_load(settings: Any) -> None:
+    _S.settings = settings
+    if obsws_python is None:
+        _log("[dreamcam] " + install_hint())
+    _S.link = Link(_S.panel, log=_log)
+    _S.link.start()
+    obs.timer_add(_refresh_status, 500)
+
+
+def script_update(settings: Any) -> None:
+    _S.settings = settings
+    if _S.link is not None:
+        _S.link.configure(obs.obs_data_get_string(settings, "host") or "127.0.0.1",
+                          int(obs.obs_data_get_int(settings, "port")),
+                          obs.obs_data_get_string(settings, "password"))
+    _S.panel.update(read_panel(settings))
+
+
+def script_unload() -> None:
+    obs.timer_remove(_refresh_status)
+    if _S.link is not None:
+        _S.link.stop()
+        _S.link = None
+
+
+def _refresh_status() -> None:
+    """OBS timer: copy the latest status line into the panel (and the optional status file)."""
+    if _S.settings is None:
+        return
+    line = _S.panel.status_line()
+    if line == _S.shown_line:
+        return
+    _S.shown_line = line
+    obs.obs_data_set_string(_S.settings, "status", line)
+    path = obs.obs_data_get_string(_S.settings, "status_file")  # for monitoring tools and tests
+    if path:
+        try:
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(line + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+
+def _on_refresh(props: Any, prop: Any) -> bool:
+    _refresh_status()
+    return True
+
+
+def _on_randomize_seed(props: Any, prop: Any) -> bool:
+    if _S.settings is None:
+        return False
+    obs.obs_data_set_int(_S.settings, "seed", random.randint(0, 2**31 - 1))
+    script_update(_S.settings)
+    return True
+
+
+def _on_preset_load(props: Any, prop: Any) -> bool:
+    if _S.settings is None:
+        return False
+    name = obs.obs_data_get_string(_S.settings, "preset_pick")
+    preset = load_presets(obs.obs_data_get_string(_S.settings, "presets_json")).get(name)
+    if not preset:
+        return False
+    write_panel(_S.settings, preset)
+    _S.panel.update(read_panel(_S.settings), preset=name)
+    return True
+
+
+def _on_preset_save(props: Any, prop: Any) -> bool:
+    if _S.settings is None:
+        return False
+    name = obs.obs_data_get_string(_S.settings, "preset_name").strip()
+    if not name:
+        return False
+    raw = save_preset(obs.obs_data_get_string(_S.settings, "presets_json"), name, read_panel(_S.settings))
+    obs.obs_data_set_string(_S.settings, "presets_json", raw)
+    obs.obs_data_set_string(_S.settings, "preset_pick", name)
+    _refill_presets(props)
+    return True
+
+
+def _on_preset_delete(props: Any, prop: Any) -> bool:
+    if _S.settings is None:
+        return False
+    name = obs.obs_data_get_string(_S.settings, "preset_pick")
+    raw = delete_preset(obs.obs_data_get_string(_S.settings, "presets_json"), name)
+    obs.obs_data_set_string(_S.settings, "presets_json", raw)
+    _refill_presets(props)
+    return True
+
+
+def _refill_presets(props: Any) -> None:
+    lst = obs.obs_properties_get(props, "preset_pick")
+    if lst is None:
+        return
+    obs.obs_property_list_clear(lst)
+    for name in sorted(load_presets(obs.obs_data_get_string(_S.settings, "presets_json"))):
+        obs.obs_property_list_add_string(lst, name, name)
