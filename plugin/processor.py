@@ -11,9 +11,6 @@ import numpy as np
 
 from .settings import StreamSettings
 
-NUM_TRAIN_INDICES = 50  # t_index values run 0..49 (see settings.StreamSettings.t_index_list)
-
-
 class Processor(Protocol):
     def __call__(self, image: np.ndarray) -> np.ndarray: ...
 
@@ -38,19 +35,6 @@ class PassThrough:
         self.updates.append(changes)
 
 
-def strength_to_t_index_list(strength: float, steps: int) -> list[int]:
-    """`steps` indices spread from where `strength` starts the denoising to the last one.
-
-    Strength 1 starts from pure noise (index 0); strength near 0 starts near the end (little change).
-    """
-    start = min(NUM_TRAIN_INDICES - 1, int(round((1.0 - strength) * (NUM_TRAIN_INDICES - 1))))
-    if steps <= 1:
-        return [start]
-    span = NUM_TRAIN_INDICES - 1 - start
-    picked = sorted({start + round(i * span / steps) for i in range(steps)})
-    return picked
-
-
 def core_update(settings: StreamSettings) -> dict[str, Any]:
     """One update for the core from the settings in force (`paused` is the runner's job)."""
     changes: dict[str, Any] = {
@@ -64,25 +48,31 @@ def core_update(settings: StreamSettings) -> dict[str, Any]:
     }
     if settings.t_index_list is not None:
         changes["t_index_list"] = list(settings.t_index_list)
-    elif settings.steps > 1:
-        changes["t_index_list"] = strength_to_t_index_list(settings.strength, settings.steps)
     else:
+        changes["t_index_list"] = None
         changes["strength"] = settings.strength
-    if settings.similarity_filter:
-        changes["similarity_threshold"] = settings.similarity_threshold
-        changes["similarity_max_skip"] = settings.similarity_max_skip
-    else:
-        changes["similarity_threshold"] = 0.0  # never similar enough to skip
-        changes["similarity_max_skip"] = 0
+        changes["steps"] = settings.steps
+    # the core disables its similarity filter with threshold None
+    changes["similarity_threshold"] = settings.similarity_threshold if settings.similarity_filter else None
+    changes["similarity_max_skip"] = settings.similarity_max_skip
     return changes
 
 
 def accepted_kwargs(update: Any, changes: dict[str, Any]) -> dict[str, Any]:
-    """Drop keys the processor's `update` does not take (older or stand-in processors)."""
+    """Drop keys the processor's `update` does not take (older or stand-in processors); when it
+    takes no `steps`, (strength, steps > 1) becomes an explicit t_index_list."""
     try:
         params = inspect.signature(update).parameters
     except (TypeError, ValueError):
         return changes
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return changes
+    changes = dict(changes)
+    if "steps" not in params and changes.get("steps", 1) > 1 and changes.get("t_index_list") is None:
+        from dreamcam.core.schedule import strength_to_t_index
+
+        changes["t_index_list"] = list(strength_to_t_index(changes["strength"], changes["steps"]))
+        changes.pop("strength", None)
+    if changes.get("t_index_list") is None:
+        changes.pop("t_index_list", None)
     return {k: v for k, v in changes.items() if k in params}

@@ -160,6 +160,7 @@ class AppSettings:
     obs_port: int = 4455
     obs_password: str = field(default="", repr=False)  # never logged
     obs_enabled: bool = False
+    control_port: int = 7861  # local control server (JSON lines on 127.0.0.1); 0 = off
 
     def __post_init__(self) -> None:
         _choice("engine", self.engine, ENGINES)
@@ -172,3 +173,4 @@ class AppSettings:
         _number("fps", self.fps, 1, 240)
         _number("frame_buffer_size", self.frame_buffer_size, 1, 16, integer=True)
         _number("obs_port", self.obs_port, 1, 65535, integer=True)
+        _number("control_port", self.control_port, 0, 65535, integer=True)
