@@ -1,0 +1,194 @@
+"""The OBS bridge and the OBS script against a real OBS Studio under Xvfb (see obs_harness)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import pytest
+
+from dreamcam.plugin.control import SettingsStore, Status, StatusBoard
+from dreamcam.plugin.messages import MAX_MESSAGE_BYTES, encode
+from dreamcam.plugin.obs_bridge import ObsBridge
+from obs_harness import ObsInstance, free_port, have_obs, wait_for
+
+pytestmark = [pytest.mark.obs, pytest.mark.timeout(180)]
+
+PANEL_PROMPT = "a red fox made of paper, set in the OBS panel"
+
+
+@pytest.fixture(scope="module")
+def obs_studio(tmp_path_factory):
+    if not have_obs():
+        pytest.fail("OBS Studio and Xvfb are needed: bash scripts/dev-setup.sh installs them")
+    password = "pw-" + secrets.token_hex(8)
+    port = free_port()
+    inst = ObsInstance(tmp_path_factory.mktemp("obs"), port, password,
+                       {"port": port, "password": password, "prompt": PANEL_PROMPT, "strength": 0.65})
+    try:
+        inst.start_xvfb()
+        inst.start_obs()
+        yield inst
+    finally:
+        inst.stop()
+
+
+def make_bridge(inst: ObsInstance, store: SettingsStore, board: StatusBoard, password: str | None = None):
+    return ObsBridge(store, board, "127.0.0.1", inst.port, inst.password if password is None else password,
+                     status_interval=0.3)
+
+
+def external_client(inst: ObsInstance):
+    import obsws_python
+
+    return obsws_python.ReqClient(host="127.0.0.1", port=inst.port, password=inst.password, timeout=5)
+
+
+def test_panel_settings_reach_the_app_and_app_status_reaches_the_panel(obs_studio):
+    store, board = SettingsStore(), StatusBoard()
+    board.publish(Status(running=True, fps_out=21.5, infer_fps=9.25, skip_ratio=0.5, latency_ms=123,
+                         model="tiny-sd", engine="eager"))
+    bridge = make_bridge(obs_studio, store, board)
+    bridge.start()
+    try:
+        assert bridge.wait_connected(10), bridge.state
+        # the panel sends its whole state when the app says hello
+        assert wait_for(lambda: store.current.prompt == PANEL_PROMPT, 10), store.current
+        assert store.current.strength == 0.65
+        assert wait_for(lambda: "21.5 fps out" in obs_studio.panel_status(), 10), obs_studio.panel_status()
+        line = obs_studio.panel_status()
+        assert "app running" in line and "skip 50%" in line and "latency 123 ms" in line
+        assert "tiny-sd (eager)" in line
+    finally:
+        bridge.stop()
+    assert bridge.state == "stopped"
+    # the bridge said bye: the panel stops showing numbers at once
+    assert wait_for(lambda: "waiting for the Dreamcam app" in obs_studio.panel_status(), 10)
+
+
+def test_wrong_password_is_reported_once_and_never_logged(obs_studio, caplog):
+    caplog.set_level(logging.DEBUG)
+    store = SettingsStore()
+    wrong = "wrong-" + secrets.token_hex(6)
+    bridge = make_bridge(obs_studio, store, StatusBoard(), password=wrong)
+    bridge.max_backoff = 0.3  # retry fast, so several attempts happen during the test
+    bridge.start()
+    try:
+        assert wait_for(lambda: "rejected the password" in bridge.state, 10), bridge.state
+        assert wait_for(lambda: bridge._thread is not None and bridge.connections == 0, 1)
+        import time
+
+        time.sleep(2.0)
+    finally:
+        bridge.stop()
+    warnings = [r for r in caplog.records if "rejected the password" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert "DREAMCAM_OBS_PASSWORD" in warnings[0].getMessage()
+    assert wrong not in caplog.text and obs_studio.password not in caplog.text
+    assert wrong not in repr(bridge)
+    assert store.version == 0
+
+
+def test_missing_server_is_reported_once(caplog):
+    caplog.set_level(logging.DEBUG)
+    bridge = ObsBridge(SettingsStore(), StatusBoard(), "127.0.0.1", free_port(), "x", max_backoff=0.2)
+    bridge.start()
+    try:
+        assert wait_for(lambda: "No OBS WebSocket server" in bridge.state, 5), bridge.state
+        import time
+
+        time.sleep(1.5)
+    finally:
+        bridge.stop()
+    assert sum("No OBS WebSocket server" in r.getMessage() for r in caplog.records) == 1
+    assert "Traceback" not in caplog.text
+
+
+def test_bad_events_change_nothing_and_are_logged_once(obs_studio, caplog):
+    caplog.set_level(logging.INFO)
+    store = SettingsStore()
+    bridge = make_bridge(obs_studio, store, StatusBoard())
+    bridge.start()
+    client = None
+    try:
+        assert bridge.wait_connected(10), bridge.state
+        assert wait_for(lambda: store.current.prompt == PANEL_PROMPT, 10)
+        before, version = store.current, store.version
+        client = external_client(obs_studio)
+        bad = {
+            "not an object": {"dreamcam": "prompt=cat"},
+            "wrong version": {"dreamcam": {"v": 99, "kind": "settings", "prompt": "v99"}},
+            "no kind": {"dreamcam": {"v": 1, "prompt": "nokind"}},
+            "unknown kind": encode("explode", prompt="unknown kind"),
+            "out of range": encode("settings", prompt="half applied?", strength=7.5),
+            "prompt too long": encode("settings", prompt="x" * 5000),
+            "oversized": encode("settings", prompt="big", blob="y" * (MAX_MESSAGE_BYTES + 10)),
+            "wrong type": encode("settings", seed="abc"),
+        }
+        for data in bad.values():
+            client.broadcast_custom_event({"eventData": data})
+        client.broadcast_custom_event({"eventData": {"some_other_tool": {"x": 1}}})  # passes by quietly
+        # events arrive in order: once this one is applied, all the bad ones were handled
+        client.broadcast_custom_event({"eventData": encode("settings", seed=4242, unknown_field=1)})
+        assert wait_for(lambda: store.current.seed == 4242, 10)
+        assert store.version == version + 1
+        assert store.current == type(before)(**{**before.__dict__, "seed": 4242})
+        # each bad event: one log line, no traceback
+        dreamcam_lines = [r.getMessage() for r in caplog.records if r.name.startswith("dreamcam")]
+        rejected = [m for m in dreamcam_lines if "rejected dreamcam message" in m]
+        assert len(rejected) == 7, dreamcam_lines
+        assert sum("unknown kind 'explode'" in m for m in dreamcam_lines) == 1
+        assert sum("unknown_field" in m for m in dreamcam_lines) == 1
+        assert "Traceback" not in caplog.text
+        assert bridge.rejected == 7
+        # the last rejection reaches the panel, then a good update clears it
+        client.broadcast_custom_event({"eventData": encode("settings", strength=-1)})
+        assert wait_for(lambda: "error: rejected update: strength" in obs_studio.panel_status(), 10), \
+            obs_studio.panel_status()
+        client.broadcast_custom_event({"eventData": encode("settings", strength=0.4)})
+        assert wait_for(lambda: "error" not in obs_studio.panel_status(), 10), obs_studio.panel_status()
+        assert store.current.strength == 0.4
+    finally:
+        if client is not None:
+            client.disconnect()
+        bridge.stop()
+
+
+def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    if not have_obs():
+        pytest.fail("OBS Studio and Xvfb are needed: bash scripts/dev-setup.sh installs them")
+    password = "pw-" + secrets.token_hex(8)
+    port = free_port()
+    inst = ObsInstance(tmp_path, port, password, {"port": port, "password": password, "prompt": "before"})
+    store, board = SettingsStore(), StatusBoard()
+    board.publish(Status(running=True, fps_out=5.0))
+    bridge = ObsBridge(store, board, "127.0.0.1", port, password, status_interval=0.3, max_backoff=0.5)
+    try:
+        inst.start_xvfb()
+        bridge.start()  # before OBS: waits for it
+        assert wait_for(lambda: "No OBS WebSocket server" in bridge.state, 10), bridge.state
+        inst.start_obs()
+        assert wait_for(lambda: store.current.prompt == "before", 20), bridge.state
+        assert wait_for(lambda: "5.0 fps out" in inst.panel_status(), 10)
+
+        inst.kill_obs()  # SIGKILL: no goodbye from OBS
+        assert wait_for(lambda: not bridge.state.startswith("connected"), 10), bridge.state
+        inst.status_file.unlink()
+        inst.script_settings["prompt"] = "after the restart"
+        inst.start_obs()
+        assert wait_for(lambda: store.current.prompt == "after the restart", 20), bridge.state
+        assert bridge.connections == 2
+        assert wait_for(lambda: "5.0 fps out" in inst.panel_status(), 10), inst.panel_status()
+        client = external_client(inst)
+        try:
+            client.broadcast_custom_event({"eventData": encode("settings", paused=True)})
+            assert wait_for(lambda: store.current.paused, 10)
+        finally:
+            client.disconnect()
+    finally:
+        bridge.stop()
+        inst.stop()
+    messages_ = [r.getMessage() for r in caplog.records if r.name == "dreamcam.plugin.obs_bridge"]
+    assert sum("connected to OBS" in m for m in messages_) == 2
+    assert sum("No OBS WebSocket server" in m for m in messages_) <= 2  # once before start, once while down
