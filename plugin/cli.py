@@ -1,0 +1,369 @@
+"""The `dreamcam` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+
+from .settings import SettingsError
+
+app = typer.Typer(
+    help="Dreamcam: real-time diffusion on your screen or camera, published as a virtual webcam.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+)
+presets_app = typer.Typer(help="Save, list, show and delete named presets (prompt + parameters).",
+                          no_args_is_help=True)
+app.add_typer(presets_app, name="preset")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    if not text:
+        return None, None
+    w, _, h = text.lower().partition("x")
+    try:
+        return int(w), int(h or w)
+    except ValueError:
+        _fail(f"--size: expected WIDTH or WIDTHxHEIGHT, e.g. 512 or 768x432, got {text!r}")
+        raise
+
+
+def _t_index(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        _fail(f"--t-index: expected numbers separated by commas, e.g. 32,45, got {text!r}")
+        raise
+
+
+# ---- run -------------------------------------------------------------------------------------
+@app.command()
+def run(
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="pattern | screen[:N|:x,y,w,h] | camera[:N|:NAME] | file:PATH"),
+    sink: Optional[str] = typer.Option(None, "--sink", "-o", help="vcam[:BACKEND] | file:PATH | images:DIR | preview | null"),
+    model: Optional[str] = typer.Option(None, help="Hub id, local diffusers folder or .safetensors file."),
+    engine: Optional[str] = typer.Option(None, help="auto | eager | compiled | tensorrt"),
+    size: Optional[str] = typer.Option(None, help="Output size: 512 or WIDTHxHEIGHT (multiples of 8)."),
+    fps: Optional[float] = typer.Option(None, help="Virtual camera frame rate."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    dtype: Optional[str] = typer.Option(None, help="float16 | bfloat16 | float32"),
+    tiny_vae: Optional[str] = typer.Option(None, help="Tiny autoencoder (hub id or folder); 'none' for the model's own VAE."),
+    lcm_lora: Optional[str] = typer.Option(None, help="LCM-LoRA to fuse (for SD 1.5 fine-tunes)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should look like."),
+    negative_prompt: Optional[str] = typer.Option(None, help="What to avoid."),
+    strength: Optional[float] = typer.Option(None, help="0 keeps the input, 1 ignores it."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (1-8) used with --strength."),
+    t_index: Optional[str] = typer.Option(None, help="Explicit step indices, e.g. 32,45 (overrides --strength/--steps)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale."),
+    seed: Optional[int] = typer.Option(None, help="Noise seed."),
+    similarity_filter: Optional[bool] = typer.Option(None, "--similarity-filter/--no-similarity-filter", help="Skip frames that barely changed."),
+    similarity_threshold: Optional[float] = typer.Option(None, help="Similarity above which a frame is skipped (0-1)."),
+    max_skip: Optional[int] = typer.Option(None, help="At most this many frames skipped in a row."),
+    preset: Optional[str] = typer.Option(None, help="Start from a saved preset."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[app] and \\[stream] tables."),
+    obs: bool = typer.Option(False, "--obs", help="Connect to OBS (obs-websocket) for live control."),
+    obs_host: Optional[str] = typer.Option(None, help="OBS WebSocket host."),
+    obs_port: Optional[int] = typer.Option(None, help="OBS WebSocket port."),
+    obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD)."),
+    control_port: Optional[int] = typer.Option(None, help="Local control port for `dreamcam set` (0 = off)."),
+    frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file and image sinks)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+) -> None:
+    """Capture, transform and publish until Ctrl+C."""
+    from . import config as cfg
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    width, height = _size(size)
+    cli_app = dict(source=source, sink=sink, model=model, engine=engine, fps=fps, device=device, dtype=dtype,
+                   lcm_lora=lcm_lora, width=width, height=height, obs_host=obs_host, obs_port=obs_port,
+                   obs_password=obs_password, control_port=control_port)
+    if tiny_vae is not None:
+        cli_app["tiny_vae"] = None if tiny_vae.lower() == "none" else tiny_vae
+    cli_stream = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
+                      t_index_list=_t_index(t_index), guidance_scale=guidance, seed=seed,
+                      similarity_filter=similarity_filter, similarity_threshold=similarity_threshold,
+                      similarity_max_skip=max_skip, preset=preset)
+    try:
+        file_app, file_stream = cfg.load_file(config) if config else ({}, {})
+        app_settings = cfg.build_app_settings(file_app, cli_app)
+        stream_settings = cfg.build_stream_settings(file_stream, cli_stream)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    _run_app(app_settings, stream_settings, obs=obs or app_settings.obs_enabled, frames=frames)
+
+
+def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int]) -> None:
+    from rich.live import Live
+
+    from .app import DreamcamApp
+    from .live_status import status_line
+    from .pipeline import build_processor
+    from .sinks import SinkError
+    from .sources import SourceError
+
+    try:
+        with console.status("loading the model ...") as spinner:
+            processor = build_processor(app_settings, stream_settings,
+                                        progress=lambda text: spinner.update(text))
+    except Exception as exc:  # model errors carry their own fix
+        _fail(f"could not build the pipeline: {exc}", 1)
+        return
+    try:
+        dream = DreamcamApp(app_settings, stream_settings, processor=processor, max_frames=frames)
+        _add_services(dream, app_settings, obs)
+        dream.start()
+    except (SourceError, SinkError, OSError, RuntimeError) as exc:
+        _fail(str(exc), 1)
+        return
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
+    console.print(f"[bold]dreamcam[/bold]: {app_settings.source} -> {sink_name} "
+                  f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
+                  "Ctrl+C stops.")
+    try:
+        with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:
+            while not stop.wait(0.5):
+                live.update(status_line(dream.board.latest()))
+                if dream.runner and dream.runner.finished.is_set():
+                    break
+    finally:
+        dream.stop()
+    console.print("stopped.")
+
+
+def _add_services(dream, app_settings, obs: bool) -> None:
+    if app_settings.control_port:
+        from .control_server import ControlServer
+
+        dream.add_service(ControlServer(dream.store, dream.board, app_settings.control_port))
+    if obs:
+        try:
+            from .obs_bridge import ObsBridge
+        except ImportError:
+            _fail("--obs: the OBS bridge is not available in this installation (pip install \"dreamcam[obs]\")")
+            return
+        dream.add_service(ObsBridge(dream.store, dream.board, app_settings.obs_host, app_settings.obs_port,
+                                    app_settings.obs_password or None))
+
+
+# ---- demo ------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("dreamcam-demo.mp4"), "--out", help="Video file to write."),
+    frames: int = typer.Option(60, "--frames", "-n", min=1, help="Frames to write."),
+    size: int = typer.Option(256, help="Frame size (square, multiple of 8)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+    prompt: Optional[str] = typer.Option(None, help="Prompt (the random-weight model ignores its meaning)."),
+) -> None:
+    """Offline demo: a moving test pattern through the full pipeline on a small random-weight model."""
+    from .demo import run_demo
+    from .pipeline import resolve_device
+
+    if size % 8 or not 64 <= size <= 2048:
+        _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
+    try:
+        result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
+                          say=lambda text: console.print(f"[dim]{text}[/dim]", highlight=False))
+    except (SettingsError, ValueError, OSError) as exc:
+        _fail(str(exc), 1)
+        return
+    console.print(f"wrote {result.frames} frames to {result.out} in {result.seconds:.1f} s: "
+                  f"[bold]{result.fps:.1f} frames per second[/bold] (inference {result.infer_ms:.0f} ms/frame)")
+    if result.frames < frames:
+        _fail(f"only {result.frames} of {frames} frames were written", 1)
+
+
+# ---- devices / doctor / bench ----------------------------------------------------------------
+@app.command()
+def devices(probe: bool = typer.Option(True, help="Try to start each virtual camera backend.")) -> None:
+    """List monitors, cameras and virtual camera backends."""
+    from .devices import cameras, monitors, vcam_backends
+
+    found, error = monitors()
+    console.print("[bold]Monitors[/bold] (use --source screen:N)")
+    console.print(f"  {error}" if error else "\n".join(
+        f"  {m['index']}: {m['width']}x{m['height']} at {m['left']},{m['top']}" + ("  (all together)" if m["index"] == 0 else "")
+        for m in found), highlight=False)
+    cams, error = cameras()
+    console.print("[bold]Cameras[/bold] (use --source camera:N)")
+    console.print(f"  {error}" if error else ("\n".join(
+        f"  {c['index']}: {c['width']}x{c['height']} {c['fps']:.0f} fps" for c in cams) or "  none found"), highlight=False)
+    backends, error = vcam_backends(probe)
+    console.print("[bold]Virtual camera backends[/bold] (use --sink vcam:BACKEND)")
+    if error:
+        console.print(f"  {error}")
+    for b in backends:
+        state = "works" if b["works"] else ("not checked" if b["works"] is None else "unavailable")
+        console.print(f"  {b['backend']}: {state} {b['detail']}", highlight=False)
+    if not error and not any(b["works"] for b in backends) and probe:
+        from .sink_vcam import install_hint
+
+        console.print(f"  to fix: {install_hint()}", highlight=False)
+
+
+@app.command()
+def doctor(obs_host: str = typer.Option("127.0.0.1", help="OBS WebSocket host."),
+           obs_port: int = typer.Option(4455, help="OBS WebSocket port.")) -> None:
+    """Check GPU, torch CUDA, TensorRT, virtual camera and OBS: what works and what to fix."""
+    from .doctor import run_checks
+
+    checks = run_checks(obs_host, obs_port)
+    for check in checks:
+        mark = "[green]ok[/green]  " if check.ok else ("[yellow]--[/yellow]  " if check.optional else "[red]FIX[/red] ")
+        console.print(f"{mark}{check.name}: {check.detail}", highlight=False)
+        if not check.ok and check.fix:
+            console.print(f"      -> {check.fix}", highlight=False)
+    if any(not c.ok and not c.optional for c in checks):
+        raise typer.Exit(1)
+
+
+def _checkout_root() -> Optional[Path]:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / "bench" / "run.py").is_file():
+            return base
+    return None
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmark (python -m bench.run from a checkout); extra arguments pass through."""
+    root = _checkout_root()
+    if root is None:
+        _fail("the benchmark lives in bench/ of a source checkout: clone the repository and run "
+              "`python -m bench.run` there (or `dreamcam bench` from that folder)")
+        return
+    code = subprocess.call([sys.executable, "-m", "bench.run", *ctx.args], cwd=root)
+    raise typer.Exit(code)
+
+
+# ---- set -------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@app.command("set")
+def set_(
+    changes: List[str] = typer.Argument(None, help='FIELD=VALUE pairs, e.g. prompt="a cat" strength=0.4 paused=true'),
+    preset: Optional[str] = typer.Option(None, help="Apply a saved preset."),
+    port: int = typer.Option(7861, help="Control port of the running app."),
+    host: str = typer.Option("127.0.0.1", help="Host of the running app."),
+) -> None:
+    """Send a settings update to a running app (its control server)."""
+    from .control_server import send_settings
+
+    update: dict[str, Any] = {}
+    for item in changes or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"expected FIELD=VALUE, got {item!r}")
+        update[key.strip()] = _parse_value(value)
+    if preset:
+        update["preset"] = preset
+    if not update:
+        _fail("nothing to send: give FIELD=VALUE pairs or --preset")
+    try:
+        reply = send_settings(update, port=port, host=host)
+    except ConnectionError as exc:
+        _fail(str(exc), 1)
+        return
+    if not reply.get("ok"):
+        _fail(reply.get("error", "rejected"), 1)
+    console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False)
+
+
+# ---- presets ---------------------------------------------------------------------------------
+@presets_app.command("save")
+def preset_save(
+    name: str = typer.Argument(..., help="Preset name."),
+    values: List[str] = typer.Argument(None, help='FIELD=VALUE pairs, e.g. prompt="oil painting" strength=0.6'),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Take \\[stream] values from this TOML file."),
+) -> None:
+    """Save a preset from FIELD=VALUE pairs (and/or a config file's [stream] table)."""
+    from . import config as cfg
+
+    try:
+        base = cfg.load_file(config)[1] if config else {}
+        pairs = {}
+        for item in values or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                _fail(f"expected FIELD=VALUE, got {item!r}")
+            pairs[key] = _parse_value(value)
+        settings = cfg.build_stream_settings(base, pairs)
+        path = cfg.save_preset(name, settings)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"saved preset {name!r} to {path}", highlight=False)
+
+
+@presets_app.command("list")
+def preset_list() -> None:
+    """List saved presets."""
+    from . import config as cfg
+
+    names = cfg.list_presets()
+    console.print("\n".join(names) if names else f"no presets yet in {cfg.presets_dir()}", highlight=False)
+
+
+@presets_app.command("show")
+def preset_show(name: str) -> None:
+    """Print a preset's values."""
+    from . import config as cfg
+
+    try:
+        console.print_json(json.dumps(cfg.load_preset(name)))
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@presets_app.command("delete")
+def preset_delete(name: str) -> None:
+    """Delete a preset."""
+    from . import config as cfg
+
+    try:
+        deleted = cfg.delete_preset(name)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    if not deleted:
+        _fail(f"no preset named {name!r}")
+    console.print(f"deleted preset {name!r}")
+
+
+def main() -> None:
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    app()
+
+
+if __name__ == "__main__":
+    main()

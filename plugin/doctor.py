@@ -1,0 +1,98 @@
+"""`dreamcam doctor`: what works on this machine and what to fix, one check per line."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    optional: bool = False  # a failure here limits a feature but does not stop `dreamcam run`
+
+
+def check_python() -> Check:
+    ok = sys.version_info >= (3, 10)
+    return Check("python", ok, sys.version.split()[0], "" if ok else "install Python 3.10 or newer")
+
+
+def check_torch() -> list[Check]:
+    try:
+        import torch
+    except ImportError:
+        return [Check("torch", False, "not installed", "pip install torch (a CUDA build from pytorch.org for GPUs)")]
+    checks = [Check("torch", True, torch.__version__)]
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        checks.append(Check("CUDA GPU", True, f"{name}, CUDA {torch.version.cuda}"))
+    else:
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU visible to CUDA"
+        checks.append(Check("CUDA GPU", False, why,
+                            "install an NVIDIA driver and a CUDA build of torch, e.g. pip install torch "
+                            "--index-url https://download.pytorch.org/whl/cu128 (the CPU works for the demo only)"))
+    return checks
+
+
+def check_tensorrt() -> Check:
+    try:
+        import tensorrt
+    except Exception as exc:
+        return Check("TensorRT", False, f"not importable ({type(exc).__name__})",
+                     'pip install "dreamcam[tensorrt]" (optional: the fastest engine)', optional=True)
+    return Check("TensorRT", True, tensorrt.__version__, optional=True)
+
+
+def check_vcam() -> Check:
+    from .devices import vcam_backends
+    from .sink_vcam import install_hint
+
+    backends, error = vcam_backends(probe=True)
+    if error:
+        return Check("virtual camera", False, error, "pip install pyvirtualcam")
+    working = [b["backend"] for b in backends if b["works"]]
+    if working:
+        return Check("virtual camera", True, "backend " + ", ".join(working))
+    tried = ", ".join(b["backend"] for b in backends) or "none registered"
+    return Check("virtual camera", False, f"no backend starts (tried: {tried})", install_hint())
+
+
+def check_capture() -> list[Check]:
+    from .devices import monitors
+
+    found, error = monitors()
+    checks = [Check("screen capture", not error, error or f"{max(0, len(found) - 1)} monitor(s)",
+                    "" if not error else "needs a desktop session (DISPLAY on Linux) and pip install mss",
+                    optional=True)]
+    try:
+        import cv2
+
+        checks.append(Check("OpenCV (cameras)", True, cv2.__version__, optional=True))
+    except ImportError:
+        checks.append(Check("OpenCV (cameras)", False, "not installed", "pip install opencv-python", optional=True))
+    return checks
+
+
+def check_obs(host: str = "127.0.0.1", port: int = 4455) -> Check:
+    try:
+        import obsws_python  # noqa: F401
+    except ImportError:
+        return Check("OBS WebSocket", False, "obsws-python is missing", 'pip install "dreamcam[obs]"', optional=True)
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            pass
+    except OSError:
+        return Check("OBS WebSocket", False, f"nothing listens on {host}:{port}",
+                     "start OBS and enable Tools > WebSocket Server Settings (needed for --obs only)",
+                     optional=True)
+    return Check("OBS WebSocket", True, f"{host}:{port} answers", optional=True)
+
+
+def run_checks(obs_host: str = "127.0.0.1", obs_port: int = 4455) -> list[Check]:
+    checks = [check_python(), *check_torch(), check_tensorrt(), check_vcam(), *check_capture(),
+              check_obs(obs_host, obs_port)]
+    return checks
