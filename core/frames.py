@@ -1,0 +1,105 @@
+"""Frames: uint8 HxWx3 (numpy or torch, any device) <-> tensors, and fitting to the stream size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def check_frame(frame: Any, batch: int | None = None) -> None:
+    """Raise ValueError unless `frame` is uint8 HxWx3 (or BxHxWx3 with B == batch)."""
+    if not isinstance(frame, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"frame: must be a numpy array or torch tensor, got {type(frame).__name__}")
+    if frame.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"frame: must be uint8, got {frame.dtype}")
+    shape = tuple(frame.shape)
+    ok3 = len(shape) == 3 and shape[-1] in (3, 4)
+    ok4 = len(shape) == 4 and shape[-1] in (3, 4) and (batch is None or shape[0] == batch)
+    if not (ok3 or ok4):
+        want = "HxWx3" if not batch or batch == 1 else f"{batch}xHxWx3"
+        raise ValueError(f"frame: must have shape {want} (RGB, uint8), got {shape}")
+
+
+def to_tensor(frame: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B)xHxWxC -> uint8 BxHxWx3 tensor on `device` (alpha dropped, no copy when possible)."""
+    t = torch.from_numpy(np.ascontiguousarray(frame)) if isinstance(frame, np.ndarray) else frame
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    t = t[..., :3]
+    if t.device != device:
+        if t.device.type == "cpu" and device.type == "cuda":
+            t = t.contiguous().pin_memory()
+        t = t.to(device, non_blocking=True)
+    return t
+
+
+def fit(frames: torch.Tensor, width: int, height: int, policy: str = "crop") -> torch.Tensor:
+    """Resize uint8 BxHxWx3 to BxheightxWidthx3. crop: fill and cut the overflow (centred);
+    letterbox: fit inside and pad with black; stretch: ignore the aspect ratio."""
+    _, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    x = frames.permute(0, 3, 1, 2).float()
+    if policy == "stretch":
+        out = _resize(x, height, width)
+    elif policy == "crop":
+        scale = max(width / w, height / h)
+        nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+        y = _resize(x, nh, nw)
+        top, left = (nh - height) // 2, (nw - width) // 2
+        out = y[:, :, top:top + height, left:left + width]
+    elif policy == "letterbox":
+        scale = min(width / w, height / h)
+        nh, nw = min(height, max(1, round(h * scale))), min(width, max(1, round(w * scale)))
+        y = _resize(x, nh, nw)
+        out = x.new_zeros(x.shape[0], 3, height, width)
+        top, left = (height - nh) // 2, (width - nw) // 2
+        out[:, :, top:top + nh, left:left + nw] = y
+    else:
+        raise ValueError(f"resize: must be crop, letterbox or stretch, got {policy!r}")
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if (x.shape[-2], x.shape[-1]) == (h, w):
+        return x
+    shrinking = h < x.shape[-2] or w < x.shape[-1]
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def to_unit(frames: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 BxHxWx3 -> Bx3xHxW in [-1, 1]."""
+    return frames.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1.0)
+
+
+def from_unit(images: torch.Tensor) -> torch.Tensor:
+    """Bx3xHxW in [-1, 1] -> uint8 BxHxWx3."""
+    x = images.float().add(1.0).mul(127.5).round().clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def like_input(out: torch.Tensor, frame: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Return uint8 frames in the kind of `frame`: numpy in -> numpy out; tensor -> same device.
+    A single HxWx3 input gives a single HxWx3 output."""
+    if frame.ndim == 3:
+        out = out[0]
+    if isinstance(frame, np.ndarray):
+        return out.cpu().numpy()
+    return out.to(frame.device)
+
+
+def small_copy(frame: np.ndarray | torch.Tensor, side: int = 32) -> torch.Tensor:
+    """A cheap float32 (side x side x 3) downsample of (B)xHxWx3 for the similarity filter.
+
+    Host numpy frames stay on the host (strided pick, then area average), so no GPU sync."""
+    t = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    t = t[..., :3]
+    h, w = t.shape[1], t.shape[2]
+    sy, sx = max(1, h // (side * 4)), max(1, w // (side * 4))
+    x = t[:, ::sy, ::sx].permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(x, side).flatten()

@@ -1,0 +1,299 @@
+"""Model loading: a hub id, a local diffusers folder or a single checkpoint file -> `Components`.
+
+Every failure a user can cause (wrong id, missing path, offline without a cache, unsupported
+model) becomes a `ModelLoadError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FAMILY_TINY_VAE = {"sd15": "madebyollin/taesd", "sd21": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the thing and the fix."""
+
+
+@dataclass
+class ModelSpec:
+    """What to load. `tiny_vae`: "auto" = TAESD of the family, None = the model's own VAE,
+    else a hub id or folder of an AutoencoderTiny. `config`: for single-file checkpoints, a
+    local diffusers folder (or hub id) holding the component configs, so no download is needed."""
+
+    model: str
+    tiny_vae: str | None = "auto"
+    lcm_lora: str | None = None
+    device: str = "cpu"
+    dtype: torch.dtype | str = torch.float32
+    local_files_only: bool = False
+    config: str | None = None
+
+
+@dataclass
+class Components:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any  # an LCMScheduler built from the model's scheduler config
+    family: str  # "sd15" | "sd21" | "sdxl"
+    vae_kind: str  # "tiny" | "full"
+    prediction_type: str  # "epsilon" | "v_prediction"
+    text_encoder_2: Any = None  # SDXL only
+    tokenizer_2: Any = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    source: str = ""
+
+    @property
+    def scheduler_config(self) -> dict:
+        return dict(self.scheduler.config)
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+    if dtype not in table:
+        raise ModelLoadError(f"dtype: must be one of float16, bfloat16, float32, got {dtype!r}")
+    return table[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device: {device!r} is not a device name (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device: {device!r} asked for, but this torch has no CUDA GPU; "
+                             "install a CUDA build of torch or use device='cpu'")
+    return dev
+
+
+def detect_family(unet_config: Any) -> str:
+    """SD 1.5, SD 2.1 (SD-Turbo) or SDXL from the UNet config."""
+    cfg = dict(unet_config)
+    if cfg.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    dim = cfg.get("cross_attention_dim")
+    if isinstance(dim, (list, tuple)):
+        dim = dim[0]
+    if dim == 768:
+        return "sd15"
+    if dim == 1024:
+        return "sd21"
+    raise ModelLoadError(f"unsupported model: UNet cross_attention_dim {dim!r} is neither SD 1.5 (768), "
+                         "SD 2.1 / SD-Turbo (1024) nor SDXL (text_time)")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _explain(what: str, name: str, exc: BaseException, local_only: bool) -> ModelLoadError:
+    """Turn a hub/OS error into an actionable message."""
+    text = f"{type(exc).__name__}: {exc}"
+    kind = type(exc).__name__
+    if "RepositoryNotFound" in kind or "404" in text and "Repository Not Found" in text:
+        hint = (f"there is no model {name!r} on the Hugging Face Hub. Check the spelling "
+                "(e.g. stabilityai/sd-turbo), or run `huggingface-cli login` if it is private.")
+    elif local_only or _offline():
+        hint = (f"{name!r} is not in the local Hugging Face cache and downloads are off "
+                f"(offline / local_files_only). On a machine with internet run `huggingface-cli download {name}` "
+                "(the cache is ~/.cache/huggingface/hub, or HF_HOME), or unset HF_HUB_OFFLINE, "
+                "or point the model setting at a local diffusers folder or .safetensors file.")
+    elif "LocalEntryNotFound" in kind or "Connection" in kind or "Timeout" in kind or "connect" in text.lower():
+        hint = (f"could not reach the Hugging Face Hub to download {name!r}, and it is not in the local cache. "
+                f"Check the network, or download it elsewhere with `huggingface-cli download {name}` "
+                "(cache: ~/.cache/huggingface/hub or HF_HOME) and set HF_HUB_OFFLINE=1, "
+                "or point the model setting at a local diffusers folder or .safetensors file.")
+    else:
+        hint = f"{text.splitlines()[0][:300]}"
+    return ModelLoadError(f"cannot load the {what} {name!r}: {hint}")
+
+
+def _is_pathlike(name: str) -> bool:
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.lower().endswith(CHECKPOINT_SUFFIXES)
+            or not _HUB_ID.match(name) or Path(name).exists())
+
+
+def _check_source(name: str, what: str) -> str:
+    """'dir', 'file' or 'hub'; raises for a missing local path."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return "dir"
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelLoadError(f"cannot load the {what} {name!r}: a single-file model must be a "
+                                 f".safetensors or .ckpt checkpoint")
+        return "file"
+    if _is_pathlike(name):
+        raise ModelLoadError(f"cannot load the {what} {name!r}: no such file or folder. Check the path "
+                             f"(absolute: {path.absolute()}), or give a Hugging Face id such as stabilityai/sd-turbo.")
+    return "hub"
+
+
+def load_components(spec: ModelSpec) -> Components:
+    """Load UNet, VAE (tiny or full), text encoder(s), tokenizer(s) and an LCM scheduler."""
+    device, dtype = resolve_device(spec.device), resolve_dtype(spec.dtype)
+    kind = _check_source(spec.model, "model")
+    local_only = spec.local_files_only or _offline()
+    if kind == "file":
+        parts = _load_single_file(spec, local_only)
+    else:
+        parts = _load_folder(spec.model, spec.tiny_vae is None, local_only)
+    family = detect_family(parts["unet"].config)
+    prediction_type = parts["scheduler"].config.get("prediction_type", "epsilon")
+    if spec.tiny_vae is not None:
+        parts["vae"] = _load_tiny_vae(spec.tiny_vae, family, local_only)
+    if spec.lcm_lora:
+        _fuse_lora(parts, family, spec.lcm_lora, local_only)
+    for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = parts.get(key)
+        if module is not None:
+            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    from .schedule import make_lcm
+
+    return Components(
+        unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        scheduler=make_lcm(parts["scheduler"].config), family=family,
+        vae_kind="tiny" if spec.tiny_vae is not None else "full", prediction_type=prediction_type,
+        text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
+        device=device, dtype=dtype, source=spec.model,
+    )
+
+
+def _model_index(name: str, local_only: bool) -> dict:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ModelLoadError(f"cannot load the model {name!r}: the folder has no model_index.json, so it is not "
+                                 "a diffusers pipeline folder (save one with pipe.save_pretrained(folder)).")
+        return json.loads(index.read_text())
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(name, "model_index.json", local_files_only=local_only)).read_text())
+    except Exception as exc:  # hub raises many kinds; all become one clear message
+        raise _explain("model", name, exc, local_only) from exc
+
+
+def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
+    import diffusers
+    import transformers
+
+    index = _model_index(name, local_only)
+    wanted = ["unet", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+    if need_vae:
+        wanted.append("vae")
+    parts: dict = {"vae": None}
+    source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    for key in wanted:
+        entry = index.get(key)
+        if not entry or entry[0] is None or entry[1] is None:
+            continue
+        library = diffusers if entry[0] == "diffusers" else transformers
+        cls = getattr(library, entry[1])
+        kwargs = {"local_files_only": local_only, "subfolder": key}
+        try:
+            parts[key] = cls.from_pretrained(source, **kwargs)
+        except Exception as exc:
+            raise _explain(f"model part {key!r} of", name, exc, local_only) from exc
+    for key in ("unet", "scheduler", "text_encoder", "tokenizer"):
+        if key not in parts:
+            raise ModelLoadError(f"cannot load the model {name!r}: it has no {key}; a Stable Diffusion pipeline "
+                                 "(SD 1.5, SD 2.1 / SD-Turbo or SDXL) is needed.")
+    return parts
+
+
+def _checkpoint_family(path: Path) -> str:
+    from safetensors import safe_open
+
+    if path.suffix.lower() == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    else:
+        keys = list(torch.load(str(path), map_location="cpu", weights_only=True).get("state_dict", {}).keys())
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd21"
+    return "sd15"
+
+
+def _load_single_file(spec: ModelSpec, local_only: bool) -> dict:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    path = Path(spec.model).expanduser()
+    family = _checkpoint_family(path)
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs: dict = {"local_files_only": local_only}
+    if spec.config:
+        kwargs["config"] = spec.config
+    if family != "sdxl":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = cls.from_single_file(str(path), **kwargs)
+    except Exception as exc:
+        if not spec.config:
+            raise ModelLoadError(
+                f"cannot load the checkpoint {spec.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+                "A single-file checkpoint needs its component configs: pass config=<a local diffusers folder of the "
+                "same architecture> (or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 that is in "
+                "your cache, see `huggingface-cli download <id> --include '*.json' '*.txt'`).") from exc
+        raise _explain("checkpoint", spec.model, exc, local_only) from exc
+    parts = {k: getattr(pipe, k, None) for k in
+             ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    if spec.tiny_vae is not None:
+        parts["vae"] = None
+    return parts
+
+
+def _load_tiny_vae(name: str, family: str, local_only: bool):
+    from diffusers import AutoencoderTiny
+
+    if name == "auto":
+        name = FAMILY_TINY_VAE[family]
+    kind = _check_source(name, "tiny VAE")
+    if kind == "file":
+        raise ModelLoadError(f"cannot load the tiny VAE {name!r}: give a diffusers folder or a hub id "
+                             "(e.g. madebyollin/taesd), not a single file")
+    try:
+        return AutoencoderTiny.from_pretrained(str(Path(name).expanduser()) if kind == "dir" else name,
+                                               local_files_only=local_only)
+    except Exception as exc:
+        raise _explain("tiny VAE", name, exc, local_only) from exc
+
+
+def _fuse_lora(parts: dict, family: str, lora: str, local_only: bool) -> None:
+    """Load a LoRA (e.g. LCM-LoRA) into the UNet (and text encoder if it has weights there) and fuse it."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    names = ["unet", "text_encoder", "tokenizer", "scheduler", "vae"] + (
+        ["text_encoder_2", "tokenizer_2"] if family == "sdxl" else [])
+    kwargs = {k: parts.get(k) for k in names}
+    if family != "sdxl":
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = cls(**kwargs)
+    source = str(Path(lora).expanduser()) if Path(lora).expanduser().exists() else lora
+    try:
+        pipe.load_lora_weights(source, adapter_name="lcm", local_files_only=local_only)
+        pipe.fuse_lora(lora_scale=1.0)
+        pipe.unload_lora_weights()
+    except Exception as exc:
+        raise _explain("LoRA", lora, exc, local_only) from exc

@@ -1,0 +1,317 @@
+"""StreamDiffusion: stream-batch denoising of live frames with an LCM schedule.
+
+One call of `step_tensor` = VAE encode of the newest frame(s) -> ONE UNet call for every
+denoising step of every frame in flight -> VAE decode of the frame(s) that just finished.
+Slot k (k = 0..n-1) of the batch holds the frame that entered k calls ago, at timestep t_k;
+each slot is `frame_buffer_size` (fbs) frames wide, so the batch is [slot0 x fbs, slot1 x fbs, ...].
+
+`step_tensor` is a pure tensor function over persistent, preallocated state tensors that are
+only ever updated in place (`copy_`), with no host syncs and no branching on tensor values,
+so engines can capture it in a CUDA graph or torch.compile it. `shape_key` changes whenever
+the state is reallocated (then a capture must be redone). Python decisions (similarity filter,
+warm-up, live updates, prompt transitions) live in `__call__` and `update`, outside the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import frames as fr
+from .config import StreamConfig
+from .loading import Components
+from .modules import StepModules, eager_modules
+from .prompts import PromptEncoder
+from .schedule import slot_coefficients
+from .similarity import SimilarityFilter
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class _Transition:
+    start: Tensor
+    target: Tensor
+    start_pooled: Tensor | None
+    target_pooled: Tensor | None
+    frames: int
+    done: int = 0
+
+
+class StreamDiffusion:
+    """Call with a uint8 HxWx3 frame (numpy or torch, any device); get a uint8 HxWx3 frame of the
+    configured size back, of the same kind. With frame_buffer_size > 1 pass fbs x H x W x 3."""
+
+    def __init__(self, components: Components, config: StreamConfig | None = None,
+                 modules: StepModules | None = None, *, prompt_cache_size: int = 32) -> None:
+        self.components = components
+        self.config = config or StreamConfig()
+        self.modules = modules or eager_modules(components)
+        self.device, self.dtype = components.device, components.dtype
+        self.prompts = PromptEncoder(components, prompt_cache_size)
+        self.filter = SimilarityFilter(self.config.similarity_threshold, self.config.similarity_max_skip,
+                                       seed=self.config.seed)
+        self._v_prediction = components.prediction_type == "v_prediction"
+        self._sdxl = components.family == "sdxl"
+        self._primed = False
+        self._force_next = False
+        self._transition: _Transition | None = None
+        self.last_output: Tensor | None = None
+        self.frames_processed = 0
+        self.frames_skipped = 0
+        cond, pooled = self.prompts.encode(self.config.prompt)
+        uncond, upooled = self.prompts.encode(self.config.negative_prompt)
+        self._cond, self._pooled, self._uncond, self._upooled = cond, pooled, uncond, upooled
+        self._allocate()
+        self._write_all()
+
+    # ------------------------------------------------------------------ shape and state
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_steps
+
+    @property
+    def fbs(self) -> int:
+        return self.config.frame_buffer_size
+
+    @property
+    def unet_batch(self) -> int:
+        n, fbs = self.num_steps, self.fbs
+        return {"none": n * fbs, "self": n * fbs, "full": 2 * n * fbs, "initialize": (n + 1) * fbs}[
+            self.config.cfg_type]
+
+    @property
+    def shape_key(self) -> tuple:
+        """Changes exactly when the state tensors are reallocated (engines recapture then)."""
+        c = self.config
+        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch)
+
+    def _allocate(self) -> None:
+        c, dev = self.config, self.device
+        n, fbs = self.num_steps, self.fbs
+        b, h, w = n * fbs, c.height // 8, c.width // 8
+        f32 = dict(device=dev, dtype=torch.float32)
+        self.timesteps = torch.zeros(b, device=dev, dtype=torch.int64)
+        self.alpha, self.beta, self.c_skip, self.c_out, self.alpha_next, self.beta_next = (
+            torch.ones(b, 1, 1, 1, **f32) for _ in range(6))
+        self.init_noise = torch.zeros(b, 4, h, w, **f32)
+        self.noise_next = torch.zeros(b, 4, h, w, **f32)  # init_noise of the slot each slot moves to
+        self.buffer = torch.zeros((n - 1) * fbs, 4, h, w, **f32)
+        self.stock = torch.zeros(b, 4, h, w, **f32)  # RCFG residual noise per slot (after the shift)
+        self.guidance = torch.ones((), **f32)
+        self.delta = torch.ones((), **f32)
+        self.noise_gain = torch.ones((), **f32)
+        self.cond_embeds = torch.zeros_like(self._cond)
+        self.unet_embeds = torch.zeros(self.unet_batch, *self._cond.shape[1:], device=dev, dtype=self.dtype)
+        self.unet_timesteps = torch.zeros(self.unet_batch, device=dev, dtype=torch.int64)
+        if self._sdxl:
+            self.unet_pooled = torch.zeros(self.unet_batch, self._pooled.shape[-1], device=dev, dtype=self.dtype)
+            size = [c.height, c.width, 0, 0, c.height, c.width]
+            self.unet_time_ids = torch.tensor([size] * self.unet_batch, device=dev, dtype=self.dtype)
+            self.modules.unet.sdxl_text_embeds = self.unet_pooled
+            self.modules.unet.sdxl_time_ids = self.unet_time_ids
+        self._primed = False
+
+    def _write_all(self) -> None:
+        self._write_noise(self.config.seed)
+        self._write_schedule()
+        self._write_embeds(self._cond, self._pooled)
+        self._write_scalars()
+
+    def _write_noise(self, seed: int) -> None:
+        gen = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn(self.init_noise.shape, generator=gen, dtype=torch.float32)
+        self.init_noise.copy_(noise)
+        self.noise_next.copy_(torch.roll(noise, -self.fbs, dims=0))
+
+    def _write_schedule(self) -> None:
+        coef = slot_coefficients(self.components.scheduler_config, self.config.indexes)
+        rep = lambda v: v.repeat_interleave(self.fbs)  # noqa: E731  [step0 x fbs, step1 x fbs, ...]
+        shape = (-1, 1, 1, 1)
+        self.timesteps.copy_(rep(coef.timesteps))
+        self.alpha.copy_(rep(coef.alpha).view(shape))
+        self.beta.copy_(rep(coef.beta).view(shape))
+        self.c_skip.copy_(rep(coef.c_skip).view(shape))
+        self.c_out.copy_(rep(coef.c_out).view(shape))
+        one = torch.ones(1, dtype=torch.float64)
+        self.alpha_next.copy_(rep(torch.cat([coef.alpha[1:], one])).view(shape))
+        self.beta_next.copy_(rep(torch.cat([coef.beta[1:], one])).view(shape))
+        ts = self.timesteps
+        self.unet_timesteps.copy_({"full": lambda: torch.cat([ts, ts]),
+                                   "initialize": lambda: torch.cat([ts[: self.fbs], ts])}.get(
+            self.config.cfg_type, lambda: ts)())
+
+    def _write_scalars(self) -> None:
+        self.guidance.fill_(self.config.guidance_scale)
+        self.delta.fill_(self.config.delta)
+        self.noise_gain.fill_(1.0 if self.config.do_add_noise else 0.0)
+
+    def _write_embeds(self, cond: Tensor, pooled: Tensor | None) -> None:
+        """Lay the cond/uncond embeddings out in the UNet batch order of the guidance mode."""
+        n_b, fbs = self.num_steps * self.fbs, self.fbs
+        n_uncond = {"full": n_b, "initialize": fbs}.get(self.config.cfg_type, 0)
+        self.cond_embeds.copy_(cond)
+        rows = [self._uncond.expand(n_uncond, -1, -1), cond.expand(n_b, -1, -1)]
+        self.unet_embeds.copy_(torch.cat(rows))
+        if self._sdxl:
+            self.unet_pooled.copy_(torch.cat([self._upooled.expand(n_uncond, -1), pooled.expand(n_b, -1)]))
+
+    # ------------------------------------------------------------------ the step (pure tensors)
+    def _eps(self, out: Tensor, sample: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+        out = out.float()
+        return alpha * out + beta * sample if self._v_prediction else out
+
+    def encode_latents(self, x_uint8: Tensor) -> Tensor:
+        images = fr.to_unit(x_uint8, self.dtype)
+        return self.modules.encode(images).float()
+
+    @torch.no_grad()
+    def step_tensor(self, x_uint8: Tensor | None) -> Tensor:
+        """(fbs,H,W,3) uint8 on the device -> (fbs,H,W,3) uint8. In txt2img `x_uint8` is ignored."""
+        fbs, cfg = self.fbs, self.config.cfg_type
+        if self.config.mode == "img2img":
+            z = self.encode_latents(x_uint8)
+            x_t0 = self.alpha[:fbs] * z + self.beta[:fbs] * self.init_noise[:fbs]
+        else:
+            x_t0 = self.init_noise[:fbs]
+        x = torch.cat([x_t0, self.buffer]) if self.num_steps > 1 else x_t0
+        stock = torch.cat([self.init_noise[:fbs], self.stock[: x.shape[0] - fbs]])
+        unet = self.modules.unet
+        if cfg == "full":
+            out = unet(torch.cat([x, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds)
+            eps_u, eps_c = self._eps(out, torch.cat([x, x]), self.alpha.repeat(2, 1, 1, 1),
+                                     self.beta.repeat(2, 1, 1, 1)).chunk(2)
+        elif cfg == "initialize":
+            out = unet(torch.cat([x_t0, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds)
+            neg = self._eps(out[:fbs], x_t0, self.alpha[:fbs], self.beta[:fbs])
+            eps_c = self._eps(out[fbs:], x, self.alpha, self.beta)
+            stock = torch.cat([neg, stock[fbs:]])
+            eps_u = self.delta * stock
+        else:
+            eps_c = self._eps(unet(x.to(self.dtype), self.unet_timesteps, self.unet_embeds), x,
+                              self.alpha, self.beta)
+            eps_u = self.delta * stock if cfg == "self" else eps_c
+        eps = eps_c if cfg == "none" else eps_u + self.guidance * (eps_c - eps_u)
+        x0 = self.c_out * (x - self.beta * eps) / self.alpha + self.c_skip * x
+        if cfg in ("self", "initialize"):
+            drift = self.c_out * (self.beta * stock - self.beta * eps) / self.alpha + self.c_skip * self.beta * stock
+            self.stock.copy_(self.noise_next + self.alpha_next * drift / self.beta_next)
+        if self.num_steps > 1:
+            renoise = self.noise_gain * self.beta[fbs:] * self.init_noise[fbs:]
+            self.buffer.copy_(self.alpha[fbs:] * x0[:-fbs] + renoise)
+        images = self.modules.decode(x0[-fbs:].to(self.dtype))
+        return fr.from_unit(images)
+
+    @torch.no_grad()
+    def prime(self, x_uint8: Tensor | None) -> None:
+        """Warm-up: fill the buffer so the very first outputs already show the input.
+
+        img2img: slot k gets the first frame's latent noised to t_k with the slot's own noise
+        (its RCFG residual is then exactly that noise). txt2img: run n-1 steps from noise."""
+        fbs, n = self.fbs, self.num_steps
+        if n > 1 and self.config.mode == "img2img":
+            z = self.encode_latents(x_uint8).repeat(n - 1, 1, 1, 1)
+            noise = self.init_noise[fbs:]
+            self.buffer.copy_(self.alpha[fbs:] * z + self.noise_gain * self.beta[fbs:] * noise)
+            self.stock[: (n - 1) * fbs].copy_(noise)
+        elif n > 1:
+            self.buffer.zero_()
+            for _ in range(n - 1):
+                self.step_tensor(None)
+        self._primed = True
+
+    # ------------------------------------------------------------------ per-frame driver
+    @torch.no_grad()
+    def __call__(self, frame: np.ndarray | Tensor | None = None) -> np.ndarray | Tensor:
+        if self.config.mode == "txt2img" and frame is None:
+            shape = (self.config.height, self.config.width, 3)
+            frame = torch.zeros((self.fbs, *shape) if self.fbs > 1 else shape, dtype=torch.uint8, device=self.device)
+        fr.check_frame(frame, self.fbs)
+        batch = 1 if frame.ndim == 3 else frame.shape[0]
+        if batch != self.fbs:
+            raise ValueError(f"frame: expected {self.fbs} frames (frame_buffer_size), got {batch}")
+        if self._filter_on():
+            small = fr.small_copy(frame)
+            if self._must_process():
+                self.filter.record(small)
+            elif self.filter.should_skip(small):
+                self.frames_skipped += 1
+                return fr.like_input(self.last_output, frame)
+        x = fr.fit(fr.to_tensor(frame, self.device), self.config.width, self.config.height, self.config.resize)
+        self._advance_transition()
+        if not self._primed:
+            self.prime(x)
+        out = self.step_tensor(x)
+        self.last_output = out
+        self.frames_processed += 1
+        self._force_next = False
+        return fr.like_input(out, frame)
+
+    def _filter_on(self) -> bool:
+        return self.config.mode == "img2img" and self.config.similarity_threshold is not None
+
+    def _must_process(self) -> bool:
+        return self.last_output is None or self._force_next or self._transition is not None
+
+    def _advance_transition(self) -> None:
+        tr = self._transition
+        if tr is None:
+            return
+        tr.done += 1
+        weight = tr.done / tr.frames
+        cond = torch.lerp(tr.start.float(), tr.target.float(), weight).to(self.dtype)
+        pooled = None
+        if tr.target_pooled is not None:
+            pooled = torch.lerp(tr.start_pooled.float(), tr.target_pooled.float(), weight).to(self.dtype)
+        self._write_embeds(cond, pooled)
+        if tr.done >= tr.frames:
+            self._transition = None
+
+    # ------------------------------------------------------------------ live updates
+    def update(self, **changes: Any) -> None:
+        """Apply setting changes between frames. Raises ValueError naming the bad field; on error
+        nothing changes. Accepts every StreamConfig field (e.g. prompt, negative_prompt,
+        guidance_scale, delta, seed, strength, steps, t_index_list, cfg_type, similarity_threshold,
+        similarity_max_skip, transition_frames, do_add_noise)."""
+        if "similarity_max_skip_frames" in changes:
+            changes["similarity_max_skip"] = changes.pop("similarity_max_skip_frames")
+        old, new = self.config, self.config.replace(**changes)
+        cond, pooled = self.prompts.encode(new.prompt)  # may raise: nothing changed yet
+        uncond, upooled = self.prompts.encode(new.negative_prompt)
+        self._commit(old, new, (cond, pooled, uncond, upooled))
+
+    def _commit(self, old: StreamConfig, new: StreamConfig, embeds: tuple) -> None:
+        old_shape = self.shape_key
+        prompt_changed = new.prompt != old.prompt
+        start = self.cond_embeds.clone()
+        start_pooled = self.unet_pooled[-1:].clone() if self._sdxl else None
+        self.config = new
+        self._cond, self._pooled, self._uncond, self._upooled = embeds
+        self.filter.configure(new.similarity_threshold, new.similarity_max_skip)
+        if self.shape_key != old_shape:
+            self._allocate()
+            self._transition = None
+            self._write_all()
+            return
+        if new.seed != old.seed:
+            self._write_noise(new.seed)
+        if new.indexes != old.indexes or new.mode != old.mode:
+            self._write_schedule()
+            self._primed = False
+        self._write_scalars()
+        if prompt_changed and new.transition_frames > 0 and self._primed:
+            self._transition = _Transition(start, self._cond, start_pooled, self._pooled, new.transition_frames)
+            self._write_embeds(start, start_pooled)
+        else:
+            self._transition = None
+            self._write_embeds(self._cond, self._pooled)
+        self._force_next = True
+
+    def reset(self) -> None:
+        """Forget the frames in flight (the next frame primes the buffer again)."""
+        self._primed = False
+        self.filter.reset()
+        self.last_output = None
