@@ -1,0 +1,156 @@
+"""The tray: pystray's dummy backend, its menu items invoked as a user would, driving a real app
+(tiny model on the CPU, a still camera, a recording virtual camera)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["PYSTRAY_BACKEND"] = "dummy"  # before pystray is imported anywhere
+
+import numpy as np
+import pytest
+
+from app_parts import RecordingSink, StillCamera
+from dreamcam.plugin import config as cfg
+from dreamcam.plugin.app import DreamcamApp
+from dreamcam.plugin.settings import AppSettings, StreamSettings
+from dreamcam.plugin.tray import TrayController, build_icon, draw_icon
+from obs_harness import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture()
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "config"))
+    return tmp_path / "config"
+
+
+@pytest.fixture()
+def tray(tiny_model_dir, config_dir):
+    from dreamcam.plugin.pipeline import build_processor
+
+    app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
+                               device="cpu", dtype="float32", width=64, height=64)
+    sinks: list[RecordingSink] = []
+    opened: list = []
+
+    def make_app(initial: StreamSettings):
+        sink = RecordingSink()
+        sinks.append(sink)
+        processor = build_processor(app_settings, initial, local_files_only=True)
+        return DreamcamApp(app_settings, initial, source=StillCamera(64, 64, fps=15), sink=sink,
+                           processor=processor)
+
+    controller = TrayController(make_app, StreamSettings(similarity_filter=False, seed=5),
+                                open_folder=opened.append)
+    icon = build_icon(controller)
+    origins: list[str] = []
+    yield controller, icon, sinks, opened, origins
+    controller.stop()
+
+
+def item(menu, text):
+    for entry in menu.items:
+        if entry.text == text:
+            return entry
+    raise AssertionError(f"no menu item {text!r} in {[e.text for e in menu.items]}")
+
+
+def click(icon, text, menu=None):
+    item(menu or icon.menu, text)(icon)
+
+
+def test_menu_starts_pauses_filters_and_stops_the_app(tray):
+    controller, icon, sinks, _, _ = tray
+    assert [e.text for e in icon.menu.items if e.text != "- - - -"] == [
+        "Start", "Pause (pass the input through)", "Presets", "Similarity filter", "Open config folder", "Quit"]
+    assert "stopped" in icon.title
+    click(icon, "Start")
+    assert wait_for(lambda: controller.running, 60), controller.last_error
+    app = controller.app
+    origins = []
+    app.store.subscribe(lambda settings, origin: origins.append(origin))
+    sink = sinks[-1]
+    assert wait_for(lambda: sink.count() >= 3, 60)
+    assert item(icon.menu, "Stop").text == "Stop"
+    processed = sink.last()
+    assert not np.array_equal(processed, app.source.image)  # the model changes the picture
+
+    click(icon, "Pause (pass the input through)")
+    assert app.store.current.paused and item(icon.menu, "Pause (pass the input through)").checked
+    n = sink.count()
+    assert wait_for(lambda: sink.count() >= n + 3, 30)
+    assert np.array_equal(sink.last(), app.source.image)  # the input passes through unchanged
+    click(icon, "Pause (pass the input through)")
+    assert not app.store.current.paused
+
+    assert not item(icon.menu, "Similarity filter").checked
+    click(icon, "Similarity filter")
+    assert app.store.current.similarity_filter and item(icon.menu, "Similarity filter").checked
+    assert origins == ["tray", "tray", "tray"]  # the same settings path as OBS, marked as the tray's
+
+    assert wait_for(lambda: "fps" in controller.tooltip(), 10)
+    icon.title = controller.tooltip()
+    assert icon.title.startswith("Dreamcam: ") and "fps" in icon.title
+
+    click(icon, "Stop")
+    assert not controller.running and not app.is_running
+    assert controller.store.current.similarity_filter  # kept for the next start
+    assert icon.menu.items[0].text == "Start"
+
+
+def test_presets_menu_applies_saved_presets(tray):
+    controller, icon, *_ = tray
+    presets = item(icon.menu, "Presets").submenu
+    assert "no presets saved" in presets.items[0].text and not presets.items[0].enabled
+    cfg.save_preset("Ink", StreamSettings(prompt="black ink drawing", strength=0.7, seed=9))
+    cfg.save_preset("Neon", StreamSettings(prompt="neon city at night", guidance_scale=2.0))
+    presets = item(icon.menu, "Presets").submenu
+    assert [e.text for e in presets.items] == ["Ink", "Neon"]
+    click(icon, "Neon", presets)  # works while stopped: the next start uses it
+    s = controller.store.current
+    assert (s.prompt, s.guidance_scale, s.preset) == ("neon city at night", 2.0, "Neon")
+    assert item(presets, "Neon").checked and not item(presets, "Ink").checked
+
+    controller.start(wait=True)
+    assert controller.running and controller.app.store.current.prompt == "neon city at night"
+    click(icon, "Ink", item(icon.menu, "Presets").submenu)
+    s = controller.app.store.current
+    assert (s.prompt, s.strength, s.seed, s.preset) == ("black ink drawing", 0.7, 9, "Ink")
+    assert "Ink" in controller.tooltip()
+
+    (cfg.presets_dir() / "Broken.json").write_text('{"strength": 9}')
+    before = controller.store.current
+    click(icon, "Broken", item(icon.menu, "Presets").submenu)
+    assert controller.store.current == before and "strength" in controller.last_error
+
+
+def test_open_config_folder_and_quit(tray, config_dir):
+    controller, icon, _, opened, _ = tray
+    click(icon, "Open config folder")
+    assert opened == [config_dir] and config_dir.is_dir()
+    controller.start(wait=True)
+    app = controller.app
+    assert app.is_running
+    click(icon, "Quit")
+    assert not app.is_running and not controller.running
+
+
+def test_start_failure_is_shown_not_raised(config_dir):
+    def broken(_initial):
+        raise RuntimeError("no camera at index 3")
+
+    controller = TrayController(broken, open_folder=lambda p: None)
+    icon = build_icon(controller)
+    click(icon, "Start")
+    assert wait_for(lambda: not controller.starting, 10)
+    assert not controller.running and "no camera at index 3" in controller.tooltip()
+
+
+def test_icon_images_show_the_state():
+    images = {state: draw_icon(state) for state in ("running", "paused", "stopped")}
+    for image in images.values():
+        assert image.size == (64, 64) and image.mode == "RGBA"
+    centre_ring = {state: image.getpixel((32, 12)) for state, image in images.items()}
+    assert len(set(centre_ring.values())) == 3
