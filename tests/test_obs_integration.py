@@ -24,7 +24,8 @@ def obs_studio(tmp_path_factory):
     password = "pw-" + secrets.token_hex(8)
     port = free_port()
     inst = ObsInstance(tmp_path_factory.mktemp("obs"), port, password,
-                       {"port": port, "password": password, "prompt": PANEL_PROMPT, "strength": 0.65})
+                       {"port": port, "password": password, "prompt": PANEL_PROMPT, "strength": 0.65,
+                        "similarity_filter": False, "seed": 3})
     try:
         inst.start_xvfb()
         inst.start_obs()
@@ -192,3 +193,48 @@ def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog):
     messages_ = [r.getMessage() for r in caplog.records if r.name == "dreamcam.plugin.obs_bridge"]
     assert sum("connected to OBS" in m for m in messages_) == 2
     assert sum("No OBS WebSocket server" in m for m in messages_) <= 2  # once before start, once while down
+
+
+def test_panel_prompt_changes_the_next_frame_of_the_running_app(obs_studio, tiny_model_dir):
+    """End to end: the real app (tiny model, CPU) runs; the OBS bridge joins; the prompt set in the
+    OBS panel reaches the app and the frames that follow differ; the app's status shows in OBS."""
+    import dataclasses
+    import time
+
+    import numpy as np
+
+    from app_parts import RecordingSink, StillCamera
+    from dreamcam.plugin.app import DreamcamApp
+    from dreamcam.plugin.pipeline import build_processor
+    from dreamcam.plugin.settings import AppSettings, StreamSettings
+
+    app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
+                               device="cpu", dtype="float32", width=64, height=64, engine="eager")
+    initial = StreamSettings(prompt="a grey stone wall", strength=0.65, similarity_filter=False, seed=3)
+    sink = RecordingSink()
+    app = DreamcamApp(app_settings, initial, source=StillCamera(64, 64, fps=15), sink=sink,
+                      processor=build_processor(app_settings, initial, local_files_only=True))
+    app.start()
+    bridge = None
+    try:
+        # a still scene with a fixed seed: once warmed up, every output frame is the same picture
+        assert wait_for(lambda: sink.count() >= 6, 60)
+        before = sink.last()
+        assert all(np.array_equal(img, before) for img in sink.since(time.monotonic() - 0.2)[-2:])
+
+        bridge = make_bridge(obs_studio, app.store, app.board)
+        app.add_service(bridge)  # started at once: the app is running
+        assert wait_for(lambda: app.store.current.prompt == PANEL_PROMPT, 15), bridge.state
+        # the panel's other fields equal the app's, so the prompt is the only change
+        assert app.store.current == dataclasses.replace(initial, prompt=PANEL_PROMPT)
+        changed_at = time.monotonic()
+        assert wait_for(lambda: len(sink.since(changed_at)) >= 3, 30)
+        after = sink.since(changed_at)[-1]
+        assert not np.array_equal(after, before)  # the panel's prompt changed the picture
+        assert app.runner.active_settings.prompt == PANEL_PROMPT
+
+        assert wait_for(lambda: "app running" in obs_studio.panel_status()
+                        and str(tiny_model_dir) in obs_studio.panel_status(), 15), obs_studio.panel_status()
+    finally:
+        app.stop()
+    assert bridge is not None and bridge.state == "stopped"  # the app stops its services
