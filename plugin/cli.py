@@ -361,7 +361,11 @@ def preset_delete(name: str) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # Library chatter (weights loading bars, config notes) hides our own lines; --verbose logs ours.
+    for name, value in (("OPENCV_LOG_LEVEL", "ERROR"), ("TRANSFORMERS_VERBOSITY", "error"),
+                        ("DIFFUSERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)
     app()
 
 

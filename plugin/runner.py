@@ -7,6 +7,7 @@ SettingsStore between two frames and applied to the processor as one update.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -76,6 +77,7 @@ class Runner:
         self.frames_published = 0
         self.new_frames_published = 0
         self.last_published: Frame | None = None
+        self.history: collections.deque[tuple[int, dict]] = collections.deque(maxlen=512)  # processed frames
         self._last_status = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -177,11 +179,14 @@ class Runner:
             frame = self.in_box.get(timeout=0.1)
             if frame is None:
                 continue
+            t_start = time.monotonic()
             settings, version = self._settings_for_frame()
             out = self._process(frame, settings)
             if out is None:
                 continue
-            meta = dict(frame.meta, settings_version=version, t_processed=time.monotonic())
+            meta = dict(frame.meta, settings_version=version, t_start=t_start, paused=settings.paused,
+                        t_processed=time.monotonic())
+            self.history.append((frame.index, meta))
             self.out_box.put(Frame(out, frame.t_capture, frame.index, meta))
 
     def _load_in_background(self) -> None:
@@ -224,6 +229,7 @@ class Runner:
         processor = self.processor
         if settings.paused or processor is None:
             return image
+        skipped_before = getattr(processor, "frames_skipped", None)
         t0 = time.perf_counter()
         try:
             out = processor(image)
@@ -234,9 +240,8 @@ class Runner:
             return None
         self._infer_ms.add((time.perf_counter() - t0) * 1000)
         self._fps_infer.tick()
-        skipped = getattr(processor, "last_skipped", None)
-        if skipped is not None:
-            self._skips.add(1.0 if skipped else 0.0)
+        if skipped_before is not None:  # the core counts frames its similarity filter skipped
+            self._skips.add(1.0 if processor.frames_skipped != skipped_before else 0.0)
         return out
 
     # ---- publish ---------------------------------------------------------------------------
