@@ -13,6 +13,7 @@ Network I/O happens on one worker thread of this script, never on OBS's UI or vi
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import os
@@ -430,6 +431,59 @@ def describe_connect_error(exc: BaseException, host: str, port: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# This OBS's own WebSocket settings (so the panel needs no port or password typed in)
+# ---------------------------------------------------------------------------------------------
+def local_websocket_settings(obs_config_dir: str) -> Optional[tuple]:
+    """(port, password) of the WebSocket server of the OBS whose config folder is given, or None.
+
+    obs-websocket 5.5+ (OBS 30.2+) keeps them in plugin_config/obs-websocket/config.json, older
+    versions in the [OBSWebSocket] section of global.ini."""
+    path = os.path.join(obs_config_dir, "plugin_config", "obs-websocket", "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and data.get("server_port"):
+            password = data.get("server_password", "") if data.get("auth_required", True) else ""
+            return int(data["server_port"]), str(password or "")
+    except (OSError, ValueError, TypeError):
+        pass
+    ini = configparser.RawConfigParser(strict=False)
+    try:
+        with open(os.path.join(obs_config_dir, "global.ini"), encoding="utf-8-sig") as f:
+            ini.read_file(f)
+        section = ini["OBSWebSocket"]
+        port = int(section.get("ServerPort", "4455"))
+        auth = section.get("AuthRequired", "true").lower() == "true"
+        return port, (section.get("ServerPassword", "") if auth else "")
+    except (OSError, KeyError, ValueError, configparser.Error):
+        return None
+
+
+def obs_config_dir() -> str:
+    """The config folder of the running OBS (honours XDG_CONFIG_HOME; APPDATA on Windows)."""
+    if obs is not None and hasattr(obs, "os_get_config_path_ptr"):
+        path = obs.os_get_config_path_ptr("obs-studio")
+        if path:
+            return path
+    if sys.platform == "win32":
+        return os.path.join(os.environ.get("APPDATA", ""), "obs-studio")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Application Support/obs-studio")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return os.path.join(base, "obs-studio")
+
+
+def connection_settings(use_local: bool, host: str, port: int, password: str,
+                        config_dir: Optional[str] = None) -> tuple:
+    """(host, port, password) the panel connects with."""
+    if use_local:
+        local = local_websocket_settings(config_dir or obs_config_dir())
+        if local is not None:
+            return ("127.0.0.1",) + tuple(local)
+    return host or "127.0.0.1", int(port), password
+
+
+# ---------------------------------------------------------------------------------------------
 # Presets (kept in the script's settings, so they travel with the scene collection on any OS)
 # ---------------------------------------------------------------------------------------------
 def load_presets(raw: str) -> Dict[str, Dict[str, Any]]:
@@ -477,6 +531,8 @@ class _Script:
         self.panel = Panel()
         self.link: Optional[Link] = None
         self.shown_line = ""
+        self.config_dir: Optional[str] = None
+        self.ticks = 0
 
 
 _S = _Script()
@@ -527,6 +583,7 @@ def script_description() -> str:
 
 
 def script_defaults(settings: Any) -> None:
+    obs.obs_data_set_default_bool(settings, "use_local_websocket", True)
     obs.obs_data_set_default_string(settings, "host", "127.0.0.1")
     obs.obs_data_set_default_int(settings, "port", 4455)
     obs.obs_data_set_default_string(settings, "presets_json", "")
@@ -548,6 +605,8 @@ def script_properties() -> Any:
         obs.obs_properties_add_text(props, "install_hint", install_hint(), obs.OBS_TEXT_INFO)
     obs.obs_properties_add_text(props, "status", "Status", obs.OBS_TEXT_INFO)
     obs.obs_properties_add_button(props, "refresh_status", "Refresh status", _on_refresh)
+    obs.obs_properties_add_bool(props, "use_local_websocket",
+                                "Use this OBS's WebSocket server settings (ignore the three fields below)")
     obs.obs_properties_add_text(props, "host", "WebSocket host", obs.OBS_TEXT_DEFAULT)
     obs.obs_properties_add_int(props, "port", "WebSocket port", 1, 65535, 1)
     obs.obs_properties_add_text(props, "password", "WebSocket password", obs.OBS_TEXT_PASSWORD)
@@ -583,6 +642,7 @@ def script_properties() -> Any:
 
 def script_load(settings: Any) -> None:
     _S.settings = settings
+    _S.config_dir = obs_config_dir()
     if obsws_python is None:
         _log("[dreamcam] " + install_hint())
     _S.link = Link(_S.panel, log=_log)
@@ -592,11 +652,16 @@ def script_load(settings: Any) -> None:
 
 def script_update(settings: Any) -> None:
     _S.settings = settings
-    if _S.link is not None:
-        _S.link.configure(obs.obs_data_get_string(settings, "host") or "127.0.0.1",
-                          int(obs.obs_data_get_int(settings, "port")),
-                          obs.obs_data_get_string(settings, "password"))
+    _configure_link(settings)
     _S.panel.update(read_panel(settings))
+
+
+def _configure_link(settings: Any) -> None:
+    if _S.link is not None:
+        _S.link.configure(*connection_settings(
+            obs.obs_data_get_bool(settings, "use_local_websocket"),
+            obs.obs_data_get_string(settings, "host"), obs.obs_data_get_int(settings, "port"),
+            obs.obs_data_get_string(settings, "password"), _S.config_dir))
 
 
 def script_unload() -> None:
@@ -610,6 +675,9 @@ def _refresh_status() -> None:
     """OBS timer: copy the latest status line into the panel (and the optional status file)."""
     if _S.settings is None:
         return
+    _S.ticks += 1
+    if _S.ticks % 10 == 0:  # follow changes made in Tools > WebSocket Server Settings
+        _configure_link(_S.settings)
     line = _S.panel.status_line()
     if line == _S.shown_line:
         return

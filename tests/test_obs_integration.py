@@ -23,8 +23,9 @@ def obs_studio(tmp_path_factory):
         pytest.fail("OBS Studio and Xvfb are needed: bash scripts/dev-setup.sh installs them")
     password = "pw-" + secrets.token_hex(8)
     port = free_port()
+    # no port or password for the panel: it reads this OBS's own WebSocket settings
     inst = ObsInstance(tmp_path_factory.mktemp("obs"), port, password,
-                       {"port": port, "password": password, "prompt": PANEL_PROMPT, "strength": 0.65,
+                       {"prompt": PANEL_PROMPT, "strength": 0.65,
                         "similarity_filter": False, "seed": 3})
     try:
         inst.start_xvfb()
@@ -161,7 +162,8 @@ def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog):
         pytest.fail("OBS Studio and Xvfb are needed: bash scripts/dev-setup.sh installs them")
     password = "pw-" + secrets.token_hex(8)
     port = free_port()
-    inst = ObsInstance(tmp_path, port, password, {"port": port, "password": password, "prompt": "before"})
+    inst = ObsInstance(tmp_path, port, password, {"use_local_websocket": False, "host": "127.0.0.1", "port": port,
+                        "password": password, "prompt": "before"})
     store, board = SettingsStore(), StatusBoard()
     board.publish(Status(running=True, fps_out=5.0))
     bridge = ObsBridge(store, board, "127.0.0.1", port, password, status_interval=0.3, max_backoff=0.5)

@@ -196,6 +196,7 @@ def test_buttons_randomize_seed_and_manage_presets(script):
     module, obs = script
     settings = obs.obs_data_create()
     module.script_defaults(settings)
+    obs.obs_data_set_bool(settings, "use_local_websocket", False)
     obs.obs_data_set_int(settings, "port", free_port())  # nothing listens there
     module.script_load(settings)
     module.script_update(settings)
@@ -243,3 +244,20 @@ def test_status_messages_of_the_app_have_the_fields_the_panel_reads():
     fields = set(messages.status_event(Status())[messages.NAMESPACE])
     assert {"running", "fps_out", "infer_fps", "skip_ratio", "latency_ms", "model", "engine", "error"} <= fields
     assert {f.name for f in dataclasses.fields(Status)} - {"extra"} <= fields
+
+
+def test_local_websocket_settings_are_read_from_obs_config(tmp_path):
+    module, _ = load_script()
+    assert module.local_websocket_settings(str(tmp_path)) is None
+    (tmp_path / "global.ini").write_text(
+        "\ufeff[General]\nFirstRun=false\n\n[OBSWebSocket]\nServerEnabled=true\nServerPort=4466\n"
+        "AuthRequired=true\nServerPassword=p%ss;w=rd\n", encoding="utf-8")
+    assert module.local_websocket_settings(str(tmp_path)) == (4466, "p%ss;w=rd")
+    json_dir = tmp_path / "plugin_config" / "obs-websocket"
+    json_dir.mkdir(parents=True)
+    (json_dir / "config.json").write_text(json.dumps(
+        {"server_port": 4477, "server_password": "newer", "auth_required": True}))
+    assert module.local_websocket_settings(str(tmp_path)) == (4477, "newer")
+    assert module.connection_settings(True, "h", 1, "x", str(tmp_path)) == ("127.0.0.1", 4477, "newer")
+    assert module.connection_settings(False, "h", 1, "x", str(tmp_path)) == ("h", 1, "x")
+    assert module.connection_settings(True, "h", 1, "x", str(tmp_path / "nope")) == ("h", 1, "x")
