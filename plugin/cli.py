@@ -360,6 +360,23 @@ def preset_delete(name: str) -> None:
     console.print(f"deleted preset {name!r}")
 
 
+# ---- tray ------------------------------------------------------------------------------------
+@app.command()
+def tray(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[app] and \\[stream] tables (default: dreamcam.toml in the config folder)."),
+    obs: bool = typer.Option(False, "--obs", help="Also connect to OBS (obs-websocket) for live control."),
+    autostart: bool = typer.Option(True, "--autostart/--no-autostart", help="Start the stream right away."),
+) -> None:
+    """Run Dreamcam with a system-tray icon (start/stop, pause, presets, similarity filter, quit)."""
+    from .tray import run_tray
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_tray(config, obs, autostart=autostart)
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:
     # Library chatter (weights loading bars, config notes) hides our own lines; --verbose logs ours.
     for name, value in (("OPENCV_LOG_LEVEL", "ERROR"), ("TRANSFORMERS_VERBOSITY", "error"),
