@@ -255,7 +255,9 @@ def _load_single_file(spec: ModelSpec, local_only: bool) -> dict:
                 "A single-file checkpoint needs its component configs: pass config=<a local diffusers folder of the "
                 "same architecture> (or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 that is in "
                 "your cache, see `huggingface-cli download <id> --include '*.json' '*.txt'`).") from exc
-        raise _explain("checkpoint", spec.model, exc, local_only) from exc
+        raise ModelLoadError(f"cannot load the checkpoint {spec.model!r} with the configs of {spec.config!r}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Check that the config "
+                             "folder is of the same architecture as the checkpoint.") from exc
     parts = {k: getattr(pipe, k, None) for k in
              ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
     if spec.tiny_vae is not None:

@@ -141,3 +141,96 @@ def make_tiny_model(folder: str | Path, family: str = "sd21", *, with_taesd: boo
     if with_taesd:
         _taesd().save_pretrained(folder / "taesd")
     return folder
+
+
+# --------------------------------------------------------------------------- single-file checkpoints
+_RESNET_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_ATTN_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _unet_key_to_ldm(key: str, layers: int, up_attention: list[bool]) -> str:
+    parts = key.split(".")
+    head = parts[0]
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    for src, dst in fixed.items():
+        if key.startswith(src + "."):
+            return dst + key[len(src):]
+    if head in ("down_blocks", "up_blocks"):
+        block, kind, idx, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+        if head == "down_blocks":
+            if kind == "downsamplers":
+                return f"input_blocks.{(block + 1) * (layers + 1)}.0.op.{rest.removeprefix('conv.')}"
+            row, group = 1 + block * (layers + 1) + idx, "input_blocks"
+        else:
+            if kind == "upsamplers":
+                slot = 2 if up_attention[block] else 1
+                return f"output_blocks.{block * (layers + 1) + layers}.{slot}.{rest}"
+            row, group = block * (layers + 1) + idx, "output_blocks"
+        if kind == "resnets":
+            name, tail = rest.split(".", 1)
+            return f"{group}.{row}.0.{_RESNET_LDM[name]}.{tail}"
+        return f"{group}.{row}.1.{rest}"
+    if head == "mid_block":
+        kind, idx, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+        if kind == "resnets":
+            name, tail = rest.split(".", 1)
+            return f"middle_block.{0 if idx == 0 else 2}.{_RESNET_LDM[name]}.{tail}"
+        return f"middle_block.1.{rest}"
+    raise KeyError(key)
+
+
+def _vae_key_to_ldm(key: str, levels: int, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+    parts = key.split(".")
+    side = parts[0]
+    if parts[1] in ("down_blocks", "up_blocks"):
+        level = int(parts[2]) if side == "encoder" else levels - 1 - int(parts[2])
+        word = "down" if side == "encoder" else "up"
+        rest = ".".join(parts[5:])
+        if parts[3] == "resnets":
+            rest = rest.replace("conv_shortcut", "nin_shortcut")
+            return f"{side}.{word}.{level}.block.{parts[4]}.{rest}", value
+        return f"{side}.{word}.{level}.{'downsample' if side == 'encoder' else 'upsample'}.{rest}", value
+    if parts[1] == "mid_block":
+        if parts[2] == "resnets":
+            rest = ".".join(parts[4:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{side}.mid.block_{int(parts[3]) + 1}.{rest}", value
+        rest = ".".join(parts[4:])
+        for src, dst in _VAE_ATTN_LDM.items():
+            if rest.startswith(src + "."):
+                if value.ndim == 2:
+                    value = value[:, :, None, None]
+                return f"{side}.mid.attn_1.{dst}{rest[len(src):]}", value
+    if parts[1] == "conv_norm_out":
+        return f"{side}.norm_out.{parts[2]}", value
+    return key, value
+
+
+def save_single_file(model_dir: str | Path, path: str | Path) -> Path:
+    """Write a tiny SD 1.5 diffusers folder as one original-layout (LDM) .safetensors checkpoint."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    model_dir, path = Path(model_dir), Path(path)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae")
+    text = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
+    if unet.config.cross_attention_dim != 768:
+        raise ValueError("save_single_file writes SD 1.5 layouts only")
+    layers = unet.config.layers_per_block
+    up_attention = ["CrossAttn" in t for t in unet.config.up_block_types]
+    state: dict[str, torch.Tensor] = {}
+    for key, value in unet.state_dict().items():
+        state["model.diffusion_model." + _unet_key_to_ldm(key, layers, up_attention)] = value
+    levels = len(vae.config.block_out_channels)
+    for key, value in vae.state_dict().items():
+        new_key, new_value = _vae_key_to_ldm(key, levels, value)
+        state["first_stage_model." + new_key] = new_value
+    for key, value in text.state_dict().items():
+        inner = key if key.startswith("text_model.") else "text_model." + key  # transformers >= 5.6 is flat
+        state["cond_stage_model.transformer." + inner] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
