@@ -1,0 +1,1 @@
+"""Benchmarks of the Dreamcam step on a GPU (random weights, real architectures)."""

@@ -1,0 +1,73 @@
+"""Random-weight SD-Turbo-architecture models from the JSON configs in bench/configs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def load_config(name: str) -> dict:
+    data = json.loads((CONFIGS / f"{name}.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+@dataclass
+class BenchModels:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+
+def _tokenizer():
+    """A small CLIP tokenizer (no vocabulary download); ids stay inside the real vocabulary."""
+    from transformers import CLIPTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(" ,.")
+    tokens = letters + [s + "</w>" for s in letters] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def build(device: str = "cuda", dtype: torch.dtype = torch.float16, seed: int = 0, *, small: bool = False) -> BenchModels:
+    """The real architectures with random weights, built directly on `device`.
+
+    `small` shrinks every width (for checking the benchmark code on a CPU).
+    """
+    from diffusers import AutoencoderTiny, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet_cfg, taesd_cfg, clip_cfg = load_config("sd_turbo_unet"), load_config("taesd"), load_config("clip_text")
+    if small:
+        unet_cfg.update(block_out_channels=[32, 32, 64, 64], attention_head_dim=[1, 1, 2, 2], layers_per_block=1,
+                        norm_num_groups=8)
+        taesd_cfg.update(encoder_block_out_channels=[8] * 4, decoder_block_out_channels=[8] * 4)
+        clip_cfg.update(num_hidden_layers=1, intermediate_size=64, num_attention_heads=4)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**unet_cfg)
+        vae = AutoencoderTiny(**taesd_cfg)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**clip_cfg))
+    for module in (unet, vae, text_encoder):
+        module.to(dtype=dtype).eval().requires_grad_(False)
+    scheduler = EulerDiscreteScheduler(**load_config("scheduler"))
+    return BenchModels(unet, vae, text_encoder, _tokenizer(), scheduler)
+
+
+def components(models: BenchModels, device: str, dtype: torch.dtype):
+    """The core's `Components` around the bench models (no loading from disk)."""
+    from diffusers import LCMScheduler
+
+    from dreamcam.core.loading import Components
+
+    return Components(
+        unet=models.unet, vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
+        scheduler=LCMScheduler.from_config(models.scheduler.config), family="sd21", vae_kind="tiny",
+        prediction_type="epsilon", device=torch.device(device), dtype=dtype, source="bench-random",
+    )

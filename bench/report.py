@@ -1,0 +1,122 @@
+"""Markdown report of a benchmark run (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _best(results: dict, scenario: str) -> tuple[str, dict] | None:
+    """The variant with the highest host-to-host (else device) fps for a scenario."""
+    best = None
+    for v in results.get("variants", []):
+        r = v.get("scenarios", {}).get(scenario)
+        if not r or "device" not in r:
+            continue
+        fps = (r.get("host_to_host") or r["device"])["fps"]
+        if best is None or fps > best[2]:
+            best = (v["variant"], r, fps)
+    return (best[0], best[1]) if best else None
+
+
+def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    rows: list[tuple[str, str, bool | None]] = []
+    one = _best(results, "img2img-1step-512")
+    ref = results.get("reference", {}).get("pil", {}).get("fps")
+    if one:
+        label, r = one
+        h2h = r.get("host_to_host", {}).get("fps")
+        rows.append((">= 300 fps, 1-step img2img 512, host uint8 -> host uint8", f"{_f(h2h)} fps ({label})",
+                     h2h is not None and h2h >= 300))
+        if ref and h2h:
+            rows.append((">= 20x diffusers img2img (PIL in/out)", f"{h2h / ref:.1f}x ({_f(ref)} fps)", h2h / ref >= 20))
+        st = r.get("host_to_host") or r["device"]
+        rows.append(("p99 < 1.5 x p50", f"p50 {_f(st['p50_ms'], 2)} ms, p99 {_f(st['p99_ms'], 2)} ms",
+                     st["p99_ms"] < 1.5 * st["p50_ms"]))
+        mem = r.get("peak_mem_gb")
+        rows.append(("GPU memory < 6 GB at 512x512", f"{_f(mem, 2)} GB peak allocated", mem is not None and mem < 6))
+        for v in results.get("variants", []):
+            sc = v.get("scenarios", {})
+            a, b, c = sc.get("img2img-1step-512", {}), sc.get("img2img-2step-512", {}), sc.get("self-1step-512", {})
+            if "device" in a and "device" in b:
+                ratio = b["device"]["fps"] / (a["device"]["fps"] / 2)
+                rows.append((f"2-step stream batch >= 1.4 x two sequential 1-step ({v['variant']})", f"{ratio:.2f}x",
+                             ratio >= 1.4))
+            if "device" in a and "device" in c:
+                loss = 1 - c["device"]["fps"] / a["device"]["fps"]
+                rows.append((f"self guidance within 10% of none ({v['variant']})", f"{loss * 100:.1f}% slower",
+                             loss <= 0.10))
+    return rows
+
+
+def render(results: dict) -> str:
+    env = results.get("env", {})
+    lines = ["# Benchmarks", "",
+             "Random weights with the real architectures (SD-Turbo UNet = SD 2.1 UNet, TAESD, OpenCLIP-H text; "
+             "configs in `bench/configs/`), fp16. Numbers come from one run of the command below; runs on the same "
+             "GPU vary by about 15%, so compare rows of one run.", "",
+             f"- command: `{env.get('command', 'python -m bench.run')}`",
+             f"- commit: `{env.get('commit', '?')}`" + (" (plus uncommitted changes)" if env.get("dirty") else ""),
+             f"- device: {env.get('gpu', 'cpu')} (sm {env.get('sm', '-')}, {env.get('gpu_mem_gb', '-')} GB), "
+             f"torch {env.get('torch')}, CUDA {env.get('cuda', '-')}, diffusers {env.get('diffusers', '-')}", ""]
+    fl = results.get("floor")
+    if fl:
+        lines += ["## Arithmetic floor (1-step img2img, 512x512)", "",
+                  f"UNet batch 1: {fl['gflop']['unet_b1']} GFLOP, TAESD encode {fl['gflop']['taesd_encode']} GFLOP, "
+                  f"decode {fl['gflop']['taesd_decode']} GFLOP; total {fl['total_gflop']} GFLOP at a measured "
+                  f"{fl['matmul_tflops']} TFLOP/s fp16 matmul = **{fl['floor_ms']} ms ({fl['floor_fps']} fps)**.", ""]
+    ref = results.get("reference")
+    if ref:
+        lines += ["## Reference: diffusers StableDiffusionImg2ImgPipeline (same components, 1 step, cached prompt)", "",
+                  "| I/O | fps | p50 ms | p99 ms |", "| --- | --- | --- | --- |"]
+        for k, st in ref.items():
+            lines.append(f"| {k} | {_f(st['fps'])} | {_f(st['p50_ms'], 2)} | {_f(st['p99_ms'], 2)} |")
+        lines.append("")
+    lines += ["## Dreamcam stream (core StreamDiffusion + engine, whole step in one CUDA graph)", "",
+              "device = frames already on the GPU, one sync per frame; host->host = numpy uint8 in, pinned uint8 out "
+              "(upload, step, download, one wait); pipelined = two frames in flight; core call = `stream(numpy)` "
+              "(the app's call, filter and frame checks included). Throughput = no sync between frames.", "",
+              "| scenario | variant | device fps | p50 ms | p99 ms | throughput fps | host->host fps | pipelined fps | "
+              "core call fps | peak GB | compile+capture s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ref_fps = (ref or {}).get("pil", {}).get("fps")
+    for v in results.get("variants", []):
+        if "scenarios" not in v:
+            lines.append(f"| - | {v.get('variant')} | {v.get('error') or v.get('skipped')} |||||||||")
+            continue
+        for name, r in v["scenarios"].items():
+            if "device" not in r:
+                lines.append(f"| {name} | {v['variant']} | {r.get('error') or r.get('skipped')} |||||||||")
+                continue
+            d, h = r["device"], r.get("host_to_host", {})
+            lines.append(
+                f"| {name} | {v['variant']} | {_f(d['fps'])} | {_f(d['p50_ms'], 2)} | {_f(d['p99_ms'], 2)} | "
+                f"{_f(r.get('device_throughput_fps'))} | {_f(h.get('fps'))} | {_f(r.get('host_to_host_pipelined_fps'))} | "
+                f"{_f(r.get('core_call_numpy', {}).get('fps'))} | {_f(r.get('peak_mem_gb'), 2)} | "
+                f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
+    lines.append("")
+    stage_rows = [(v["variant"], r["stages_ms"]) for v in results.get("variants", [])
+                  for r in v.get("scenarios", {}).values() if "stages_ms" in r]
+    if stage_rows:
+        keys = list(stage_rows[0][1])
+        lines += ["## Per-stage GPU time, 1-step img2img 512 (ms, each stage alone in a CUDA graph)", "",
+                  "| variant | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+        lines += [f"| {label} | " + " | ".join(_f(st.get(k), 3) for k in keys) + " |" for label, st in stage_rows]
+        lines.append("")
+    rows = targets(results)
+    if rows:
+        lines += ["## Targets (issue 3)", "", "| target | measured | met |", "| --- | --- | --- |"]
+        lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in rows]
+        if ref_fps:
+            lines.append("")
+    extra = results.get("notes")
+    if extra:
+        lines += ["## Notes", "", *extra, ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,195 @@
+"""One command for the whole benchmark: `python -m bench.run` (on a CUDA GPU).
+
+Builds random-weight models with the real SD-Turbo / TAESD / CLIP architectures (configs in
+bench/configs), then in one run times: the arithmetic floor, diffusers' img2img pipeline (PIL
+and tensor I/O), and the project's stream with each engine variant over the scenarios. Writes
+JSON (--json) and the Markdown report (--out, e.g. docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    engine: str  # eager | compiled
+    options: dict = field(default_factory=dict)  # EngineConfig overrides
+    qkv_fusion: bool = False
+    scenarios: tuple[str, ...] = ("img2img-1step-512",)
+
+
+VARIANTS = {
+    "eager": Variant("eager+graph", "eager"),
+    "compiled": Variant("compiled+graph", "compiled"),
+    "compiled-qkv": Variant("compiled+graph, fused QKV", "compiled", qkv_fusion=True),
+    "compiled-notune": Variant("compiled+graph, no inductor tuning", "compiled", {"inductor_tuning": False}),
+    "compiled-autotune": Variant("compiled max-autotune+graph", "compiled", {"compile_mode": "max-autotune-no-cudagraphs"}),
+    "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
+}
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def environment() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "engines", "bench", "core"], capture_output=True,
+                           text=True).stdout.strip()
+    env = {"commit": commit or "unknown", "dirty": bool(dirty), "python": platform.python_version(),
+           "torch": torch.__version__, "command": "python -m bench.run " + " ".join(sys.argv[1:])}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu=p.name, gpu_mem_gb=round(p.total_memory / 2**30, 1), sm=f"{p.major}.{p.minor}",
+                   cuda=torch.version.cuda)
+    try:
+        import diffusers
+
+        env["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def floor(models, device: str, dtype) -> dict:
+    from .floor import count_flops, matmul_tflops
+
+    unet, vae = models.unet, models.vae
+    x = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
+    t = torch.tensor([999], device=device)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    img = torch.rand(1, 3, 512, 512, device=device, dtype=dtype) * 2 - 1
+    flops = {
+        "unet_b1": count_flops(lambda: unet(x, t, encoder_hidden_states=text)),
+        "taesd_encode": count_flops(lambda: vae.encode(img)),
+        "taesd_decode": count_flops(lambda: vae.decode(x)),
+    }
+    rate = matmul_tflops(dtype) if device == "cuda" else float("nan")
+    total = sum(flops.values())
+    ms = total / (rate * 1e12) * 1e3
+    return {"gflop": {k: round(v / 1e9, 1) for k, v in flops.items()}, "total_gflop": round(total / 1e9, 1),
+            "matmul_tflops": round(rate, 1), "floor_ms": round(ms, 3), "floor_fps": round(1e3 / ms, 1)}
+
+
+def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path) -> dict:
+    from dreamcam.engines import EngineConfig, Geometry, create_engine
+
+    from .models import components as make_components
+    from .scenarios import SCENARIOS, run_scenario
+
+    comps = make_components(models, device, dtype)
+    # Restore a clean model each variant (earlier variants may have fused QKV or changed dtype).
+    config = EngineConfig(geometry=Geometry(512, 512), cache_dir=cache_dir, **v.options)
+    out: dict[str, Any] = {"variant": v.label, "engine": v.engine}
+    t0 = time.perf_counter()
+    engine = create_engine(v.engine, comps, config, log=log)
+    if v.qkv_fusion:
+        from dreamcam.engines.eager import fuse_qkv
+
+        out["qkv_fused"] = fuse_qkv(comps.unet)
+    out["engine_s"] = round(time.perf_counter() - t0, 1)
+    out["chosen"] = engine.name
+    out["reason"] = engine.reason
+    out["scenarios"] = {}
+    for name in v.scenarios:
+        if budget.left() < 45:
+            out["scenarios"][name] = {"skipped": "time budget"}
+            log(f"  {name}: skipped (time budget)")
+            continue
+        log(f"  {v.label} / {name}")
+        try:
+            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device)
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            traceback.print_exc()
+        out["scenarios"][name] = r
+        log(f"    {json.dumps(r)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Dreamcam GPU benchmark")
+    ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--all-scenarios", default="compiled", help="variant that runs every scenario")
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--reference-frames", type=int, default=20)
+    ap.add_argument("--budget-s", type=float, default=520)
+    ap.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    ap.add_argument("--out", type=Path, help="write the Markdown report here (e.g. docs/benchmarks.md)")
+    ap.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DREAMCAM_ENGINE_CACHE", "/tmp/dreamcam-cache")))
+    ap.add_argument("--small", action="store_true", help="tiny widths on the CPU: checks the code, not the speed")
+    ap.add_argument("--skip-reference", action="store_true")
+    args = ap.parse_args(argv)
+
+    from .models import build
+    from .reference import run_reference
+    from .scenarios import SCENARIOS
+
+    budget = Budget(args.budget_s)
+    device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    results: dict[str, Any] = {"env": environment(), "variants": []}
+    log(f"env {results['env']}")
+
+    def save() -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+
+    models = build(device, dtype, small=args.small)
+    results["floor"] = floor(models, device, dtype)
+    log(f"floor {results['floor']}")
+    save()
+    if not args.skip_reference:
+        ref = run_reference(models, (512, 512), args.reference_frames, device, dtype)
+        results["reference"] = {k: v.as_dict() for k, v in ref.items()}
+        log(f"reference {results['reference']}")
+        save()
+    for key in [k for k in args.variants.split(",") if k]:
+        if budget.left() < 60:
+            results["variants"].append({"variant": VARIANTS[key].label, "skipped": "time budget"})
+            continue
+        v = VARIANTS[key]
+        if key == args.all_scenarios:
+            v = Variant(v.label, v.engine, v.options, v.qkv_fusion, tuple(SCENARIOS))
+        models_v = build(device, dtype, small=args.small) if v.qkv_fusion or v.options.get("dtype") else models
+        try:
+            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir))
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results["variants"].append({"variant": v.label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        save()
+        del models_v
+    save()
+    from .report import render
+
+    text = render(results)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

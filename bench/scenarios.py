@@ -1,0 +1,139 @@
+"""The project's own path: core StreamDiffusion + an engine, one CUDA graph per frame."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .timing import FrameStats, frame_times, graph_ms, sync, throughput
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    width: int = 512
+    height: int = 512
+    steps: int = 1
+    strength: float = 0.5
+    cfg_type: str = "none"
+    guidance_scale: float = 1.2
+    mode: str = "img2img"
+    app_path: bool = False  # also time host uint8 -> host uint8
+    stages: bool = False  # also time encode / unet / decode alone
+
+    def stream_config(self):
+        from dreamcam.core.config import StreamConfig
+
+        return StreamConfig(width=self.width, height=self.height, steps=self.steps, strength=self.strength,
+                            cfg_type=self.cfg_type, guidance_scale=self.guidance_scale, mode=self.mode,
+                            prompt="a watercolor painting of a city", negative_prompt="blurry")
+
+
+SCENARIOS = {
+    "img2img-1step-512": Scenario("img2img-1step-512", app_path=True, stages=True),
+    "img2img-2step-512": Scenario("img2img-2step-512", steps=2, strength=0.6),
+    "self-1step-512": Scenario("self-1step-512", cfg_type="self"),
+    "full-1step-512": Scenario("full-1step-512", cfg_type="full"),
+    "txt2img-1step-512": Scenario("txt2img-1step-512", mode="txt2img", strength=1.0),
+    "img2img-1step-768x432": Scenario("img2img-1step-768x432", width=768, height=432, app_path=True),
+}
+
+
+def frames_for(s: Scenario, count: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """Smooth random colour fields (not flat, not white noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        small = rng.integers(0, 256, (s.height // 32 + 1, s.width // 32 + 1, 3), dtype=np.uint8)
+        big = np.repeat(np.repeat(small, 32, 0), 32, 1)[: s.height, : s.width]
+        out.append(np.ascontiguousarray(big))
+    return out
+
+
+def _stats(st: FrameStats) -> dict:
+    return st.as_dict()
+
+
+def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str) -> dict:
+    """Times one scenario with the given engine modules. Returns a dict of numbers."""
+    from dreamcam.core.stream import StreamDiffusion
+    from dreamcam.engines.runner import host_pipeline
+
+    result: dict[str, Any] = {"scenario": s.name}
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    stream = StreamDiffusion(components, s.stream_config(), modules=modules)
+    host = frames_for(s)
+    dev = [torch.from_numpy(f).unsqueeze(0).to(device) for f in host]
+    pipe = host_pipeline(stream)
+    t0 = time.perf_counter()
+    first = pipe(host[0][None])  # warm-up + capture (+ compile of new shapes)
+    result["capture_s"] = round(time.perf_counter() - t0, 2)
+    result["graph_error"] = pipe.capture_error
+    out = first.numpy().astype(np.float32)
+    result["output_mean_std"] = [round(float(out.mean()), 2), round(float(out.std()), 2)]
+
+    # device path: frames already on the GPU, one sync per frame
+    result["device"] = _stats(frame_times(lambda i: (pipe.run_device(dev[i % len(dev)]), sync()), frames))
+    result["device_throughput_fps"] = round(throughput(lambda: pipe.run_device(dev[0]), frames), 1)
+    if s.app_path:
+        result["host_to_host"] = _stats(frame_times(lambda i: pipe(host[i % len(host)][None]), frames))
+        result["host_to_host_pipelined_fps"] = round(_pipelined(pipe, host, frames), 1)
+    if cuda:
+        result["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        result["reserved_gb"] = round(torch.cuda.memory_reserved() / 2**30, 2)
+    if s.stages and cuda:
+        result["stages_ms"] = stage_times(stream, modules, dev[0])
+    if s.app_path:
+        result["core_call_numpy"] = _stats(_core_call(components, s, modules, host, frames))
+    del pipe, stream
+    return result
+
+
+def _pipelined(pipe, host: list[np.ndarray], frames: int) -> float:
+    """Two frames in flight: submit N+1 before collecting N (latency +1 frame)."""
+    pending = pipe.submit(host[0][None])
+    sync()
+    start = time.perf_counter()
+    for i in range(1, frames + 1):
+        nxt = pipe.submit(host[i % len(host)][None])
+        pending.result()
+        pending = nxt
+    pending.result()
+    return frames / (time.perf_counter() - start)
+
+
+def _core_call(components, s: Scenario, modules, host, frames: int) -> FrameStats:
+    """The app's own call: `stream(numpy frame)` with the step attached to a CUDA graph."""
+    from dreamcam.core.stream import StreamDiffusion
+    from dreamcam.engines.runner import attach_graph
+
+    stream = StreamDiffusion(components, s.stream_config(), modules=modules)
+    attach_graph(stream)
+    return frame_times(lambda i: stream(host[i % len(host)]), frames)
+
+
+def stage_times(stream, modules, frame_dev: torch.Tensor) -> dict:
+    """GPU time of each stage alone (each captured in its own graph) and of the whole step."""
+    from dreamcam.core import frames as fr
+
+    dtype = stream.dtype
+    with torch.no_grad():
+        images = fr.to_unit(frame_dev, dtype)
+        lat = modules.encode(images)
+        b = stream.unet_batch
+        sample = torch.randn(b, *lat.shape[1:], device=lat.device, dtype=dtype)
+        out = {
+            "pre_uint8_to_unit": graph_ms(lambda: fr.to_unit(frame_dev, dtype)),
+            "encode": graph_ms(lambda: modules.encode(images)),
+            "unet": graph_ms(lambda: modules.unet(sample, stream.unet_timesteps, stream.unet_embeds)),
+            "decode": graph_ms(lambda: modules.decode(lat)),
+            "post_unit_to_uint8": graph_ms(lambda: fr.from_unit(images)),
+        }
+    return {k: round(v, 3) for k, v in out.items()}

@@ -1,0 +1,82 @@
+"""Start-time options of the engines (the factory's input besides the model)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DTYPES = ("fp16", "bf16", "fp32")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("modules", "step")
+
+
+def default_cache_dir() -> Path:
+    """$DREAMCAM_ENGINE_CACHE, else the user cache folder (platformdirs), else ~/.cache."""
+    env = os.environ.get("DREAMCAM_ENGINE_CACHE")
+    if env:
+        return Path(env)
+    try:
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("dreamcam")) / "engines"
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".cache" / "dreamcam" / "engines"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes the engines are built and probed for (the stream's configured size)."""
+
+    height: int = 512
+    width: int = 512
+    unet_batch: int = 1  # stream batch: steps x frame_buffer_size, x2 with full guidance
+    frame_batch: int = 1  # frame_buffer_size: images through the autoencoder per step
+    text_len: int = 77
+    latent_channels: int = 4
+    vae_factor: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value <= 0 or value % self.vae_factor:
+                raise ValueError(f"{name} must be a positive multiple of {self.vae_factor}, got {value}")
+        if self.unet_batch < 1 or self.frame_batch < 1:
+            raise ValueError("unet_batch and frame_batch must be at least 1")
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.height // self.vae_factor, self.width // self.vae_factor
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to build an engine; the defaults suit a CUDA GPU at 512x512."""
+
+    geometry: Geometry = field(default_factory=Geometry)
+    dtype: str = "fp16"
+    channels_last: bool = True
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    compile_mode: str = "default"
+    compile_scope: str = "modules"  # "step": also compile the core's whole per-frame step
+    inductor_tuning: bool = True  # conv 1x1 as matmul, coordinate-descent tuning
+    probe: bool = True  # run the new modules once at creation so failures fall back early
+    lora_set: tuple[tuple[str, float], ...] = ()  # (name, scale) fused into the UNet, for cache keys
+    trt_min_side: int = 256
+    trt_max_side: int = 1024
+    trt_workspace_gb: float | None = None
+    trt_build_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile_scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]

@@ -1,0 +1,22 @@
+"""The module contract shared with the core: `StepModules(unet, encode, decode)`.
+
+The engines build callables with exactly the signatures of the core's default modules:
+- unet(sample (B,4,h,w), timestep (B,), encoder_hidden_states (B,77,D)) -> eps (B,4,h,w)
+- encode(images (B,3,H,W) in [-1,1]) -> latents, already scaled
+- decode(latents) -> images in [-1,1]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dreamcam.core.modules import StepModules, eager_modules  # noqa: F401  (re-exported)
+
+
+def model_parts(components: Any) -> tuple[Any, Any]:
+    """(unet, autoencoder) of the core's components: the modules the engines may retune."""
+    unet = getattr(components, "unet", None)
+    vae = getattr(components, "vae", None)
+    if unet is None or vae is None:
+        raise TypeError("components must carry .unet and .vae (dreamcam.core.loading.Components)")
+    return unet, vae

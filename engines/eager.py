@@ -1,0 +1,104 @@
+"""The eager engine: the core's modules in the chosen precision, SDPA attention, channels_last."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .config import EngineConfig
+from .contract import StepModules, eager_modules, model_parts
+
+
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def use_sdpa(unet: torch.nn.Module) -> None:
+    """PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels)."""
+    try:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+    except ImportError:  # pragma: no cover - diffusers is a hard dependency
+        return
+    if hasattr(unet, "set_attn_processor"):
+        unet.set_attn_processor(AttnProcessor2_0())
+
+
+def fuse_qkv(unet: torch.nn.Module) -> bool:
+    """One projection matmul instead of three per self-attention (fewer, larger GEMMs)."""
+    fuse = getattr(unet, "fuse_qkv_projections", None)
+    if fuse is None:
+        return False
+    try:
+        fuse()
+    except Exception:  # noqa: BLE001 - an optional speed-up; unsupported layouts keep the plain path
+        return False
+    return True
+
+
+def tune_module(module: torch.nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
+    module.eval().requires_grad_(False)
+    if module_dtype(module) != dtype:
+        module.to(dtype=dtype)
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
+
+
+class Wrapped:
+    """A callable around the core's callable that forwards attribute access to it.
+
+    The core's SDXL UNet callable carries persistent conditioning tensors as attributes that the
+    stream sets; wrappers (casts, torch.compile) must pass those through.
+    """
+
+    def __init__(self, call: Callable[..., torch.Tensor], inner: Any) -> None:
+        object.__setattr__(self, "_call", call)
+        object.__setattr__(self, "_inner", inner)
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        return self._call(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+
+
+def _cast(fn: Callable[..., torch.Tensor], compute: torch.dtype, io: torch.dtype) -> Wrapped:
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        args = tuple(a.to(compute) if a.is_floating_point() else a for a in args)
+        return fn(*args).to(io)
+
+    return Wrapped(call, fn)
+
+
+def cast_modules(modules: StepModules, compute: torch.dtype, io: torch.dtype) -> StepModules:
+    """Run the modules in `compute` precision behind the stream's `io` precision."""
+    if compute == io:
+        return modules
+    return StepModules(unet=_cast(modules.unet, compute, io), encode=_cast(modules.encode, compute, io),
+                       decode=_cast(modules.decode, compute, io))
+
+
+def compute_dtype(config: EngineConfig, device: torch.device, io: torch.dtype) -> torch.dtype:
+    """The configured precision on a GPU; on the CPU the core's own precision (fp16 CPU kernels are slow)."""
+    return config.torch_dtype if device.type == "cuda" else io
+
+
+def make_eager(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) -> StepModules:
+    unet, vae = model_parts(components)
+    io = module_dtype(unet)
+    device = module_device(unet)
+    dtype = compute_dtype(config, device, io)
+    channels_last = config.channels_last and device.type == "cuda"
+    for module in (unet, vae):
+        tune_module(module, dtype, channels_last)
+    use_sdpa(unet)
+    if qkv_fusion:
+        fuse_qkv(unet)
+    return cast_modules(eager_modules(components), dtype, io)

@@ -1,0 +1,135 @@
+"""`create_engine`: the one way to get step modules, with a fallback chain and a reason.
+
+tensorrt -> compiled -> eager. A requested engine that cannot run here (missing library, no
+GPU, failed build, out of memory) is reported in one line and the next one is tried, so the
+stream always starts; `auto` starts at the top and says which one it picked and why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .config import EngineConfig
+from .contract import StepModules, model_parts
+from .errors import EngineUnavailable, describe_failure
+
+ENGINE_NAMES = ("eager", "compiled", "tensorrt", "auto")
+CHAIN = ("tensorrt", "compiled", "eager")
+
+Builder = Callable[[Any, EngineConfig], StepModules]
+
+
+def _builders() -> dict[str, Builder]:
+    # Imported lazily: the tensorrt module must not be needed to use the others.
+    def tensorrt(components: Any, config: EngineConfig) -> StepModules:
+        from .tensorrt import make_tensorrt
+
+        return make_tensorrt(components, config)
+
+    def compiled(components: Any, config: EngineConfig) -> StepModules:
+        from .compiled import make_compiled
+
+        return make_compiled(components, config)
+
+    def eager(components: Any, config: EngineConfig) -> StepModules:
+        from .eager import make_eager
+
+        return make_eager(components, config)
+
+    return {"tensorrt": tensorrt, "compiled": compiled, "eager": eager}
+
+
+@dataclass
+class Engine:
+    """The modules to hand to the stream, which engine made them, and why that one."""
+
+    name: str
+    modules: StepModules
+    reason: str
+    attempts: list[tuple[str, str]] = field(default_factory=list)  # (engine, why it was skipped)
+    build_seconds: float = 0.0
+
+    def attach(self, stream: Any, config: EngineConfig | None = None):
+        """Run `stream`'s whole step as one CUDA graph (GPU only; returns the GraphedStep or None)."""
+        from .runner import attach_graph
+
+        return attach_graph(stream, config)
+
+    def describe(self) -> str:
+        skipped = "; ".join(f"{n}: {why}" for n, why in self.attempts)
+        return f"engine {self.name} ({self.reason})" + (f" - skipped {skipped}" if skipped else "")
+
+
+def probe(modules: StepModules, components: Any, config: EngineConfig) -> None:
+    """Run each module once at the configured shapes: compilation and builds fail here, not mid-stream."""
+    unet, _ = model_parts(components)
+    param = next(unet.parameters())
+    g = config.geometry
+    h, w = g.latent_hw
+    dtype, device = param.dtype, param.device
+    with torch.inference_mode():
+        images = torch.rand(g.frame_batch, 3, g.height, g.width, dtype=dtype, device=device) * 2 - 1
+        latents = modules.encode(images)
+        sample = torch.randn(g.unet_batch, g.latent_channels, h, w, dtype=dtype, device=device)
+        t = torch.full((g.unet_batch,), 500, dtype=torch.long, device=device)
+        text = torch.randn(g.unet_batch, g.text_len, int(unet.config.cross_attention_dim), dtype=dtype, device=device)
+        eps = modules.unet(sample, t, text)
+        out = modules.decode(latents)
+    if tuple(eps.shape) != tuple(sample.shape) or out.shape[-2:] != images.shape[-2:]:
+        raise RuntimeError(f"engine output shapes {tuple(eps.shape)}, {tuple(out.shape)} do not match the inputs")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def create_engine(
+    name: str,
+    components: Any,
+    config: EngineConfig | None = None,
+    *,
+    builders: dict[str, Builder] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Engine:
+    """Step modules from the engine `name` ("eager", "compiled", "tensorrt", "auto"), or the next that works."""
+    if name not in ENGINE_NAMES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    config = config or EngineConfig()
+    builders = builders or _builders()
+    chain = CHAIN if name == "auto" else CHAIN[CHAIN.index(name):]
+    attempts: list[tuple[str, str]] = []
+    for candidate in chain:
+        start = time.perf_counter()
+        try:
+            modules = builders[candidate](components, config)
+            if config.probe:
+                probe(modules, components, config)
+        except Exception as exc:  # noqa: BLE001 - every failure means "try the next engine"
+            why = describe_failure(exc)
+            attempts.append((candidate, why))
+            if log:
+                log(f"dreamcam: {candidate} engine unavailable: {why}; trying the next one")
+            _release_memory()
+            continue
+        reason = _reason(name, candidate, attempts)
+        engine = Engine(candidate, modules, reason, attempts, time.perf_counter() - start)
+        if log:
+            log(f"dreamcam: {engine.describe()}")
+        return engine
+    raise EngineUnavailable(name, "no engine could run: " + "; ".join(f"{n}: {w}" for n, w in attempts))
+
+
+def _reason(requested: str, chosen: str, attempts: list[tuple[str, str]]) -> str:
+    if requested == chosen:
+        return "as requested"
+    first = attempts[0] if attempts else ("?", "?")
+    lead = "auto picked it" if requested == "auto" else f"fell back from {requested}"
+    return f"{lead}: {first[0]} unavailable ({first[1]})" + (
+        f", then {', '.join(n for n, _ in attempts[1:])} too" if len(attempts) > 1 else "")
+
+
+def _release_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,90 @@
+"""ONNX export of the three step modules with dynamic batch, height and width.
+
+TorchScript exporter (dynamo=False), opset 18. The UNet is traced at a latent size that is NOT
+a multiple of its total down-sampling factor: diffusers then takes its `upsample_size` path, in
+which each up-sampling follows the size of its skip connection; traced at a multiple of 8 the
+graph would bake in "x2" and break at sizes such as 768x432 (latent 96x54).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+OPSET = 18
+
+
+class _Wrap(torch.nn.Module):
+    """Lets the exporter trace any callable (the core's modules may be closures)."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], owner: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.owner = owner  # registers the weights so they are exported as initializers
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.fn(*args)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Names and dynamic axes of one exported module."""
+
+    inputs: tuple[str, ...]
+    output: str
+    dynamic_axes: dict
+
+
+UNET = ExportSpec(
+    inputs=("sample", "timestep", "encoder_hidden_states"),
+    output="eps",
+    dynamic_axes={"sample": {0: "B", 2: "h", 3: "w"}, "timestep": {0: "B"},
+                  "encoder_hidden_states": {0: "B"}, "eps": {0: "B", 2: "h", 3: "w"}},
+)
+ENCODER = ExportSpec(
+    inputs=("images",), output="latents",
+    dynamic_axes={"images": {0: "B", 2: "H", 3: "W"}, "latents": {0: "B", 2: "h", 3: "w"}},
+)
+DECODER = ExportSpec(
+    inputs=("latents",), output="images",
+    dynamic_axes={"latents": {0: "B", 2: "h", 3: "w"}, "images": {0: "B", 2: "H", 3: "W"}},
+)
+
+
+def odd_latent_side(side: int, factor: int = 8) -> int:
+    """The nearest latent side >= `side` that is not a multiple of `factor` (see module doc)."""
+    return side if side % factor else side + 2
+
+
+def unet_example(batch: int, latent_hw: tuple[int, int], text_len: int, text_dim: int, *,
+                 dtype: torch.dtype, device: torch.device, channels: int = 4) -> tuple[torch.Tensor, ...]:
+    h, w = (odd_latent_side(s) for s in latent_hw)
+    return (
+        torch.randn(batch, channels, h, w, dtype=dtype, device=device),
+        torch.full((batch,), 500.0, dtype=torch.float32, device=device),
+        torch.randn(batch, text_len, text_dim, dtype=dtype, device=device),
+    )
+
+
+def export(fn: Callable[..., torch.Tensor], owner: torch.nn.Module | None, example: tuple[torch.Tensor, ...],
+           spec: ExportSpec, path: Path) -> Path:
+    """Export `fn(*example)` to `path` (weights beside it as external data if the model is large)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = _Wrap(fn, owner).eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=list(spec.inputs),
+            output_names=[spec.output],
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return path
