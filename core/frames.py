@@ -92,7 +92,8 @@ def like_input(out: torch.Tensor, frame: np.ndarray | torch.Tensor) -> np.ndarra
 
 
 def small_copy(frame: np.ndarray | torch.Tensor, side: int = 32) -> torch.Tensor:
-    """A cheap float32 (side x side x 3) downsample of (B)xHxWx3 for the similarity filter.
+    """A cheap flat float32 downsample (side x side x 3 per frame, centred to [-1, 1], as the
+    model sees it) of (B)xHxWx3 for the similarity filter.
 
     Host numpy frames stay on the host (strided pick, then area average), so no GPU sync."""
     t = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame
@@ -102,4 +103,4 @@ def small_copy(frame: np.ndarray | torch.Tensor, side: int = 32) -> torch.Tensor
     h, w = t.shape[1], t.shape[2]
     sy, sx = max(1, h // (side * 4)), max(1, w // (side * 4))
     x = t[:, ::sy, ::sx].permute(0, 3, 1, 2).float()
-    return F.adaptive_avg_pool2d(x, side).flatten()
+    return F.adaptive_avg_pool2d(x, side).div_(127.5).sub_(1.0).flatten()
