@@ -1,0 +1,138 @@
+"""The `dreamcam` command line, run as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import pytest
+
+from dreamcam.plugin.control_server import send_event
+from dreamcam.plugin.messages import encode
+from plugin_helpers import wait_for
+
+
+def dreamcam(*args: str) -> list[str]:
+    exe = shutil.which("dreamcam")
+    return [exe, *args] if exe else [sys.executable, "-m", "dreamcam.plugin.cli", *args]
+
+
+def run_cli(*args: str, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(dreamcam(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def count_frames(path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    for command in ("run", "demo", "devices", "doctor", "bench", "set", "preset"):
+        assert command in result.stdout
+    run_help = run_cli("run", "--help", env={"COLUMNS": "200"}).stdout
+    for option in ("--source", "--sink", "--model", "--engine", "--size", "--prompt", "--steps",
+                   "--strength", "--config", "--obs", "--no-similarity-filter"):
+        assert option in run_help
+
+
+def test_demo_writes_the_frames_it_promises(tmp_path):
+    out = tmp_path / "demo.mp4"
+    start = time.monotonic()
+    result = run_cli("demo", "--frames", "12", "--size", "64", "--out", str(out),
+                     env={"DREAMCAM_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert "frames per second" in result.stdout
+    assert count_frames(out) == 12
+    assert time.monotonic() - start < 60
+
+
+def test_run_writes_a_file_from_the_tiny_model(tmp_path, tiny_model_dir):
+    out = tmp_path / "run.mp4"
+    result = run_cli("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
+                     "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", f"file:{out}",
+                     "--frames", "8", "--control-port", "0", "--prompt", "a lighthouse")
+    assert result.returncode == 0, result.stderr
+    assert count_frames(out) == 8
+
+
+def test_run_rejects_bad_settings_naming_the_field(tmp_path):
+    for args, field in ((["--strength", "-0.5"], "strength"), (["--engine", "warp"], "engine"),
+                        (["--prompt", "x" * 100_000], "prompt")):
+        result = run_cli("run", "--sink", "null", *args)
+        assert result.returncode == 2
+        assert f"{field}:" in result.stderr, result.stderr
+    config = tmp_path / "c.toml"
+    config.write_text("[stream]\nguidance_scale = 99\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2 and "guidance_scale" in result.stderr
+
+
+def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir):
+    port = free_port()
+    proc = subprocess.Popen(
+        dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
+                 "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", "null",
+                 "--control-port", str(port)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def answers() -> bool:
+            try:
+                return send_event(encode("hello"), port=port, timeout=1)["ok"]
+            except ConnectionError:
+                return proc.poll() is None and False
+        assert wait_for(answers, timeout=60, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
+        result = run_cli("set", "prompt=a paper boat", "strength=0.35", "paused=true", "--port", str(port))
+        assert result.returncode == 0, result.stderr
+        assert "prompt='a paper boat'" in result.stdout
+        reply = send_event(encode("hello"), port=port)
+        assert reply["settings"]["prompt"] == "a paper boat" and reply["settings"]["paused"] is True
+        bad = run_cli("set", "strength=-1", "--port", str(port))
+        assert bad.returncode == 1 and "strength" in bad.stderr
+        assert send_event(encode("hello"), port=port)["settings"]["strength"] == 0.35
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_set_without_a_running_app_says_how_to_start_one():
+    result = run_cli("set", "prompt=x", "--port", str(free_port()))
+    assert result.returncode == 1 and "dreamcam run" in result.stderr
+
+
+def test_presets_from_the_command_line(tmp_path):
+    env = {"DREAMCAM_CONFIG_DIR": str(tmp_path)}
+    assert run_cli("preset", "save", "Ink", "prompt=black ink", "strength=0.7", env=env).returncode == 0
+    assert "Ink" in run_cli("preset", "list", env=env).stdout
+    assert '"strength": 0.7' in run_cli("preset", "show", "Ink", env=env).stdout
+    bad = run_cli("preset", "save", "Bad", "strength=3", env=env)
+    assert bad.returncode == 2 and "strength" in bad.stderr
+
+
+def test_doctor_and_devices_explain_what_is_missing():
+    doctor = run_cli("doctor")
+    assert "CUDA GPU" in doctor.stdout and "virtual camera" in doctor.stdout
+    assert "modprobe v4l2loopback" in doctor.stdout or doctor.returncode == 0
+    devices = run_cli("devices", env={"DISPLAY": ""})
+    assert devices.returncode == 0
+    assert "Monitors" in devices.stdout and "Virtual camera backends" in devices.stdout
