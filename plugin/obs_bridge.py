@@ -62,12 +62,14 @@ class ObsBridge:
 
     def __init__(self, store: SettingsStore, board: StatusBoard, host: str | None = None,
                  port: int | None = None, password: str | None = None, *,
-                 status_interval: float = 1.0, max_backoff: float = 5.0,
+                 status_interval: float = 1.0, max_backoff: float = 5.0, add_camera: str | None = None,
                  client_module: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.board = board
         self.host, self.port, self._password = connection_from_env(host, port, password)
         self.status_interval = status_interval
+        self.add_camera = add_camera  # device name: put that capture device into the current scene
+        self.camera_result = ""
         self.max_backoff = max_backoff
         self._ws = client_module
         self._clock = clock
@@ -176,7 +178,20 @@ class ObsBridge:
             req.broadcast_custom_event({"eventData": messages.encode("hello", role="app")})
         except Exception:
             pass
+        if self.add_camera and not self.camera_result:
+            self._add_camera(req)
         return req, ev
+
+    def _add_camera(self, req: Any) -> None:
+        from .obs_scene import add_capture_source
+
+        try:
+            device = add_capture_source(req, self.add_camera)
+            self.camera_result = f"OBS source 'Dreamcam' shows {device}"
+            log.info("%s", self.camera_result)
+        except Exception as exc:  # a convenience: never stops the bridge
+            self.camera_result = f"could not add the camera source to OBS: {exc}"
+            log.warning("%s", self.camera_result)
 
     def _serve(self, req: Any, ev: Any) -> None:
         next_status = 0.0

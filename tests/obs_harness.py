@@ -124,6 +124,10 @@ class ObsInstance:
     def wait_ready(self, timeout: float) -> None:
         import obsws_python
 
+        from dreamcam.plugin.obs_bridge import quiet_obsws_logging
+
+        quiet_obsws_logging()  # one traceback per refused attempt otherwise
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.obs is not None and self.obs.poll() is not None:

@@ -240,3 +240,50 @@ def test_panel_prompt_changes_the_next_frame_of_the_running_app(obs_studio, tiny
     finally:
         app.stop()
     assert bridge is not None and bridge.state == "stopped"  # the app stops its services
+
+
+def test_capture_source_is_added_to_the_current_scene(obs_studio):
+    from dreamcam.plugin.obs_scene import CaptureKind, SceneError, add_capture_source, capture_kind
+
+    client = external_client(obs_studio)
+    try:
+        scene = client.get_current_program_scene().current_program_scene_name
+
+        def scene_sources():
+            return [i["sourceName"] for i in client.get_scene_item_list(scene).scene_items]
+
+        # no camera device on this machine: a clear error, and the scene is left as it was
+        assert capture_kind("linux").input_kind == "v4l2_input"
+        with pytest.raises(SceneError, match="no video device named like 'Dreamcam'"):
+            add_capture_source(client, "Dreamcam", kind=capture_kind("linux"))
+        # OBS removes inputs a moment after RemoveInput returns
+        assert wait_for(lambda: "Dreamcam" not in scene_sources(), 5)
+        assert all(i["inputName"] != "Dreamcam" for i in client.get_input_list().inputs)
+
+        # the same code path with a device list this machine has: the X screens of Xvfb
+        screen = CaptureKind("xshm_input", "screen")
+        name = add_capture_source(client, "screen", kind=screen, source_name="Dreamcam")
+        assert "Screen" in name or "screen" in name
+        assert "Dreamcam" in scene_sources()
+        assert add_capture_source(client, "screen", kind=screen, source_name="Dreamcam") == "Dreamcam"
+        assert scene_sources().count("Dreamcam") == 1
+        client.remove_input("Dreamcam")
+        assert wait_for(lambda: "Dreamcam" not in scene_sources(), 5)
+    finally:
+        client.disconnect()
+
+
+def test_bridge_option_to_add_the_camera_reports_a_missing_device_once(obs_studio, caplog):
+    caplog.set_level(logging.INFO)
+    store = SettingsStore()
+    bridge = ObsBridge(store, StatusBoard(), "127.0.0.1", obs_studio.port, obs_studio.password,
+                       add_camera="Dreamcam")  # this machine has no video devices at all
+    bridge.start()
+    try:
+        assert bridge.wait_connected(10), bridge.state
+        assert wait_for(lambda: bridge.camera_result, 10)
+        assert "no video device named like 'Dreamcam'" in bridge.camera_result
+        assert wait_for(lambda: store.current.prompt == PANEL_PROMPT, 10)  # the bridge works on
+    finally:
+        bridge.stop()
+    assert sum("could not add the camera source" in r.getMessage() for r in caplog.records) == 1
