@@ -121,9 +121,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int])
     from .sources import SourceError
 
     try:
-        with console.status("loading the model ...") as spinner:
-            processor = build_processor(app_settings, stream_settings,
-                                        progress=lambda text: spinner.update(text))
+        processor = _build_with_progress(build_processor, app_settings, stream_settings)
     except Exception as exc:  # model errors carry their own fix
         _fail(f"could not build the pipeline: {exc}", 1)
         return
@@ -154,6 +152,25 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int])
     finally:
         dream.stop()
     console.print("stopped.")
+
+
+def _build_with_progress(build, app_settings, stream_settings):
+    """Run `build` under a progress bar that moves one step per pipeline stage."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    stages = 4  # load the model, build the engine, engine ready, prepare the stream
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("loading the model", total=stages)
+        done = [0]
+
+        def step(text: str) -> None:
+            bar.update(task, description=text, completed=min(done[0], stages - 1))
+            done[0] += 1
+
+        processor = build(app_settings, stream_settings, progress=step)
+        bar.update(task, completed=stages)
+    return processor
 
 
 def _add_services(dream, app_settings, obs: bool) -> None:
