@@ -226,9 +226,9 @@ class StreamDiffusion:
     # ------------------------------------------------------------------ per-frame driver
     @torch.no_grad()
     def __call__(self, frame: np.ndarray | Tensor | None = None) -> np.ndarray | Tensor:
-        if self.config.mode == "txt2img" and frame is None:
+        if self.config.mode == "txt2img" and frame is None:  # no input: host numpy out
             shape = (self.config.height, self.config.width, 3)
-            frame = torch.zeros((self.fbs, *shape) if self.fbs > 1 else shape, dtype=torch.uint8, device=self.device)
+            frame = np.zeros((self.fbs, *shape) if self.fbs > 1 else shape, dtype=np.uint8)
         fr.check_frame(frame, self.fbs)
         batch = 1 if frame.ndim == 3 else frame.shape[0]
         if batch != self.fbs:

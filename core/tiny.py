@@ -90,16 +90,35 @@ def _vae():
     )
 
 
+@torch.no_grad()
+def _calibrate_taesd(vae) -> None:
+    """Rescale the last encoder and decoder convs of a random TAESD so latents have unit spread and
+    decoded images sit mid-range (a random decoder otherwise saturates every pixel to 0 or 255)."""
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    enc = vae.encoder.layers[-1]
+    latents = vae.encoder(images)
+    enc.weight.mul_(1.0 / latents.std())
+    enc.bias.mul_(1.0 / latents.std())
+    dec = vae.decoder.layers[-1]
+    raw = vae.decoder.layers(torch.tanh(vae.encoder(images) / 3) * 3)  # before the [0,1] -> [-1,1] map
+    mean, std = raw.mean((0, 2, 3)), raw.std((0, 2, 3))
+    scale = 0.2 / std
+    dec.weight.mul_(scale[:, None, None, None])
+    dec.bias.copy_((dec.bias - mean) * scale + 0.5)
+
+
 def _taesd():
     from diffusers import AutoencoderTiny
 
-    return AutoencoderTiny(
+    vae = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
     )
+    _calibrate_taesd(vae)
+    return vae
 
 
 def _scheduler(family: str):
