@@ -55,7 +55,8 @@ def log(msg: str) -> None:
 
 
 def environment() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("DREAMCAM_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "engines", "bench", "core"], capture_output=True,
                            text=True).stdout.strip()
     env = {"commit": commit or "unknown", "dirty": bool(dirty), "python": platform.python_version(),

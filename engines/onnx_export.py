@@ -1,7 +1,7 @@
 """ONNX export of the three step modules with dynamic batch, height and width.
 
 TorchScript exporter (dynamo=False), opset 18. The UNet is traced at a latent size that is NOT
-a multiple of its total down-sampling factor: diffusers then takes its `upsample_size` path, in
+a multiple of its total down-sampling factor (we trace at an odd size): diffusers then takes its `upsample_size` path, in
 which each up-sampling follows the size of its skip connection; traced at a multiple of 8 the
 graph would bake in "x2" and break at sizes such as 768x432 (latent 96x54).
 """
@@ -54,9 +54,9 @@ DECODER = ExportSpec(
 )
 
 
-def odd_latent_side(side: int, factor: int = 8) -> int:
-    """The nearest latent side >= `side` that is not a multiple of `factor` (see module doc)."""
-    return side if side % factor else side + 2
+def odd_latent_side(side: int) -> int:
+    """An odd latent side near `side`: a multiple of no down-sampling factor (see module doc)."""
+    return side if side % 2 else side + 1
 
 
 def unet_example(batch: int, latent_hw: tuple[int, int], text_len: int, text_dim: int, *,

@@ -1,0 +1,132 @@
+"""create_engine: the fallback chain with reasons, and frames equal to the core's default modules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dreamcam.core.config import StreamConfig
+from dreamcam.core.loading import ModelSpec, load_components
+from dreamcam.core.stream import StreamDiffusion
+from dreamcam.engines import EngineConfig, EngineUnavailable, Geometry, create_engine
+from dreamcam.engines.factory import _builders
+from dreamcam.engines.graphed import GraphedStep
+from dreamcam.engines.runner import attach_graph, host_pipeline
+
+try:
+    import tensorrt  # noqa: F401
+
+    HAVE_TRT = True
+except ImportError:
+    HAVE_TRT = False
+
+
+@pytest.fixture()
+def components(tiny_model_dir):
+    # Function scope: engines retune the modules they are given.
+    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd")))
+
+
+def _config(tmp_path) -> EngineConfig:
+    return EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path)
+
+
+def _frames(n: int, h: int = 64, w: int = 64) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _run(stream: StreamDiffusion, frames: list[np.ndarray]) -> np.ndarray:
+    return np.stack([stream(f) for f in frames])
+
+
+def _stream_config(**kw) -> StreamConfig:
+    return StreamConfig(width=64, height=64, t_index_list=(20, 35), cfg_type="self", seed=3, prompt="a cat", **kw)
+
+
+def test_unknown_engine_name_is_a_clear_error(components, tmp_path):
+    with pytest.raises(ValueError, match="engine must be one of"):
+        create_engine("fastest", components, _config(tmp_path))
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the fallback where tensorrt is missing")
+def test_tensorrt_missing_falls_back_with_the_reason(components, tmp_path):
+    """The real missing library; the compiled step is made to fail as an out-of-memory would."""
+    builders = _builders()
+
+    def compiled_oom(components, config):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    builders["compiled"] = compiled_oom
+    lines: list[str] = []
+    engine = create_engine("tensorrt", components, _config(tmp_path), builders=builders, log=lines.append)
+    assert engine.name == "eager"
+    assert [name for name, _ in engine.attempts] == ["tensorrt", "compiled"]
+    assert "tensorrt package is not installed" in engine.attempts[0][1]
+    assert "out of GPU memory" in engine.attempts[1][1]
+    assert "fell back from tensorrt" in engine.reason
+    assert any("tensorrt engine unavailable" in line for line in lines)
+    out = StreamDiffusion(components, _stream_config(), modules=engine.modules)(_frames(1)[0])
+    assert out.shape == (64, 64, 3)  # the stream keeps running on the fallback
+
+
+def test_auto_says_which_engine_and_why(components, tmp_path):
+    builders = _builders()
+    builders["tensorrt"] = lambda c, cfg: (_ for _ in ()).throw(ImportError("No module named 'tensorrt'"))
+    builders["compiled"] = lambda c, cfg: (_ for _ in ()).throw(RuntimeError("inductor failed"))
+    engine = create_engine("auto", components, _config(tmp_path), builders=builders)
+    assert engine.name == "eager"
+    assert engine.reason.startswith("auto picked it: tensorrt unavailable (missing library")
+    assert "compiled" in engine.describe() and "inductor failed" in engine.describe()
+
+
+def test_no_engine_at_all_raises(components, tmp_path):
+    def broken(c, cfg):
+        raise RuntimeError("broken")
+
+    with pytest.raises(EngineUnavailable, match="no engine could run"):
+        create_engine("compiled", components, _config(tmp_path), builders={"compiled": broken, "eager": broken})
+
+
+def test_probe_catches_a_module_that_returns_the_wrong_shape(components, tmp_path):
+    from dreamcam.core.modules import StepModules, eager_modules
+
+    def bad(c, cfg):
+        m = eager_modules(c)
+        return StepModules(unet=lambda s, t, e: s[:, :2], encode=m.encode, decode=m.decode)
+
+    engine = create_engine("compiled", components, _config(tmp_path), builders={"compiled": bad, "eager": _builders()["eager"]})
+    assert engine.name == "eager" and "do not match" in engine.attempts[0][1]
+
+
+def test_eager_engine_gives_the_same_frames_as_the_core_default(tiny_model_dir, tmp_path):
+    spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
+    frames = _frames(4)
+    want = _run(StreamDiffusion(load_components(spec), _stream_config()), frames)
+    comps = load_components(spec)
+    engine = create_engine("eager", comps, _config(tmp_path))
+    got = _run(StreamDiffusion(comps, _stream_config(), modules=engine.modules), frames)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_graph_runner_off_cuda_runs_uncaptured_with_the_same_frames(tiny_model_dir):
+    spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
+    frames = _frames(3)
+    want = _run(StreamDiffusion(load_components(spec), _stream_config()), frames)
+    stream = StreamDiffusion(load_components(spec), _stream_config())
+    assert attach_graph(stream) is None  # CPU: nothing to capture
+    pipe = host_pipeline(stream)
+    got = np.stack([pipe(f[None]).numpy()[0] for f in frames])
+    assert isinstance(pipe, GraphedStep) and pipe.capture_error and "no CUDA" in pipe.capture_error
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the build process where tensorrt is missing")
+def test_build_process_reports_missing_tensorrt(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dreamcam.engines.tensorrt_build", "--onnx", str(tmp_path / "m.onnx"),
+                           "--engine", str(tmp_path / "m.engine"), "--shapes", "{}"], capture_output=True, text=True)
+    assert done.returncode == 2 and "tensorrt is not installed" in done.stderr

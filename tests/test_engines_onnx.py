@@ -1,0 +1,58 @@
+"""ONNX export of the tiny UNet / TAESD encoder / decoder, checked by onnxruntime at other shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamcam.core.loading import ModelSpec, load_components
+from dreamcam.core.modules import eager_modules
+from dreamcam.engines import onnx_export
+
+ort = pytest.importorskip("onnxruntime")  # part of the test extras; CI installs it
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model_dir):
+    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd")))
+
+
+def _run(path, feeds: dict[str, torch.Tensor]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+
+
+def test_unet_export_matches_torch_at_another_batch_and_size(components, tmp_path):
+    modules = eager_modules(components)
+    dim = components.unet.config.cross_attention_dim
+    example = onnx_export.unet_example(1, (8, 8), 77, dim, dtype=torch.float32, device=torch.device("cpu"))
+    assert example[0].shape[-2:] == (9, 9)  # traced at a size that is not a multiple of 8 (see onnx_export)
+    path = onnx_export.export(modules.unet, components.unet, example, onnx_export.UNET, tmp_path / "unet.onnx")
+    torch.manual_seed(1)
+    for shape in [(2, 4, 12, 20), (3, 4, 16, 16), (1, 4, 9, 13)]:  # 9x13 = odd sizes such as 768x432's latent
+        b = shape[0]
+        sample = torch.randn(shape)
+        t = torch.tensor([999.0, 500.0, 20.0][:b])
+        text = torch.randn(b, 77, dim)
+        with torch.no_grad():
+            want = modules.unet(sample, t.long(), text)
+        got = _run(path, {"sample": sample, "timestep": t, "encoder_hidden_states": text})
+        assert got.shape == tuple(want.shape)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_taesd_encoder_and_decoder_export_match_torch_at_another_shape(components, tmp_path):
+    modules = eager_modules(components)
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    latents = torch.randn(1, 4, 8, 8)
+    enc = onnx_export.export(modules.encode, components.vae, (images,), onnx_export.ENCODER, tmp_path / "enc.onnx")
+    dec = onnx_export.export(modules.decode, components.vae, (latents,), onnx_export.DECODER, tmp_path / "dec.onnx")
+    other_images = torch.rand(2, 3, 48, 80) * 2 - 1
+    other_latents = torch.randn(2, 4, 6, 10)
+    with torch.no_grad():
+        want_enc, want_dec = modules.encode(other_images), modules.decode(other_latents)
+    np.testing.assert_allclose(_run(enc, {"images": other_images}), want_enc.numpy(), rtol=1e-3, atol=1e-4)
+    got_dec = _run(dec, {"latents": other_latents})
+    assert got_dec.shape == (2, 3, 48, 80)
+    np.testing.assert_allclose(got_dec, want_dec.numpy(), rtol=1e-3, atol=1e-4)
