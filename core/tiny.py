@@ -253,3 +253,22 @@ def save_single_file(model_dir: str | Path, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+def make_tiny_lora(model_dir: str | Path, folder: str | Path, *, rank: int = 4, seed: int = 0) -> Path:
+    """Save a random (non-zero) LoRA for the tiny model's UNet attention layers in diffusers' LoRA format
+    (`pytorch_lora_weights.safetensors`), standing in for LCM-LoRA in tests."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    return folder
