@@ -60,12 +60,14 @@ class GraphedStep:
         device: torch.device | str = "cuda",
         warmup: int = 2,
         slots: int = 2,
+        state_fn: Callable[[], list[torch.Tensor]] | None = None,
     ) -> None:
         self.step_fn = step_fn
         self.shape_key_fn = shape_key_fn or (lambda: None)
         self.device = torch.device(device)
         self.warmup = warmup
         self.n_slots = slots
+        self.state_fn = state_fn  # the step's persistent state: restored after warm-up, so capture has no side effect
         self.captures = 0
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
         self._key: Hashable = object()
@@ -83,6 +85,8 @@ class GraphedStep:
         self._graph = None
         self.static_in = torch.empty(first.shape, dtype=torch.uint8, device=self.device)
         self.static_in.copy_(first)
+        state = self.state_fn() if self.state_fn else []
+        saved = [t.clone() for t in state]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -93,6 +97,9 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.static_out = self.step_fn(self.static_in)
+        with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
+            for tensor, value in zip(state, saved):
+                tensor.copy_(value)
         self._graph = graph
         self._key = (self.shape_key_fn(), tuple(first.shape))
         self._slots = [self._new_slot(first.shape, self.static_out.shape) for _ in range(self.n_slots)]
@@ -158,6 +165,9 @@ class GraphedStep:
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         return self.submit(frames).result()
+
+    def host_in_pinned(self) -> bool:
+        return bool(self._slots) and all(s.host_in.is_pinned() and s.host_out.is_pinned() for s in self._slots)
 
 
 def _host_copy(dst: torch.Tensor, src: Any) -> None:

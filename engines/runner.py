@@ -26,12 +26,18 @@ def _step_fn(stream: Any, config: EngineConfig | None):
     return step
 
 
+def stream_state(stream: Any) -> list[torch.Tensor]:
+    """The stream's persistent tensors (its state lives in tensor attributes, updated in place)."""
+    return [v for v in vars(stream).values() if isinstance(v, torch.Tensor)]
+
+
 def attach_graph(stream: Any, config: EngineConfig | None = None) -> GraphedStep | None:
     """Make `stream.step_tensor` replay one CUDA graph (no-op off CUDA). Returns the GraphedStep."""
     device = torch.device(stream.device)
     if device.type != "cuda":
         return None
-    graphed = GraphedStep(_step_fn(stream, config), lambda: stream.shape_key, device=device)
+    graphed = GraphedStep(_step_fn(stream, config), lambda: stream.shape_key, device=device,
+                          state_fn=lambda: stream_state(stream))
     blank: dict[tuple, torch.Tensor] = {}
 
     def step_tensor(x_uint8: torch.Tensor | None) -> torch.Tensor:
@@ -59,4 +65,11 @@ def host_pipeline(stream: Any, config: EngineConfig | None = None) -> GraphedSte
             primed["key"] = stream.shape_key
         return step(x)
 
-    return GraphedStep(prime_then_step, lambda: stream.shape_key, device=stream.device)
+    def state() -> list[torch.Tensor]:
+        if primed["key"] != stream.shape_key:  # prime first, so the snapshot holds the primed state
+            stream.prime(graphed.static_in)
+            primed["key"] = stream.shape_key
+        return stream_state(stream)
+
+    graphed = GraphedStep(prime_then_step, lambda: stream.shape_key, device=stream.device, state_fn=state)
+    return graphed
