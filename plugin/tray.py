@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -112,6 +113,7 @@ class TrayController:
             with self._lock:
                 self.app = app
                 self.last_error = ""
+            log.info("tray: the stream is running")
         self.on_change()
 
     def stop(self) -> None:
@@ -315,11 +317,18 @@ def run_tray(config: Optional[Path] = None, obs: bool = False, autostart: bool =
             controller.start()
         threading.Thread(target=_tooltip_loop, args=(icon_, controller, stop), daemon=True).start()
 
+    def on_signal(_signum: int, _frame: Any) -> None:  # Ctrl+C, logout, service stop
+        icon.stop()
+
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     try:
         icon.run(setup)  # must run on the main thread (macOS)
     finally:
         stop.set()
         controller.stop()
+        log.info("tray: stopped")
 
 
 def main(argv: list[str] | None = None) -> None:

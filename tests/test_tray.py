@@ -154,3 +154,45 @@ def test_icon_images_show_the_state():
         assert image.size == (64, 64) and image.mode == "RGBA"
     centre_ring = {state: image.getpixel((32, 12)) for state, image in images.items()}
     assert len(set(centre_ring.values())) == 3
+
+
+@pytest.mark.obs  # needs Xvfb (installed with OBS by scripts/dev-setup.sh)
+def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+    """`dreamcam tray` on pystray's xorg backend under Xvfb: starts the stream, exits cleanly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from obs_harness import ObsInstance
+
+    x = ObsInstance(tmp_path, 0, "")
+    x.start_xvfb()
+    config = tmp_path / "dreamcam.toml"
+    config.write_text(
+        f'[app]\nmodel = "{tiny_model_dir}"\ntiny_vae = "{tiny_model_dir / "taesd"}"\ndevice = "cpu"\n'
+        'width = 64\nheight = 64\nsource = "pattern"\nsink = "null"\n[stream]\nprompt = "tray test"\n')
+    env = dict(os.environ, DISPLAY=x.display, PYSTRAY_BACKEND="xorg",
+               DREAMCAM_CONFIG_DIR=str(tmp_path / "cfg"), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dreamcam.plugin.cli", "tray", "--config", str(config)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "the stream is running" in line:
+                break
+        assert any("the stream is running" in line for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, "".join(lines) + rest
+        assert "tray: stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        x.stop()
