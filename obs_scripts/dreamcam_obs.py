@@ -1,5 +1,7 @@
 """Dreamcam control panel for OBS Studio (Tools > Scripts > +).
 
+Needs Python 3.9+ in OBS (obsws-python's minimum); keep it free of newer syntax.
+
 Change Dreamcam's prompt, strength, guidance, seed, similarity filter and pause from inside OBS.
 The panel talks to the Dreamcam app through OBS's own WebSocket server (obs-websocket v5): it
 broadcasts `settings` custom events and shows the `status` events the app sends back.
@@ -10,8 +12,6 @@ in dreamcam's plugin/messages.py and a test holds both to the same format.
 
 Network I/O happens on one worker thread of this script, never on OBS's UI or video thread.
 """
-
-from __future__ import annotations
 
 import configparser
 import json
@@ -216,7 +216,8 @@ def install_hint(error: str = OBSWS_IMPORT_ERROR) -> str:
         "  <that python3> -m pip install obsws-python\n"
         "- Linux: OBS uses the system Python 3; run: python3 -m pip install --user obsws-python\n"
         "  (or pip install --target <script folder>/dreamcam_vendor obsws-python)\n"
-        "OBS 28/29 on Windows accept Python 3.6 to 3.10; OBS 30 and later up to 3.12 (64-bit)."
+        "obsws-python needs Python 3.9+; OBS 28/29 on Windows accept up to 3.10, OBS 30+ up to 3.12 "
+        "(64-bit)."
     )
 
 
@@ -361,7 +362,11 @@ class Link:
             backoff = 0.5
             self._serve(*clients)
             self._close(*clients)
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                break
+            if self._reconnect_now:
+                self._set_connection("connection settings changed; reconnecting")
+            else:
                 self._set_connection(f"lost the connection to OBS at {conn[0]}:{conn[1]}; reconnecting")
 
     def _connect(self, conn: tuple) -> Optional[tuple]:

@@ -261,3 +261,21 @@ def test_local_websocket_settings_are_read_from_obs_config(tmp_path):
     assert module.connection_settings(True, "h", 1, "x", str(tmp_path)) == ("127.0.0.1", 4477, "newer")
     assert module.connection_settings(False, "h", 1, "x", str(tmp_path)) == ("h", 1, "x")
     assert module.connection_settings(True, "h", 1, "x", str(tmp_path / "nope")) == ("h", 1, "x")
+
+
+def test_script_imports_only_stdlib_obspython_and_obsws_python():
+    import ast
+    import sys
+
+    from obs_standin import SCRIPT
+
+    tree = ast.parse(SCRIPT.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    outside = {m for m in imported if m not in sys.stdlib_module_names} - {"obspython", "obsws_python"}
+    assert outside == set(), outside
+    assert "__future__" not in imported  # OBS may run Python 3.9; keep the syntax plain
