@@ -39,6 +39,7 @@ VARIANTS = {
     "compiled-notune": Variant("compiled+graph, no inductor tuning", "compiled", {"inductor_tuning": False}),
     "compiled-autotune": Variant("compiled max-autotune+graph", "compiled", {"compile_mode": "max-autotune-no-cudagraphs"}),
     "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
+    "step": Variant("eager modules, whole step compiled+graph", "eager", {"compile_scope": "step"}),
 }
 
 
@@ -121,7 +122,7 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             continue
         log(f"  {v.label} / {name}")
         try:
-            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device)
+            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config)
         except Exception as exc:  # noqa: BLE001 - record and go on
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()

@@ -58,7 +58,7 @@ def _stats(st: FrameStats) -> dict:
     return st.as_dict()
 
 
-def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str) -> dict:
+def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str, config: Any = None) -> dict:
     """Times one scenario with the given engine modules. Returns a dict of numbers."""
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines.runner import host_pipeline
@@ -71,7 +71,7 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
     host = frames_for(s)
     dev = [torch.from_numpy(f).unsqueeze(0).to(device) for f in host]
-    pipe = host_pipeline(stream)
+    pipe = host_pipeline(stream, config)
     t0 = time.perf_counter()
     first = pipe(host[0][None])  # warm-up + capture (+ compile of new shapes)
     result["capture_s"] = round(time.perf_counter() - t0, 2)
@@ -91,7 +91,7 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     if s.stages and cuda:
         result["stages_ms"] = stage_times(stream, modules, dev[0])
     if s.app_path:
-        result["core_call_numpy"] = _stats(_core_call(components, s, modules, host, frames))
+        result["core_call_numpy"] = _stats(_core_call(components, s, modules, host, frames, config))
     del pipe, stream
     return result
 
@@ -109,13 +109,13 @@ def _pipelined(pipe, host: list[np.ndarray], frames: int) -> float:
     return frames / (time.perf_counter() - start)
 
 
-def _core_call(components, s: Scenario, modules, host, frames: int) -> FrameStats:
+def _core_call(components, s: Scenario, modules, host, frames: int, config=None) -> FrameStats:
     """The app's own call: `stream(numpy frame)` with the step attached to a CUDA graph."""
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines.runner import attach_graph
 
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
-    attach_graph(stream)
+    attach_graph(stream, config)
     return frame_times(lambda i: stream(host[i % len(host)]), frames)
 
 
