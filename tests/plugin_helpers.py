@@ -9,7 +9,6 @@ import time
 from typing import Callable
 
 import numpy as np
-import pyvirtualcam
 
 from dreamcam.plugin.source_pattern import PatternSource
 from dreamcam.plugin.sources import SourceError
@@ -51,6 +50,8 @@ class RecordingBackend:
 
 
 def register_recorder() -> type[RecordingBackend]:
+    import pyvirtualcam
+
     RecordingBackend.instances.clear()
     pyvirtualcam.register_backend(BACKEND, RecordingBackend)
     return RecordingBackend
