@@ -130,3 +130,16 @@ def test_build_process_reports_missing_tensorrt(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dreamcam.engines.tensorrt_build", "--onnx", str(tmp_path / "m.onnx"),
                            "--engine", str(tmp_path / "m.engine"), "--shapes", "{}"], capture_output=True, text=True)
     assert done.returncode == 2 and "tensorrt is not installed" in done.stderr
+
+
+def test_compiled_engine_on_the_cpu_gives_the_core_frames(tiny_model_dir, tmp_path):
+    """torch.compile (Inductor, C++ on the CPU) of the three modules; tiny shapes keep it short."""
+    spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
+    cfg = StreamConfig(width=32, height=32, t_index_list=(25,), cfg_type="none", seed=3, prompt="a cat")
+    frames = _frames(2, 32, 32)
+    want = _run(StreamDiffusion(load_components(spec), cfg), frames)
+    comps = load_components(spec)
+    engine = create_engine("compiled", comps, EngineConfig(geometry=Geometry(32, 32), cache_dir=tmp_path))
+    assert engine.name == "compiled", engine.describe()
+    got = _run(StreamDiffusion(comps, cfg, modules=engine.modules), frames)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 2  # fp32; fused kernels round differently
