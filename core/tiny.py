@@ -121,18 +121,20 @@ def _taesd():
     return vae
 
 
-def _scheduler(family: str):
+def _scheduler(family: str, prediction_type: str):
     from diffusers import EulerDiscreteScheduler, LCMScheduler
 
-    if family == "sd15":
-        return LCMScheduler(**_SCHEDULER_BETAS, prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
-    return EulerDiscreteScheduler(**_SCHEDULER_BETAS, prediction_type="epsilon", timestep_spacing="trailing", steps_offset=1)
+    kind = LCMScheduler if family == "sd15" else EulerDiscreteScheduler
+    spacing = "leading" if family == "sd15" else "trailing"
+    return kind(**_SCHEDULER_BETAS, prediction_type=prediction_type, timestep_spacing=spacing, steps_offset=1)
 
 
-def make_tiny_model(folder: str | Path, family: str = "sd21", *, with_taesd: bool = True, seed: int = 0) -> Path:
+def make_tiny_model(folder: str | Path, family: str = "sd21", *, with_taesd: bool = True, seed: int = 0,
+                    prediction_type: str = "epsilon") -> Path:
     """Build a tiny random diffusers pipeline of `family` and save it to `folder` (created).
 
     Returns the folder. With `with_taesd` a tiny AutoencoderTiny is saved in `folder/taesd`.
+    `prediction_type` ("epsilon" or "v_prediction") goes into the scheduler config.
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
@@ -141,7 +143,7 @@ def make_tiny_model(folder: str | Path, family: str = "sd21", *, with_taesd: boo
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     vocab_size = len(tokenizer)
-    parts = dict(unet=_unet(family), vae=_vae(), scheduler=_scheduler(family), tokenizer=tokenizer)
+    parts = dict(unet=_unet(family), vae=_vae(), scheduler=_scheduler(family, prediction_type), tokenizer=tokenizer)
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 

@@ -109,6 +109,27 @@ def test_stream_batch_equals_sequential_reference(comp, idx, cfg_type):
     assert all(o.std() > 1 for o in outputs), "outputs must be real images, never flat warm-up frames"
 
 
+def test_v_prediction_model_matches_the_reference(tmp_path):
+    """A v-prediction model (SD 2.1-768 style): the stream converts v to epsilon itself."""
+    from dreamcam.core.tiny import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "vpred", "sd21", prediction_type="v_prediction")
+    comp = load_components(ModelSpec(str(folder), tiny_vae=str(folder / "taesd"), local_files_only=True))
+    assert comp.prediction_type == "v_prediction" and comp.scheduler.config.prediction_type == "v_prediction"
+    idx = (20, 40)
+    mods, seen = recording(comp)
+    stream = StreamDiffusion(comp, StreamConfig(width=SIZE, height=SIZE, t_index_list=idx, cfg_type="none",
+                                                seed=SEED, prompt="the cat"), modules=mods)
+    cond, _ = diffusers_embeds(comp, "the cat", "")
+    noise = slot_noise(2, 1)
+    clip = frames(3, seed=2)
+    for f in clip:
+        stream(f)
+    for call in (1, 2):
+        want = reference(comp, clip[call - 1], idx, noise, cond)
+        torch.testing.assert_close(seen[call], want, atol=2e-5, rtol=1e-4)
+
+
 def test_frame_buffer_two_frames_two_steps_keeps_order(comp):
     idx, fbs = (20, 40), 2
     mods, seen = recording(comp)

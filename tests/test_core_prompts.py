@@ -56,6 +56,15 @@ def test_text_encoder_runs_once_per_distinct_prompt(comp):
     assert len(calls) == 3  # "the cat", "an ant", "the sea"
 
 
+def test_prompt_cache_is_bounded_lru(comp):
+    from dreamcam.core.prompts import PromptEncoder
+
+    enc = PromptEncoder(comp, max_entries=2)
+    for p in ("a", "b", "a", "c", "a", "b"):  # "b" is evicted by "c", "a" stays (recently used)
+        enc.encode(p)
+    assert enc.encoder_calls == 4
+
+
 @pytest.mark.parametrize("change", [dict(prompt="the sea"), dict(negative_prompt="the sea"),
                                     dict(guidance_scale=4.0), dict(seed=99), dict(strength=0.9, t_index_list=None),
                                     dict(t_index_list=(10, 45)), dict(cfg_type="self"), dict(delta=0.3, cfg_type="self")])
