@@ -86,8 +86,8 @@ def like_input(out: torch.Tensor, frame: np.ndarray | torch.Tensor) -> np.ndarra
     A single HxWx3 input gives a single HxWx3 output."""
     if frame.ndim == 3:
         out = out[0]
-    if isinstance(frame, np.ndarray):
-        return out.cpu().numpy()
+    if isinstance(frame, np.ndarray):  # a copy: callers may keep or edit it, the stream keeps its own
+        return out.numpy().copy() if out.device.type == "cpu" else out.cpu().numpy()
     return out.to(frame.device)
 
 

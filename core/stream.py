@@ -295,6 +295,7 @@ class StreamDiffusion:
             self._allocate()
             self._transition = None
             self._write_all()
+            self._force_next = True
             return
         if new.seed != old.seed:
             self._write_noise(new.seed)
