@@ -177,7 +177,7 @@ def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog):
 
         inst.kill_obs()  # SIGKILL: no goodbye from OBS
         assert wait_for(lambda: not bridge.state.startswith("connected"), 10), bridge.state
-        inst.status_file.unlink()
+        inst.status_file.unlink(missing_ok=True)
         inst.script_settings["prompt"] = "after the restart"
         inst.start_obs()
         assert wait_for(lambda: store.current.prompt == "after the restart", 20), bridge.state
@@ -287,3 +287,97 @@ def test_bridge_option_to_add_the_camera_reports_a_missing_device_once(obs_studi
     finally:
         bridge.stop()
     assert sum("could not add the camera source" in r.getMessage() for r in caplog.records) == 1
+
+
+def load_panel_outside_obs(inst: ObsInstance, **values):
+    """The OBS script's real network code (obsws-python to a real OBS), with a stand-in obspython
+    for the panel: lets a test type into the panel like a user."""
+    from obs_standin import load_script
+
+    module, obs = load_script()
+    settings = obs.obs_data_create()
+    module.script_defaults(settings)
+    obs.obs_data_set_bool(settings, "use_local_websocket", False)
+    obs.obs_data_set_string(settings, "host", "127.0.0.1")
+    obs.obs_data_set_int(settings, "port", inst.port)
+    obs.obs_data_set_string(settings, "password", inst.password)
+    for name, value in values.items():
+        obs.obs_data_set_string(settings, name, value) if isinstance(value, str) else \
+            obs.obs_data_set_double(settings, name, value)
+    module.script_load(settings)
+    module.script_update(settings)
+    return module, obs, settings
+
+
+def test_typing_in_the_panel_is_debounced(obs_studio):
+    import time
+
+    store = SettingsStore()
+    received: list[dict] = []
+    store.subscribe(lambda settings, origin: received.append(settings.prompt))
+    bridge = make_bridge(obs_studio, store, StatusBoard())
+    bridge.start()
+    module, obs, settings = load_panel_outside_obs(obs_studio, prompt="start")
+    try:
+        assert bridge.wait_connected(10)
+        # both panels (this one and the one inside OBS) send their whole state once
+        assert wait_for(lambda: bridge.applied >= 2, 10), module._S.panel.status_line()
+        time.sleep(0.5)
+        received.clear()
+        applied = bridge.applied
+        text = "a cat floating in space, oil painting"
+        for i in range(1, len(text) + 1):  # ~20 keystrokes a second
+            obs.obs_data_set_string(settings, "prompt", text[:i])
+            module.script_update(settings)
+            time.sleep(0.05)
+        assert wait_for(lambda: store.current.prompt == text, 5)
+        time.sleep(module.DEBOUNCE_S + 0.3)
+        sent = bridge.applied - applied
+        # one message per 1.5 s of typing at most (and one at the end), not one per keystroke
+        assert 1 <= sent <= 3, (sent, received)
+        assert received[-1] == text
+        obs.obs_data_set_double(settings, "strength", 0.9)
+        module.script_update(settings)
+        assert wait_for(lambda: store.current.strength == 0.9, 5)
+        assert store.current.prompt == text
+    finally:
+        module.script_unload()
+        bridge.stop()
+
+
+def test_panel_reconnects_after_obs_restart(tmp_path):
+    """The script's own reconnect loop (run outside OBS with a stand-in obspython)."""
+    import time
+
+    password = "pw-" + secrets.token_hex(8)
+    port = free_port()
+    inst = ObsInstance(tmp_path, port, password, {"prompt": "same"})
+    store, board = SettingsStore(), StatusBoard()
+    board.publish(Status(running=True, fps_out=7.0))
+    bridge = ObsBridge(store, board, "127.0.0.1", port, password, status_interval=0.3, max_backoff=0.5)
+    module = None
+    try:
+        inst.start_xvfb()
+        inst.start_obs()
+        bridge.start()
+        module, obs, settings = load_panel_outside_obs(inst, prompt="same")
+        panel = module._S.panel
+        assert wait_for(lambda: "7.0 fps out" in panel.status_line(), 15), panel.status_line()
+        inst.kill_obs()
+        assert wait_for(lambda: not panel.status_line().startswith("connected"), 10), panel.status_line()
+        inst.status_file.unlink(missing_ok=True)
+        inst.start_obs()
+        assert wait_for(lambda: "7.0 fps out" in panel.status_line(), 20), panel.status_line()
+        # the panel inside OBS sends its whole state when it connects; let that pass first
+        assert wait_for(lambda: "7.0 fps out" in inst.panel_status(), 20), inst.panel_status()
+        time.sleep(0.3)
+        obs.obs_data_set_double(settings, "strength", 0.3)
+        module.script_update(settings)
+        assert wait_for(lambda: store.current.strength == 0.3, 10), (bridge.state, store.current)
+        log_lines = [line for line in obs.log if "[dreamcam]" in line]
+        assert len(log_lines) == len(set(log_lines)) or len(log_lines) <= 5, log_lines  # no line per retry
+    finally:
+        if module is not None:
+            module.script_unload()
+        bridge.stop()
+        inst.stop()
