@@ -46,6 +46,14 @@ def _python_path_for_obs(root: Path) -> Path:
     return vendor
 
 
+def _python_path_without_obsws(root: Path) -> Path:
+    """A PYTHONPATH entry that makes `import obsws_python` fail even where the system has it."""
+    blocker = root / "obs-pythonpath-blocked" / "obsws_python"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "__init__.py").write_text('raise ImportError("No module named \'obsws_python\'")\n')
+    return blocker.parent
+
+
 def write_config(config_home: Path, port: int, password: str, script_settings: dict[str, Any]) -> None:
     root = config_home / "obs-studio"
     for sub in ("basic/profiles/" + COLLECTION, "basic/scenes", "plugin_config/obs-websocket"):
@@ -80,6 +88,7 @@ class ObsInstance:
     display: str = ""
     xvfb: subprocess.Popen | None = None
     obs: subprocess.Popen | None = None
+    give_obsws: bool = True  # False: OBS's Python cannot import obsws_python
 
     @property
     def status_file(self) -> Path:
@@ -107,7 +116,8 @@ class ObsInstance:
         write_config(self.config_home, self.port, self.password, self.script_settings)
         env = dict(os.environ, DISPLAY=self.display, XDG_CONFIG_HOME=str(self.config_home),
                    HOME=str(self.workdir / "home"),
-                   PYTHONPATH=str(_python_path_for_obs(self.workdir)),
+                   PYTHONPATH=str(_python_path_for_obs(self.workdir) if self.give_obsws
+                                  else _python_path_without_obsws(self.workdir)),
                    LIBGL_ALWAYS_SOFTWARE="1")
         (self.workdir / "home").mkdir(exist_ok=True)
         log = open(self.workdir / "obs-stdout.log", "ab")

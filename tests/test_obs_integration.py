@@ -381,3 +381,16 @@ def test_panel_reconnects_after_obs_restart(tmp_path):
             module.script_unload()
         bridge.stop()
         inst.stop()
+
+
+def test_script_without_obsws_python_tells_how_to_install_it(tmp_path):
+    inst = ObsInstance(tmp_path, free_port(), "pw-" + secrets.token_hex(4), give_obsws=False)
+    try:
+        inst.start_xvfb()
+        inst.start_obs()
+        assert wait_for(lambda: "obsws-python is missing" in inst.script_log(), 15), inst.script_log()[-2000:]
+        log_text = inst.script_log()
+        assert "-m pip install obsws-python" in log_text and "Python Settings" in log_text
+        assert wait_for(lambda: "obsws-python is not installed" in inst.panel_status(), 10)
+    finally:
+        inst.stop()
