@@ -98,8 +98,9 @@ class DreamcamApp:
             except Exception:
                 self.source.close()
                 raise
+            engine = getattr(self._processor, "engine_name", None) or self.settings.engine
             config = RunnerConfig(self.settings.width, self.settings.height, self.settings.resize,
-                                  model=self.settings.model, engine=self.settings.engine)
+                                  model=self.settings.model, engine=engine)
             self._runner = Runner(self.source, self.sink, self.store, self.board, config,
                                   processor=self._processor, load_processor=self._load_processor)
             self._runner.start()

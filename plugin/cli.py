@@ -229,7 +229,7 @@ def devices(probe: bool = typer.Option(True, help="Try to start each virtual cam
     cams, error = cameras()
     console.print("[bold]Cameras[/bold] (use --source camera:N)")
     console.print(f"  {error}" if error else ("\n".join(
-        f"  {c['index']}: {c['width']}x{c['height']} {c['fps']:.0f} fps" for c in cams) or "  none found"), highlight=False)
+        f"  {c['index']}: {c.get('name') or 'camera'} {c['width']}x{c['height']} {c['fps']:.0f} fps" for c in cams) or "  none found"), highlight=False)
     backends, error = vcam_backends(probe)
     console.print("[bold]Virtual camera backends[/bold] (use --sink vcam:BACKEND)")
     if error:

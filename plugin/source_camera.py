@@ -82,8 +82,19 @@ def list_cameras(max_index: int = 6) -> list[dict]:
     for index in range(max_index):
         cap = cv2.VideoCapture(*_open_args(index))
         if cap.isOpened():
-            found.append({"index": index, "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            found.append({"index": index, "name": _linux_name(index),
+                          "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                           "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
                           "fps": cap.get(cv2.CAP_PROP_FPS)})
         cap.release()
     return found
+
+
+def _linux_name(index: int) -> str:
+    """The driver's name for /dev/videoN on Linux (empty elsewhere)."""
+    path = f"/sys/class/video4linux/video{index}/name"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""

@@ -194,3 +194,36 @@ def test_services_start_and_stop_with_the_app():
     app.start()
     app.stop()
     assert events == [("start", "a"), ("start", "b"), ("stop", "b"), ("stop", "a")]
+
+
+class Inverter(PassThrough):
+    def __call__(self, image):
+        return 255 - image
+
+
+def test_model_loads_in_the_background_while_the_input_passes_through():
+    import threading
+
+    release = threading.Event()
+
+    def load():
+        release.wait(10)
+        return Inverter()
+
+    recorder = register_recorder()
+    pattern = PatternSource(SIZE, SIZE, 30)
+    app = DreamcamApp(AppSettings(width=SIZE, height=SIZE, fps=20, control_port=0), source=pattern,
+                      sink=VirtualCameraSink(SIZE, SIZE, 20, backend=BACKEND), load_processor=load)
+    app.start()
+    try:
+        backend = recorder.instances[0]
+        assert wait_for(lambda: len(backend.frames) >= 3)
+        last = backend.snapshot()[-1][1]
+        assert np.array_equal(last, pattern.render(read_index(last)))  # input passes through
+        assert wait_for(lambda: "loading the model" in app.runner.status().error, timeout=3)
+        release.set()
+        assert wait_for(lambda: app.runner.status().error == "", timeout=5)
+        assert wait_for(lambda: np.array_equal(255 - backend.snapshot()[-1][1],
+                                               pattern.render(read_index(255 - backend.snapshot()[-1][1]))))
+    finally:
+        app.stop()
