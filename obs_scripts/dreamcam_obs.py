@@ -79,6 +79,7 @@ BUILTIN_PRESETS: Dict[str, Dict[str, Any]] = {
 DEBOUNCE_S = 0.4  # send this long after the last change...
 MAX_WAIT_S = 1.5  # ...but at least this often while the user keeps dragging or typing
 STATUS_STALE_S = 4.0  # no status for this long: the app is not running (or not connected)
+STARTUP_GRACE_S = 3.0  # connection problems in the first seconds after loading are not reported
 
 
 def encode(kind: str, **fields: Any) -> Dict[str, Any]:
@@ -309,6 +310,7 @@ class Link:
         self._outbox: "queue.Queue[Dict[str, Any]]" = queue.Queue(maxsize=100)
         self._last_logged = ""
         self._reconnect_now = False
+        self._started_at = time.monotonic()
 
     def configure(self, host: str, port: int, password: str) -> None:
         with self._lock:
@@ -327,6 +329,7 @@ class Link:
     def start(self) -> None:
         self._stop.clear()
         self._reconnect_now = False
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="dreamcam-obs-link", daemon=True)
         self._thread.start()
 
@@ -337,7 +340,11 @@ class Link:
             self._thread.join(timeout)
             self._thread = None
 
-    def _set_connection(self, text: str) -> None:
+    def _set_connection(self, text: str, grace: bool = True) -> None:
+        if grace and text != "connected" and time.monotonic() - self._started_at < STARTUP_GRACE_S:
+            # OBS loads scripts before its WebSocket server listens: not worth a log line yet
+            self.panel.connection = "connecting to OBS WebSocket..."
+            return
         self.panel.connection = text
         if text != self._last_logged:  # one line per change, never one per retry
             self._last_logged = text
@@ -372,7 +379,7 @@ class Link:
     def _connect(self, conn: tuple) -> Optional[tuple]:
         host, port, password = conn
         if self._ws is None:
-            self._set_connection("obsws-python is not installed (see the note above)")
+            self._set_connection("obsws-python is not installed (see the note above)", grace=False)
             return None
         req = ev = None
         try:
