@@ -196,6 +196,7 @@ def demo(
     size: int = typer.Option(256, help="Frame size (square, multiple of 8)."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto"),
     prompt: Optional[str] = typer.Option(None, help="Prompt (the random-weight model ignores its meaning)."),
+    side_by_side: bool = typer.Option(True, "--side-by-side/--output-only", help="Show the input left of the output."),
 ) -> None:
     """Offline demo: a moving test pattern through the full pipeline on a small random-weight model."""
     from .demo import run_demo
@@ -205,6 +206,7 @@ def demo(
         _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
     try:
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
+                          side_by_side=side_by_side,
                           say=lambda text: console.print(f"[dim]{text}[/dim]", highlight=False))
     except (SettingsError, ValueError, OSError) as exc:
         _fail(str(exc), 1)

@@ -7,7 +7,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from .settings import AppSettings, StreamSettings
 
@@ -43,6 +45,22 @@ def tiny_model(folder: Path | None = None, say: Callable[[str], None] = print) -
     return folder
 
 
+class SideBySide:
+    """Shows the input next to the output (a random-weight model's output alone says little)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return np.concatenate([image, self.processor(image)], axis=1)
+
+    def update(self, **changes: Any) -> None:
+        self.processor.update(**changes)
+
+    def __getattr__(self, name: str) -> Any:  # frames_skipped, engine_name, config, ...
+        return getattr(self.processor, name)
+
+
 def demo_settings(model: Path, out: Path, size: int, device: str) -> AppSettings:
     taesd = model / "taesd"
     return AppSettings(source="pattern", sink=f"file:{out}", model=str(model),
@@ -52,15 +70,20 @@ def demo_settings(model: Path, out: Path, size: int, device: str) -> AppSettings
 
 
 def run_demo(out: Path, frames: int = 60, size: int = 256, device: str = "cpu", prompt: str | None = None,
-             say: Callable[[str], None] = print, model_dir: Path | None = None) -> DemoResult:
+             say: Callable[[str], None] = print, model_dir: Path | None = None,
+             side_by_side: bool = True) -> DemoResult:
     from .app import DreamcamApp
     from .pipeline import build_processor
+    from .sink_video import VideoFileSink
 
     model = tiny_model(model_dir, say)
     app_settings = demo_settings(model, out, size, device)
     stream = StreamSettings(prompt=prompt) if prompt else StreamSettings()
     processor = build_processor(app_settings, stream, progress=say, local_files_only=True)
-    app = DreamcamApp(app_settings, stream, processor=processor, max_frames=frames)
+    width = size * 2 if side_by_side else size
+    sink = VideoFileSink(out, width, size, app_settings.fps, max_frames=frames)
+    app = DreamcamApp(app_settings, stream, processor=SideBySide(processor) if side_by_side else processor,
+                      sink=sink, max_frames=frames)
     say(f"running {frames} frames of {size}x{size} through the pipeline on {device}")
     start = time.monotonic()
     app.start()
