@@ -17,7 +17,6 @@ import configparser
 import json
 import logging
 import os
-import queue
 import random
 import sys
 import threading
@@ -307,7 +306,6 @@ class Link:
         self._stop = threading.Event()
         self._conn: Optional[tuple] = None
         self._thread: Optional[threading.Thread] = None
-        self._outbox: "queue.Queue[Dict[str, Any]]" = queue.Queue(maxsize=100)
         self._last_logged = ""
         self._reconnect_now = False
         self._started_at = time.monotonic()
@@ -319,12 +317,6 @@ class Link:
             self._conn = (host, port, password)
         self._reconnect_now = True
         self._wake.set()
-
-    def send(self, event_data: Dict[str, Any]) -> None:
-        try:
-            self._outbox.put_nowait(event_data)
-        except queue.Full:
-            pass
 
     def start(self) -> None:
         self._stop.clear()
@@ -360,7 +352,11 @@ class Link:
                 self._wake.clear()
                 continue
             self._reconnect_now = False
-            clients = self._connect(conn)
+            try:
+                clients = self._connect(conn)
+            except Exception as exc:  # never let the thread die: report and retry
+                self._set_connection(f"connection error: {type(exc).__name__}: {exc}")
+                clients = None
             if clients is None:
                 self._wake.wait(backoff)
                 self._wake.clear()
@@ -397,9 +393,13 @@ class Link:
                 pass  # an odd event must not kill the event thread
 
         ev.callback.register(on_custom_event)
+        try:
+            req.broadcast_custom_event({"eventData": encode("hello", role="obs-panel")})
+        except Exception:
+            self._close(req, ev)
+            raise
         self._set_connection("connected")
         self.panel.request_sync()
-        req.broadcast_custom_event({"eventData": encode("hello", role="obs-panel")})
         return req, ev
 
     def _serve(self, req: Any, ev: Any) -> None:
@@ -410,10 +410,6 @@ class Link:
                 message = self.panel.outgoing()
                 if message is not None:
                     req.broadcast_custom_event({"eventData": message})
-                while True:
-                    req.broadcast_custom_event({"eventData": self._outbox.get_nowait()})
-            except queue.Empty:
-                pass
             except Exception:
                 self.panel.request_sync()  # resend everything once reconnected
                 return

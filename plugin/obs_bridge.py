@@ -10,6 +10,7 @@ held at CRITICAL while the bridge runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -131,7 +132,11 @@ class ObsBridge:
     def _run(self) -> None:
         backoff = 0.25
         while not self._stop.is_set():
-            clients = self._connect()
+            try:
+                clients = self._connect()
+            except Exception as exc:  # unexpected: report once, keep the service alive
+                self._report("other", f"Cannot connect to OBS WebSocket at {self.host}:{self.port}: {exc}")
+                clients = None
             if clients is None:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -246,4 +251,4 @@ class ObsBridge:
         current = self.store.current
         body.setdefault("paused", current.paused)
         body.setdefault("preset", current.preset)
-        return data
+        return json.loads(json.dumps(data, default=str))  # JSON-safe whatever the runner put in extra
