@@ -394,3 +394,42 @@ def test_script_without_obsws_python_tells_how_to_install_it(tmp_path):
         assert wait_for(lambda: "obsws-python is not installed" in inst.panel_status(), 10)
     finally:
         inst.stop()
+
+
+def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp_path):
+    """The user's command line: `dreamcam run --obs` (password from the environment) in its own
+    process; its status shows in the OBS panel, an update sent through OBS reaches it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DREAMCAM_OBS_PASSWORD=obs_studio.password, HF_HUB_OFFLINE="1",
+               DREAMCAM_CONFIG_DIR=str(tmp_path / "cfg"))
+    cmd = [sys.executable, "-m", "dreamcam.plugin.cli", "run", "--obs", "--obs-port", str(obs_studio.port),
+           "--source", "pattern", "--sink", "null", "--model", str(tiny_model_dir),
+           "--tiny-vae", str(tiny_model_dir / "taesd"), "--device", "cpu", "--size", "64", "--engine", "eager",
+           "--control-port", "0", "--verbose"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = None
+    try:
+        assert wait_for(lambda: "app running" in obs_studio.panel_status() or proc.poll() is not None, 90), \
+            obs_studio.panel_status()
+        assert proc.poll() is None, proc.stdout.read()
+        assert str(tiny_model_dir) in obs_studio.panel_status()
+        client = external_client(obs_studio)
+        client.broadcast_custom_event({"eventData": encode("settings", steps=99)})
+        assert wait_for(lambda: "error: rejected update: steps" in obs_studio.panel_status(), 15), \
+            obs_studio.panel_status()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert obs_studio.password not in out  # the password is never printed or logged
+        assert "connected to OBS" in out
+        assert wait_for(lambda: "waiting for the Dreamcam app" in obs_studio.panel_status(), 10)
+    finally:
+        if client is not None:
+            client.disconnect()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
