@@ -54,6 +54,7 @@ class DreamcamApp:
         self._runner: Runner | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._devices_open = False
 
     def _default_loader(self) -> Processor:
         from .pipeline import build_processor
@@ -86,18 +87,36 @@ class DreamcamApp:
     def runner(self) -> Runner | None:
         return self._runner
 
+    def open_devices(self) -> None:
+        """Open the source and the sink now, raising SourceError/SinkError with a clear message
+        when one is missing (before a long model load, say); `start` does it otherwise."""
+        with self._lock:
+            self._open_devices()
+
+    def _open_devices(self) -> None:
+        if self._devices_open:
+            return
+        self.source.open()
+        try:
+            self.sink.open()
+        except Exception:
+            self.source.close()
+            raise
+        self._devices_open = True
+
+    def use_processor(self, processor: Processor) -> None:
+        """Set the processor built elsewhere (e.g. under a progress bar), before `start`."""
+        if self._runner is not None:
+            raise RuntimeError("the processor must be set before start()")
+        self._processor, self._load_processor = processor, None
+
     def start(self) -> None:
         """Open the source and the sink (raising SourceError/SinkError with a clear message when
         one is missing), then start the threads and the services. Returns at once."""
         with self._lock:
             if self._runner is not None:
                 raise RuntimeError("this app was already started; make a new DreamcamApp")
-            self.source.open()
-            try:
-                self.sink.open()
-            except Exception:
-                self.source.close()
-                raise
+            self._open_devices()
             engine = getattr(self._processor, "engine_name", None) or self.settings.engine
             config = RunnerConfig(self.settings.width, self.settings.height, self.settings.resize,
                                   model=self.settings.model, engine=engine)
@@ -116,7 +135,12 @@ class DreamcamApp:
         """Stop services, join the threads, release the sink and the source. Safe to call twice;
         True when everything ended within `timeout`."""
         with self._lock:
-            if self._runner is None or self._stopped.is_set():
+            if self._runner is None:
+                if self._devices_open:  # opened, never started
+                    self._devices_open = False
+                    self._close_devices()
+                return True
+            if self._stopped.is_set():
                 return True
             self._stopped.set()
             services, self._started_services = self._started_services[::-1], []
@@ -126,12 +150,15 @@ class DreamcamApp:
             except Exception:
                 log.exception("service %s failed to stop", type(service).__name__)
         clean = self._runner.stop(timeout)
+        self._close_devices()
+        return clean
+
+    def _close_devices(self) -> None:
         for part in (self.sink, self.source):
             try:
                 part.close()
             except Exception:
                 log.exception("closing %s failed", getattr(part, "name", part))
-        return clean
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the app is stopped or its sink is done (e.g. a file sink wrote max frames)."""

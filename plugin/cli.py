@@ -121,15 +121,25 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int])
     from .sources import SourceError
 
     try:
+        dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
+        dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
+    except (SourceError, SinkError, OSError) as exc:
+        _fail(str(exc), 1)
+        return
+    try:
         processor = _build_with_progress(build_processor, app_settings, stream_settings)
-    except Exception as exc:  # model errors carry their own fix
+    except BaseException as exc:  # model errors carry their own fix
+        dream.stop()
+        if isinstance(exc, KeyboardInterrupt):
+            raise typer.Exit(130)
         _fail(f"could not build the pipeline: {exc}", 1)
         return
     try:
-        dream = DreamcamApp(app_settings, stream_settings, processor=processor, max_frames=frames)
+        dream.use_processor(processor)
         _add_services(dream, app_settings, obs)
         dream.start()
     except (SourceError, SinkError, OSError, RuntimeError) as exc:
+        dream.stop()
         _fail(str(exc), 1)
         return
     stop = threading.Event()

@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import pytest
 
 from dreamcam.plugin.source_pattern import PatternSource
 from dreamcam.plugin.sources import SourceError
@@ -55,6 +56,19 @@ def register_recorder() -> type[RecordingBackend]:
     RecordingBackend.instances.clear()
     pyvirtualcam.register_backend(BACKEND, RecordingBackend)
     return RecordingBackend
+
+
+def unregister_recorder() -> None:
+    import pyvirtualcam.camera
+
+    pyvirtualcam.camera.BACKENDS.pop(BACKEND, None)
+
+
+@pytest.fixture(autouse=True)
+def no_recorder_left_behind():
+    """Other tests that ask for any virtual camera backend must not find the test recorder."""
+    yield
+    unregister_recorder()
 
 
 class UnpluggableSource(PatternSource):

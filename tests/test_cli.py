@@ -136,3 +136,16 @@ def test_doctor_and_devices_explain_what_is_missing():
     devices = run_cli("devices", env={"DISPLAY": ""})
     assert devices.returncode == 0
     assert "Monitors" in devices.stdout and "Virtual camera backends" in devices.stdout
+
+
+def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path):
+    start = time.monotonic()
+    result = run_cli("run", "--sink", "vcam", "--model", str(tmp_path / "no-model"))
+    assert result.returncode == 1
+    assert "virtual camera" in result.stderr and "modprobe v4l2loopback" in result.stderr
+    assert time.monotonic() - start < 20
+    result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--device", "cpu")
+    assert result.returncode == 1
+    assert "could not build the pipeline" in result.stderr and "no-model" in result.stderr
+    result = run_cli("run", "--source", "camera:9", "--sink", "null")
+    assert result.returncode == 1 and "camera:9: cannot open" in result.stderr

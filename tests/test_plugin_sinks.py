@@ -10,6 +10,7 @@ from dreamcam.plugin.sink_vcam import VirtualCameraSink, install_hint
 from dreamcam.plugin.sink_video import ImageSequenceSink, VideoFileSink
 from dreamcam.plugin.sinks import SinkError, make_sink
 from dreamcam.plugin.source_pattern import PatternSource, read_index
+from plugin_helpers import no_recorder_left_behind  # noqa: F401 (autouse fixture)
 from plugin_helpers import BACKEND, register_recorder
 
 
