@@ -110,6 +110,13 @@ def render(results: dict) -> str:
                   "| variant | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
         lines += [f"| {label} | " + " | ".join(_f(st.get(k), 3) for k in keys) + " |" for label, st in stage_rows]
         lines.append("")
+    for v in results.get("variants", []):
+        r = v.get("scenarios", {}).get("img2img-1step-512", {})
+        if r.get("top_kernels"):
+            lines += [f"## GPU kernels of one 1-step 512 frame ({v['variant']}, torch.profiler)", "",
+                      "| kernel | us per frame | launches per frame |", "| --- | --- | --- |"]
+            lines += [f"| `{name}` | {us} | {n} |" for name, us, n in r["top_kernels"]]
+            lines.append("")
     rows = targets(results)
     if rows:
         lines += ["## Targets (issue 3)", "", "| target | measured | met |", "| --- | --- | --- |"]

@@ -35,8 +35,8 @@ class Variant:
 VARIANTS = {
     "eager": Variant("eager+graph", "eager"),
     "compiled": Variant("compiled+graph", "compiled"),
+    "compiled-tuned": Variant("compiled+graph, inductor tuning", "compiled", {"inductor_tuning": True}),
     "compiled-qkv": Variant("compiled+graph, fused QKV", "compiled", qkv_fusion=True),
-    "compiled-notune": Variant("compiled+graph, no inductor tuning", "compiled", {"inductor_tuning": False}),
     "compiled-autotune": Variant("compiled max-autotune+graph", "compiled", {"compile_mode": "max-autotune-no-cudagraphs"}),
     "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
     "step": Variant("eager modules, whole step compiled+graph", "eager", {"compile_scope": "step"}),

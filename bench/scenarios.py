@@ -90,6 +90,7 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         result["reserved_gb"] = round(torch.cuda.memory_reserved() / 2**30, 2)
     if s.stages and cuda:
         result["stages_ms"] = stage_times(stream, modules, dev[0])
+        result["top_kernels"] = kernel_profile(lambda: pipe.run_device(dev[0]))
     if s.app_path:
         result["core_call_numpy"] = _stats(_core_call(components, s, modules, host, frames, config))
     del pipe, stream
@@ -137,3 +138,23 @@ def stage_times(stream, modules, frame_dev: torch.Tensor) -> dict:
             "post_unit_to_uint8": graph_ms(lambda: fr.from_unit(images)),
         }
     return {k: round(v, 3) for k, v in out.items()}
+
+
+def kernel_profile(fn, reps: int = 20, top: int = 15) -> list[list]:
+    """The GPU kernels of one frame, by total time: [name, us per frame, launches per frame]."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        sync()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us > 0:
+            rows.append([e.key[:90], round(us / reps, 1), round(e.count / reps, 1)])
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    return [["TOTAL", round(total, 1), round(sum(r[2] for r in rows), 1)]] + rows[:top]

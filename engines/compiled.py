@@ -6,6 +6,7 @@ model and size loads kernels from disk instead of compiling them again.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from .cache import use_compile_cache
 from .config import EngineConfig
 from .contract import StepModules
-from .eager import Wrapped, make_eager
+from .eager import Wrapped, cast_modules, prepare
 
 
 def tune_inductor(enabled: bool) -> None:
@@ -34,10 +35,10 @@ def compile_fn(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
 
 
 def _compiled_call(fn: Callable[..., torch.Tensor], mode: str) -> Wrapped:
-    def call(*args: torch.Tensor) -> torch.Tensor:
-        return fn(*args)
-
-    return Wrapped(compile_fn(call, mode), fn)
+    """Compile the core's own callable, never a shared wrapper: Dynamo caches per code object,
+    so three modules behind one wrapper function would share (and exhaust) one recompile budget."""
+    target = fn if inspect.isfunction(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
+    return Wrapped(compile_fn(target, mode), fn)
 
 
 def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:
@@ -46,8 +47,19 @@ def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:
                        decode=_compiled_call(modules.decode, mode))
 
 
+def raise_recompile_limit(limit: int = 64) -> None:
+    """Each stream shape (batch, size) is one more compiled variant of the same module."""
+    import torch._dynamo.config as dc
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, name):
+            setattr(dc, name, max(getattr(dc, name), limit))
+
+
 def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     use_compile_cache(config.cache_dir)
     on_gpu = next(components.unet.parameters()).device.type == "cuda"
     tune_inductor(config.inductor_tuning and on_gpu)
-    return compile_modules(make_eager(components, config), config)
+    raise_recompile_limit()
+    modules, dtype, io = prepare(components, config)
+    return cast_modules(compile_modules(modules, config), dtype, io)

@@ -59,7 +59,7 @@ class EngineConfig:
     cache_dir: Path = field(default_factory=default_cache_dir)
     compile_mode: str = "default"
     compile_scope: str = "modules"  # "step": also compile the core's whole per-frame step
-    inductor_tuning: bool = True  # conv 1x1 as matmul, coordinate-descent tuning
+    inductor_tuning: bool = False  # conv 1x1 as matmul, coordinate-descent tuning (longer compile)
     probe: bool = True  # run the new modules once at creation so failures fall back early
     lora_set: tuple[tuple[str, float], ...] = ()  # (name, scale) fused into the UNet, for cache keys
     trt_min_side: int = 256

@@ -90,7 +90,8 @@ def compute_dtype(config: EngineConfig, device: torch.device, io: torch.dtype) -
     return config.torch_dtype if device.type == "cuda" else io
 
 
-def make_eager(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) -> StepModules:
+def prepare(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) -> tuple[StepModules, torch.dtype, torch.dtype]:
+    """Retune the models in place; returns (the core's eager modules, compute dtype, the stream's dtype)."""
     unet, vae = model_parts(components)
     io = module_dtype(unet)
     device = module_device(unet)
@@ -101,4 +102,11 @@ def make_eager(components: Any, config: EngineConfig, *, qkv_fusion: bool = Fals
     use_sdpa(unet)
     if qkv_fusion:
         fuse_qkv(unet)
-    return cast_modules(eager_modules(components), dtype, io)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes are static per stream: let cuDNN time its conv kernels
+    return eager_modules(components), dtype, io
+
+
+def make_eager(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) -> StepModules:
+    modules, dtype, io = prepare(components, config, qkv_fusion=qkv_fusion)
+    return cast_modules(modules, dtype, io)

@@ -72,7 +72,10 @@ def probe(modules: StepModules, components: Any, config: EngineConfig) -> None:
     h, w = g.latent_hw
     dtype, device = param.dtype, param.device
     with torch.inference_mode():
-        images = torch.rand(g.frame_batch, 3, g.height, g.width, dtype=dtype, device=device) * 2 - 1
+        # Laid out as the stream makes them (uint8 NHWC frames permuted): a compiled module then
+        # sees the same strides in the stream and is not compiled a second time.
+        frames = torch.randint(0, 256, (g.frame_batch, g.height, g.width, 3), dtype=torch.uint8, device=device)
+        images = frames.permute(0, 3, 1, 2).to(dtype).div(127.5).sub(1.0)
         latents = modules.encode(images)
         sample = torch.randn(g.unet_batch, g.latent_channels, h, w, dtype=dtype, device=device)
         t = torch.full((g.unet_batch,), 500, dtype=torch.long, device=device)
