@@ -180,6 +180,13 @@ def _num(value: Any, fmt: str) -> str:
         return "?"
 
 
+def short_model_name(model: str) -> str:
+    """A local folder or file shows as its last part; hub ids (org/name) stay as they are."""
+    if model.startswith(("/", "~")) or "\\" in model or ":" in model[1:3]:
+        return model.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or model
+    return model
+
+
 def format_status(connection: str, status: Optional[Mapping[str, Any]], age_s: Optional[float],
                   warning: str = "") -> str:
     """One line for the panel: OBS connection, app running, fps, skip ratio, latency, errors."""
@@ -195,7 +202,7 @@ def format_status(connection: str, status: Optional[Mapping[str, Any]], age_s: O
                 f"{_num(status.get('infer_fps'), '.1f')} fps processed | skip {_pct(status.get('skip_ratio'))} "
                 f"| latency {_num(status.get('latency_ms'), '.0f')} ms")
         if status.get("model"):
-            line += f" | {status.get('model')}"
+            line += f" | {short_model_name(str(status.get('model')))}"
             if status.get("engine"):
                 line += f" ({status.get('engine')})"
         if status.get("error"):

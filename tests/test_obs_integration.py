@@ -236,7 +236,7 @@ def test_panel_prompt_changes_the_next_frame_of_the_running_app(obs_studio, tiny
         assert app.runner.active_settings.prompt == PANEL_PROMPT
 
         assert wait_for(lambda: "app running" in obs_studio.panel_status()
-                        and str(tiny_model_dir) in obs_studio.panel_status(), 15), obs_studio.panel_status()
+                        and f"| {tiny_model_dir.name} (eager)" in obs_studio.panel_status(), 15), obs_studio.panel_status()
     finally:
         app.stop()
     assert bridge is not None and bridge.state == "stopped"  # the app stops its services
@@ -416,11 +416,13 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
         assert wait_for(lambda: "app running" in obs_studio.panel_status() or proc.poll() is not None, 90), \
             obs_studio.panel_status()
         assert proc.poll() is None, proc.stdout.read()
-        assert str(tiny_model_dir) in obs_studio.panel_status()
+        assert f"| {tiny_model_dir.name} (" in obs_studio.panel_status()
         client = external_client(obs_studio)
-        client.broadcast_custom_event({"eventData": encode("settings", steps=99)})
-        assert wait_for(lambda: "error: rejected update: steps" in obs_studio.panel_status(), 15), \
-            obs_studio.panel_status()
+        for _ in range(30):  # repeat until the app has connected (the panel may still show an earlier app)
+            client.broadcast_custom_event({"eventData": encode("settings", steps=99)})
+            if wait_for(lambda: "error: rejected update: steps" in obs_studio.panel_status(), 2):
+                break
+        assert "error: rejected update: steps" in obs_studio.panel_status(), obs_studio.panel_status()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out

@@ -279,3 +279,10 @@ def test_script_imports_only_stdlib_obspython_and_obsws_python():
     outside = {m for m in imported if m not in sys.stdlib_module_names} - {"obspython", "obsws_python"}
     assert outside == set(), outside
     assert "__future__" not in imported  # OBS may run Python 3.9; keep the syntax plain
+
+
+def test_local_model_paths_are_shortened_in_the_status_line():
+    module, _ = load_script()
+    assert module.short_model_name("stabilityai/sd-turbo") == "stabilityai/sd-turbo"
+    assert module.short_model_name("/home/me/models/my-sd15/") == "my-sd15"
+    assert module.short_model_name("C:\\models\\dream.safetensors") == "dream.safetensors"
