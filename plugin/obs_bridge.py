@@ -173,10 +173,7 @@ class ObsBridge:
             except Exception:  # an exception here would end obsws-python's event thread
                 log.exception("handling an OBS custom event failed")
 
-        def on_exit_started(data: Any) -> None:
-            self._kick.set()
-
-        ev.callback.register([on_custom_event, on_exit_started])
+        ev.callback.register(on_custom_event)
         self.connections += 1
         self._report("connected", f"connected to OBS at {self.host}:{self.port}")
         try:
