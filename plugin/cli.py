@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .settings import SettingsError
 
@@ -29,7 +30,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -83,6 +84,7 @@ def run(
     obs_host: Optional[str] = typer.Option(None, help="OBS WebSocket host."),
     obs_port: Optional[int] = typer.Option(None, help="OBS WebSocket port."),
     obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD)."),
+    obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene."),
     control_port: Optional[int] = typer.Option(None, help="Local control port for `dreamcam set` (0 = off)."),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file and image sinks)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
@@ -108,10 +110,11 @@ def run(
     except SettingsError as exc:
         _fail(str(exc))
         return
-    _run_app(app_settings, stream_settings, obs=obs or app_settings.obs_enabled, frames=frames)
+    _run_app(app_settings, stream_settings, obs=obs or app_settings.obs_enabled, frames=frames, obs_camera=obs_camera)
 
 
-def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int]) -> None:
+def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
+             obs_camera: Optional[str] = None) -> None:
     from rich.live import Live
 
     from .app import DreamcamApp
@@ -136,7 +139,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int])
         return
     try:
         dream.use_processor(processor)
-        _add_services(dream, app_settings, obs)
+        _add_services(dream, app_settings, obs, obs_camera)
         dream.start()
     except (SourceError, SinkError, OSError, RuntimeError) as exc:
         dream.stop()
@@ -183,7 +186,7 @@ def _build_with_progress(build, app_settings, stream_settings):
     return processor
 
 
-def _add_services(dream, app_settings, obs: bool) -> None:
+def _add_services(dream, app_settings, obs: bool, obs_camera: Optional[str] = None) -> None:
     if app_settings.control_port:
         from .control_server import ControlServer
 
@@ -195,7 +198,7 @@ def _add_services(dream, app_settings, obs: bool) -> None:
             _fail("--obs: the OBS bridge is not available in this installation (pip install \"dreamcam[obs]\")")
             return
         dream.add_service(ObsBridge(dream.store, dream.board, app_settings.obs_host, app_settings.obs_port,
-                                    app_settings.obs_password or None))
+                                    app_settings.obs_password or None, add_camera=obs_camera))
 
 
 # ---- demo ------------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ def demo(
     try:
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
                           side_by_side=side_by_side,
-                          say=lambda text: console.print(f"[dim]{text}[/dim]", highlight=False))
+                          say=lambda text: console.print(f"[dim]{escape(text)}[/dim]", highlight=False))
     except (SettingsError, ValueError, OSError) as exc:
         _fail(str(exc), 1)
         return
@@ -256,17 +259,18 @@ def devices(probe: bool = typer.Option(True, help="Try to start each virtual cam
 
 
 @app.command()
-def doctor(obs_host: str = typer.Option("127.0.0.1", help="OBS WebSocket host."),
-           obs_port: int = typer.Option(4455, help="OBS WebSocket port.")) -> None:
+def doctor(obs_host: Optional[str] = typer.Option(None, help="OBS WebSocket host (default 127.0.0.1 or DREAMCAM_OBS_HOST)."),
+           obs_port: Optional[int] = typer.Option(None, help="OBS WebSocket port (default 4455 or DREAMCAM_OBS_PORT)."),
+           obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD).")) -> None:
     """Check GPU, torch CUDA, TensorRT, virtual camera and OBS: what works and what to fix."""
     from .doctor import run_checks
 
-    checks = run_checks(obs_host, obs_port)
+    checks = run_checks(obs_host, obs_port, obs_password)
     for check in checks:
         mark = "[green]ok[/green]  " if check.ok else ("[yellow]--[/yellow]  " if check.optional else "[red]FIX[/red] ")
-        console.print(f"{mark}{check.name}: {check.detail}", highlight=False)
+        console.print(f"{mark}{escape(check.name)}: {escape(check.detail)}", highlight=False)
         if not check.ok and check.fix:
-            console.print(f"      -> {check.fix}", highlight=False)
+            console.print(f"      -> {escape(check.fix)}", highlight=False)
     if any(not c.ok and not c.optional for c in checks):
         raise typer.Exit(1)
 

@@ -409,7 +409,7 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
     cmd = [sys.executable, "-m", "dreamcam.plugin.cli", "run", "--obs", "--obs-port", str(obs_studio.port),
            "--source", "pattern", "--sink", "null", "--model", str(tiny_model_dir),
            "--tiny-vae", str(tiny_model_dir / "taesd"), "--device", "cpu", "--size", "64", "--engine", "eager",
-           "--control-port", "0", "--verbose"]
+           "--control-port", "0", "--verbose", "--obs-camera", "No Such Camera"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = None
     try:
@@ -428,6 +428,7 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
         assert proc.returncode == 0, out
         assert obs_studio.password not in out  # the password is never printed or logged
         assert "connected to OBS" in out
+        assert "no video device named like 'No Such Camera'" in out  # --obs-camera reports, never stops the app
         assert wait_for(lambda: "waiting for the Dreamcam app" in obs_studio.panel_status(), 10)
     finally:
         if client is not None:
