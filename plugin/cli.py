@@ -153,7 +153,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
-    console.print(f"[bold]dreamcam[/bold]: {app_settings.source} -> {sink_name} "
+    console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
                   f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
                   "Ctrl+C stops.")
     try:
@@ -224,7 +224,7 @@ def demo(
     except (SettingsError, ValueError, OSError) as exc:
         _fail(str(exc), 1)
         return
-    console.print(f"wrote {result.frames} frames to {result.out} in {result.seconds:.1f} s: "
+    console.print(f"wrote {result.frames} frames to {escape(str(result.out))} in {result.seconds:.1f} s: "
                   f"[bold]{result.fps:.1f} frames per second[/bold] (inference {result.infer_ms:.0f} ms/frame)")
     if result.frames < frames:
         _fail(f"only {result.frames} of {frames} frames were written", 1)
@@ -240,22 +240,22 @@ def devices(probe: bool = typer.Option(True, help="Try to start each virtual cam
     console.print("[bold]Monitors[/bold] (use --source screen:N)")
     console.print(f"  {error}" if error else "\n".join(
         f"  {m['index']}: {m['width']}x{m['height']} at {m['left']},{m['top']}" + ("  (all together)" if m["index"] == 0 else "")
-        for m in found), highlight=False)
+        for m in found), highlight=False, markup=False)
     cams, error = cameras()
     console.print("[bold]Cameras[/bold] (use --source camera:N)")
     console.print(f"  {error}" if error else ("\n".join(
-        f"  {c['index']}: {c.get('name') or 'camera'} {c['width']}x{c['height']} {c['fps']:.0f} fps" for c in cams) or "  none found"), highlight=False)
+        f"  {c['index']}: {c.get('name') or 'camera'} {c['width']}x{c['height']} {c['fps']:.0f} fps" for c in cams) or "  none found"), highlight=False, markup=False)
     backends, error = vcam_backends(probe)
     console.print("[bold]Virtual camera backends[/bold] (use --sink vcam:BACKEND)")
     if error:
-        console.print(f"  {error}")
+        console.print(f"  {error}", markup=False)
     for b in backends:
         state = "works" if b["works"] else ("not checked" if b["works"] is None else "unavailable")
-        console.print(f"  {b['backend']}: {state} {b['detail']}", highlight=False)
+        console.print(f"  {b['backend']}: {state} {b['detail']}", highlight=False, markup=False)
     if not error and not any(b["works"] for b in backends) and probe:
         from .sink_vcam import install_hint
 
-        console.print(f"  to fix: {install_hint()}", highlight=False)
+        console.print(f"  to fix: {install_hint()}", highlight=False, markup=False)
 
 
 @app.command()
@@ -329,7 +329,7 @@ def set_(
         return
     if not reply.get("ok"):
         _fail(reply.get("error", "rejected"), 1)
-    console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False)
+    console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False, markup=False)
 
 
 # ---- presets ---------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def preset_save(
     except SettingsError as exc:
         _fail(str(exc))
         return
-    console.print(f"saved preset {name!r} to {path}", highlight=False)
+    console.print(f"saved preset {name!r} to {path}", highlight=False, markup=False)
 
 
 @presets_app.command("list")
@@ -364,7 +364,7 @@ def preset_list() -> None:
     from . import config as cfg
 
     names = cfg.list_presets()
-    console.print("\n".join(names) if names else f"no presets yet in {cfg.presets_dir()}", highlight=False)
+    console.print("\n".join(names) if names else f"no presets yet in {cfg.presets_dir()}", highlight=False, markup=False)
 
 
 @presets_app.command("show")
@@ -390,7 +390,7 @@ def preset_delete(name: str) -> None:
         return
     if not deleted:
         _fail(f"no preset named {name!r}")
-    console.print(f"deleted preset {name!r}")
+    console.print(f"deleted preset {name!r}", markup=False)
 
 
 # ---- tray ------------------------------------------------------------------------------------

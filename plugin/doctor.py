@@ -77,11 +77,15 @@ def check_capture() -> list[Check]:
     return checks
 
 
-def check_obs(host: str = "127.0.0.1", port: int = 4455) -> Check:
+def check_obs(host: str | None = None, port: int | None = None, password: str | None = None) -> Check:
+    """Can we reach OBS's WebSocket server, and does it take our password?"""
     try:
-        import obsws_python  # noqa: F401
+        import obsws_python
     except ImportError:
         return Check("OBS WebSocket", False, "obsws-python is missing", 'pip install "dreamcam[obs]"', optional=True)
+    from .obs_bridge import connection_from_env, describe_connect_error, quiet_obsws_logging
+
+    host, port, password = connection_from_env(host, port, password)
     try:
         with socket.create_connection((host, port), timeout=1.0):
             pass
@@ -89,10 +93,23 @@ def check_obs(host: str = "127.0.0.1", port: int = 4455) -> Check:
         return Check("OBS WebSocket", False, f"nothing listens on {host}:{port}",
                      "start OBS and enable Tools > WebSocket Server Settings (needed for --obs only)",
                      optional=True)
-    return Check("OBS WebSocket", True, f"{host}:{port} answers", optional=True)
+    quiet_obsws_logging()  # obsws-python logs the password at INFO
+    try:
+        client = obsws_python.ReqClient(host=host, port=port, password=password, timeout=3)
+        try:
+            version = client.get_version()
+        finally:
+            client.disconnect()
+    except Exception as exc:
+        _, message = describe_connect_error(exc, host, port)
+        return Check("OBS WebSocket", False, f"{host}:{port} answers but the connection failed", message,
+                     optional=True)
+    return Check("OBS WebSocket", True, f"OBS {version.obs_version}, obs-websocket "
+                 f"{version.obs_web_socket_version} at {host}:{port}", optional=True)
 
 
-def run_checks(obs_host: str = "127.0.0.1", obs_port: int = 4455) -> list[Check]:
+def run_checks(obs_host: str | None = None, obs_port: int | None = None,
+               obs_password: str | None = None) -> list[Check]:
     checks = [check_python(), *check_torch(), check_tensorrt(), check_vcam(), *check_capture(),
-              check_obs(obs_host, obs_port)]
+              check_obs(obs_host, obs_port, obs_password)]
     return checks

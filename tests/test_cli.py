@@ -132,6 +132,7 @@ def test_presets_from_the_command_line(tmp_path):
 def test_doctor_and_devices_explain_what_is_missing():
     doctor = run_cli("doctor")
     assert "CUDA GPU" in doctor.stdout and "virtual camera" in doctor.stdout
+    assert 'pip install "dreamcam[tensorrt]"' in doctor.stdout.replace("\n", " ") or "ok  TensorRT" in doctor.stdout
     assert "modprobe v4l2loopback" in doctor.stdout or doctor.returncode == 0
     devices = run_cli("devices", env={"DISPLAY": ""})
     assert devices.returncode == 0
