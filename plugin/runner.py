@@ -91,8 +91,10 @@ class Runner:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop all threads; True when every thread ended within `timeout`."""
         self._stop.set()
-        for pacer in self._pacers:
-            pacer.interrupt()
+        source_pacer = getattr(self.source, "_pacer", None)  # wake a source sleeping until its next frame
+        for pacer in [*self._pacers, source_pacer]:
+            if isinstance(pacer, Pacer):
+                pacer.interrupt()
         self.in_box.close()
         self.out_box.close()
         deadline = time.monotonic() + timeout
@@ -135,9 +137,6 @@ class Runner:
 
     # ---- capture ---------------------------------------------------------------------------
     def _capture_loop(self) -> None:
-        pacer = getattr(self.source, "_pacer", None)
-        if isinstance(pacer, Pacer):
-            self._pacers.append(pacer)
         while not self._stop.is_set():
             try:
                 frame = self.source.read()
