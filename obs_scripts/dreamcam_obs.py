@@ -663,6 +663,10 @@ def script_load(settings: Any) -> None:
     _S.link = Link(_S.panel, log=_log)
     _S.link.start()
     obs.timer_add(_refresh_status, 500)
+    try:  # build the panel once now, so a problem shows in the log at load, not when it is opened
+        obs.obs_properties_destroy(script_properties())
+    except Exception as exc:
+        _log(f"[dreamcam] building the panel failed: {type(exc).__name__}: {exc}")
 
 
 def script_update(settings: Any) -> None:

@@ -63,6 +63,7 @@ def make_module() -> types.ModuleType:
     m.obs_data_get_bool = lambda d, n: bool(d.get(n, False))
 
     m.obs_properties_create = Props
+    m.obs_properties_destroy = lambda p: None
     m.obs_properties_get = lambda p, n: p.props.get(n)
     m.obs_properties_add_text = lambda p, n, d, t: p.add(Prop(n, d, "text", text_type=t))
     m.obs_properties_add_int = lambda p, n, d, lo, hi, st: p.add(Prop(n, d, "int", low=lo, high=hi, step=st))

@@ -61,6 +61,10 @@ def test_panel_settings_reach_the_app_and_app_status_reaches_the_panel(obs_studi
         line = obs_studio.panel_status()
         assert "app running" in line and "skip 50%" in line and "latency 123 ms" in line
         assert "tiny-sd (eager)" in line
+        # OBS loaded the script, built its panel and ran it without a single Python error
+        log_text = obs_studio.script_log()
+        assert "Loaded python script: dreamcam_obs.py" in log_text
+        assert "Traceback" not in log_text and "building the panel failed" not in log_text
     finally:
         bridge.stop()
     assert bridge.state == "stopped"
