@@ -90,12 +90,18 @@ class ControlServer:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                for line in self.rfile:
+                while True:
+                    line = self.rfile.readline(MAX_MESSAGE_BYTES + 2)  # bounded: no endless line
+                    if not line:
+                        return
                     if not line.strip():
                         continue
+                    too_long = not line.endswith(b"\n") and len(line) > MAX_MESSAGE_BYTES
                     reply = server.handle_line(line.strip())
                     self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
                     self.wfile.flush()
+                    if too_long:  # the rest of that line would be read as garbage: hang up
+                        return
 
         return Handler
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 from .sinks import SinkError
@@ -18,6 +21,9 @@ class PreviewSink:
         self._cv2 = None
 
     def open(self) -> None:
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            # OpenCV's GUI backends abort the whole process without a display: check first
+            raise SinkError("preview: no display (DISPLAY is not set); use --sink file:out.mp4 or vcam instead")
         try:
             import cv2
 

@@ -4,8 +4,13 @@ unplugged, and small waits."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -103,3 +108,30 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, step: float =
 
 def dreamcam_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("dreamcam-") and t.is_alive()]
+
+
+def _free_display() -> int:
+    for number in range(90, 190):
+        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            return number
+    raise RuntimeError("no free X display number")
+
+
+@pytest.fixture
+def xvfb(monkeypatch):
+    if shutil.which("Xvfb") is None:
+        pytest.fail("Xvfb is not installed (scripts/dev-setup.sh installs it)")
+    number = _free_display()
+    proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "320x240x24", "-nolisten", "tcp", "-noreset"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/.X11-unix/X{number}").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Xvfb did not start")
+            time.sleep(0.05)
+        monkeypatch.setenv("DISPLAY", f":{number}")
+        yield f":{number}"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(5)

@@ -68,3 +68,12 @@ def test_server_stops_with_the_app(running_app):
     assert dreamcam_threads() == []
     with pytest.raises(ConnectionError, match="no dreamcam app answers"):
         send_settings({"prompt": "late"}, port=port, timeout=1)
+
+
+def test_an_endless_line_is_refused_without_reading_it_all(running_app):
+    app, port = running_app
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"x" * 200_000)
+        reply = json.loads(conn.makefile("rb").readline())
+    assert not reply["ok"] and "bytes" in reply["error"]
+    assert send_settings({"prompt": "still fine"}, port=port)["ok"]

@@ -10,7 +10,7 @@ from dreamcam.plugin.sink_vcam import VirtualCameraSink, install_hint
 from dreamcam.plugin.sink_video import ImageSequenceSink, VideoFileSink
 from dreamcam.plugin.sinks import SinkError, make_sink
 from dreamcam.plugin.source_pattern import PatternSource, read_index
-from plugin_helpers import no_recorder_left_behind  # noqa: F401 (autouse fixture)
+from plugin_helpers import no_recorder_left_behind, xvfb  # noqa: F401 (fixtures)
 from plugin_helpers import BACKEND, register_recorder
 
 
@@ -85,3 +85,37 @@ def test_image_sequence_sink(tmp_path):
 def test_unknown_sink_kind():
     with pytest.raises(SinkError, match="unknown kind 'tv'"):
         make_sink("tv", width=64, height=64, fps=30)
+
+
+def test_preview_without_a_gui_says_what_it_needs(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    from dreamcam.plugin.sink_preview import PreviewSink
+
+    sink = PreviewSink()
+    try:
+        sink.open()
+    except SinkError as exc:
+        assert "preview: no display" in str(exc)
+    else:  # a GUI build of OpenCV with a display: it must show frames
+        sink.write(np.zeros((32, 32, 3), np.uint8))
+        sink.close()
+
+
+def test_preview_window_shows_frames_under_xvfb(xvfb):
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\n"
+              "from dreamcam.plugin.sinks import make_sink\n"
+              "sink = make_sink('preview', width=64, height=64, fps=30)\n"
+              "sink.open()\n"
+              "for i in range(5):\n"
+              "    sink.write(np.full((64, 64, 3), i * 40, np.uint8))\n"
+              "sink.close()\n"
+              "print('shown')\n")
+    # its own process: a GUI toolkit must not stay behind in the test process
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    if "preview: no window" in result.stderr:  # a headless OpenCV build: the error says what to install
+        assert "opencv-python" in result.stderr
+    else:
+        assert result.returncode == 0 and "shown" in result.stdout, result.stderr

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +14,8 @@ from dreamcam.plugin.source_pattern import PatternSource, read_index
 from dreamcam.plugin.source_screen import ScreenSource, parse_screen_arg
 from dreamcam.plugin.source_video import VideoFileSource
 from dreamcam.plugin.sources import SourceError, make_source
+
+from plugin_helpers import xvfb  # noqa: F401 (fixture)
 
 W, H = 128, 96
 
@@ -91,33 +89,6 @@ def test_source_specs():
         parse_screen_arg("1,2,3")
     with pytest.raises(SourceError, match="unknown kind 'webcam'"):
         make_source("webcam")
-
-
-def _free_display() -> int:
-    for number in range(90, 190):
-        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
-            return number
-    raise RuntimeError("no free X display number")
-
-
-@pytest.fixture
-def xvfb(monkeypatch):
-    if shutil.which("Xvfb") is None:
-        pytest.fail("Xvfb is not installed (scripts/dev-setup.sh installs it)")
-    number = _free_display()
-    proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "320x240x24", "-nolisten", "tcp", "-noreset"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not Path(f"/tmp/.X11-unix/X{number}").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("Xvfb did not start")
-            time.sleep(0.05)
-        monkeypatch.setenv("DISPLAY", f":{number}")
-        yield f":{number}"
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(5)
 
 
 def test_screen_source_captures_a_monitor_and_a_region_under_xvfb(xvfb):
