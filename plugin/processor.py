@@ -76,3 +76,9 @@ def accepted_kwargs(update: Any, changes: dict[str, Any]) -> dict[str, Any]:
     if changes.get("t_index_list") is None:
         changes.pop("t_index_list", None)
     return {k: v for k, v in changes.items() if k in params}
+
+
+def fits_frames(processor: Any) -> bool:
+    """True when the processor resizes any input to its own size (the core does, on the GPU)."""
+    config = getattr(processor, "config", None)
+    return all(hasattr(config, name) for name in ("width", "height", "resize"))

@@ -19,7 +19,7 @@ import numpy as np
 from .control import SettingsStore, Status, StatusBoard
 from .frames import Frame, fit
 from .mailbox import Mailbox
-from .processor import Processor, accepted_kwargs, core_update
+from .processor import Processor, accepted_kwargs, core_update, fits_frames
 from .settings import StreamSettings
 from .sinks import Sink
 from .sources import Pacer, Source
@@ -224,10 +224,12 @@ class Runner:
         return settings, version
 
     def _process(self, frame: Frame, settings: StreamSettings) -> np.ndarray | None:
-        image = fit(frame.image, self.config.width, self.config.height, self.config.resize)
+        width, height, policy = self.config.width, self.config.height, self.config.resize
         processor = self.processor
         if settings.paused or processor is None:
-            return image
+            return fit(frame.image, width, height, policy)
+        # the core fits frames itself, on the GPU; anything else gets them fitted here
+        image = frame.image if fits_frames(processor) else fit(frame.image, width, height, policy)
         skipped_before = getattr(processor, "frames_skipped", None)
         t0 = time.perf_counter()
         try:
@@ -237,6 +239,8 @@ class Runner:
             log.warning("%s: %s", kind, exc)
             self._set_error("inference", f"{kind}: {exc}", hold=ERROR_HOLD_S)
             return None
+        if out.shape[:2] != (height, width):
+            out = fit(out, width, height, policy)
         self._infer_ms.add((time.perf_counter() - t0) * 1000)
         self._fps_infer.tick()
         if skipped_before is not None:  # the core counts frames its similarity filter skipped

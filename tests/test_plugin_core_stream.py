@@ -82,3 +82,21 @@ def test_filter_and_steps_map_onto_the_core(tiny_app_settings):
     assert processor.config.indexes == (20, 40)
     out = processor(np.zeros((SIZE, SIZE, 3), np.uint8))
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
+
+
+def test_frames_of_another_size_reach_the_sink_at_the_configured_size(tiny_app_settings):
+    """A 160x90 camera: the core fits it (on its device); the sink always gets 64x64."""
+    processor = build_processor(tiny_app_settings, StreamSettings(), local_files_only=True)
+    recorder = register_recorder()
+    app = DreamcamApp(tiny_app_settings, StreamSettings(), source=PatternSource(160, 96, 15),
+                      processor=processor, sink=VirtualCameraSink(SIZE, SIZE, 20, backend=BACKEND))
+    app.start()
+    try:
+        assert wait_for(lambda: len(app.runner.history) >= 3, timeout=20)
+        app.store.apply({"paused": True}, origin="test")
+        assert wait_for(lambda: app.runner.history[-1][1]["paused"], timeout=10)
+    finally:
+        app.stop()
+    frames = recorder.instances[0].snapshot()
+    assert frames and all(image.shape == (SIZE, SIZE, 3) for _, image in frames)
+    assert app.board.latest().error == ""
