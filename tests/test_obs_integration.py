@@ -160,41 +160,66 @@ def test_bad_events_change_nothing_and_are_logged_once(obs_studio, caplog):
         bridge.stop()
 
 
-def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog):
+def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog, tiny_model_dir):
+    """The real app runs on; OBS starts after it, is killed (SIGKILL) and started again: the
+    bridge reconnects each time and control from OBS works again."""
+    import time
+
+    import numpy as np
+
+    from app_parts import RecordingSink, StillCamera
+    from dreamcam.plugin.app import DreamcamApp
+    from dreamcam.plugin.pipeline import build_processor
+    from dreamcam.plugin.settings import AppSettings, StreamSettings
+
     caplog.set_level(logging.INFO)
     if not have_obs():
         pytest.fail("OBS Studio and Xvfb are needed: bash scripts/dev-setup.sh installs them")
     password = "pw-" + secrets.token_hex(8)
     port = free_port()
     inst = ObsInstance(tmp_path, port, password, {"use_local_websocket": False, "host": "127.0.0.1", "port": port,
-                        "password": password, "prompt": "before"})
-    store, board = SettingsStore(), StatusBoard()
-    board.publish(Status(running=True, fps_out=5.0))
-    bridge = ObsBridge(store, board, "127.0.0.1", port, password, status_interval=0.3, max_backoff=0.5)
+                                                  "password": password, "prompt": "before",
+                                                  "similarity_filter": False})
+    app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
+                               device="cpu", dtype="float32", width=64, height=64, engine="eager")
+    initial = StreamSettings(similarity_filter=False)
+    sink = RecordingSink()
+    camera = StillCamera(64, 64, fps=15)
+    app = DreamcamApp(app_settings, initial, source=camera, sink=sink,
+                      processor=build_processor(app_settings, initial, local_files_only=True))
+    store = app.store
+    bridge = ObsBridge(store, app.board, "127.0.0.1", port, password, status_interval=0.3, max_backoff=0.5)
+    app.add_service(bridge)
     try:
         inst.start_xvfb()
-        bridge.start()  # before OBS: waits for it
+        app.start()  # before OBS: the bridge waits for it
         assert wait_for(lambda: "No OBS WebSocket server" in bridge.state, 10), bridge.state
         inst.start_obs()
         assert wait_for(lambda: store.current.prompt == "before", 20), bridge.state
-        assert wait_for(lambda: "5.0 fps out" in inst.panel_status(), 10)
+        assert wait_for(lambda: "app running" in inst.panel_status(), 10), inst.panel_status()
 
         inst.kill_obs()  # SIGKILL: no goodbye from OBS
         assert wait_for(lambda: not bridge.state.startswith("connected"), 10), bridge.state
+        frames = sink.count()
+        assert wait_for(lambda: sink.count() > frames + 2, 20)  # the stream runs on without OBS
         inst.status_file.unlink(missing_ok=True)
         inst.script_settings["prompt"] = "after the restart"
         inst.start_obs()
         assert wait_for(lambda: store.current.prompt == "after the restart", 20), bridge.state
         assert bridge.connections == 2
-        assert wait_for(lambda: "5.0 fps out" in inst.panel_status(), 10), inst.panel_status()
+        assert wait_for(lambda: app.runner.active_settings.prompt == "after the restart", 20)
+        assert wait_for(lambda: "app running" in inst.panel_status(), 10), inst.panel_status()
         client = external_client(inst)
         try:
             client.broadcast_custom_event({"eventData": encode("settings", paused=True)})
             assert wait_for(lambda: store.current.paused, 10)
+            paused_at = time.monotonic()
+            assert wait_for(lambda: len(sink.since(paused_at)) >= 3, 20)
+            assert np.array_equal(sink.last(), camera.image)  # paused: the input passes through
         finally:
             client.disconnect()
     finally:
-        bridge.stop()
+        app.stop()
         inst.stop()
     messages_ = [r.getMessage() for r in caplog.records if r.name == "dreamcam.plugin.obs_bridge"]
     assert sum("connected to OBS" in m for m in messages_) == 2
