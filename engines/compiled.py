@@ -34,17 +34,31 @@ def compile_fn(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
     return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
 
 
-def _compiled_call(fn: Callable[..., torch.Tensor], mode: str) -> Wrapped:
+def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool) -> Wrapped:
     """Compile the core's own callable, never a shared wrapper: Dynamo caches per code object,
-    so three modules behind one wrapper function would share (and exhaust) one recompile budget."""
+    so three modules behind one wrapper function would share (and exhaust) one recompile budget.
+
+    With `contiguous` the inputs are made contiguous first: Dynamo guards on strides, and the
+    latents the stream computes can come out channels_last-strided (from the encoder) or not
+    (txt2img noise); one layout means one compilation (the copy of a latent costs microseconds).
+    """
     target = fn if inspect.isfunction(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
-    return Wrapped(compile_fn(target, mode), fn)
+    compiled = compile_fn(target, mode)
+    if not contiguous:
+        return Wrapped(compiled, fn)
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        return compiled(*(a.contiguous() for a in args))
+
+    return Wrapped(call, fn)
 
 
 def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:
     mode = config.compile_mode
-    return StepModules(unet=_compiled_call(modules.unet, mode), encode=_compiled_call(modules.encode, mode),
-                       decode=_compiled_call(modules.decode, mode))
+    # The encoder keeps the stream's layout: its uint8 NHWC frames permuted are channels_last already.
+    return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True),
+                       encode=_compiled_call(modules.encode, mode, contiguous=False),
+                       decode=_compiled_call(modules.decode, mode, contiguous=True))
 
 
 def raise_recompile_limit(limit: int = 64) -> None:
