@@ -10,7 +10,6 @@ import sys
 import time
 
 import av
-import pytest
 
 from dreamcam.plugin.control_server import send_event
 from dreamcam.plugin.messages import encode

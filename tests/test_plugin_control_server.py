@@ -14,7 +14,7 @@ from dreamcam.plugin.messages import encode
 from dreamcam.plugin.processor import PassThrough
 from dreamcam.plugin.settings import AppSettings, StreamSettings
 from dreamcam.plugin.sinks import NullSink
-from plugin_helpers import dreamcam_threads, wait_for
+from plugin_helpers import dreamcam_threads
 
 
 @pytest.fixture

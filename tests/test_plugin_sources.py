@@ -12,7 +12,6 @@ from dreamcam.plugin.sink_video import VideoFileSink
 from dreamcam.plugin.source_camera import CameraSource
 from dreamcam.plugin.source_pattern import PatternSource, read_index
 from dreamcam.plugin.source_screen import ScreenSource, parse_screen_arg
-from dreamcam.plugin.source_video import VideoFileSource
 from dreamcam.plugin.sources import SourceError, make_source
 
 from plugin_helpers import xvfb  # noqa: F401 (fixture)
