@@ -103,6 +103,11 @@ def create_engine(
     builders = builders or _builders()
     chain = CHAIN if name == "auto" else CHAIN[CHAIN.index(name):]
     attempts: list[tuple[str, str]] = []
+    if name == "auto" and _model_device(components).type != "cuda":
+        # Not worth minutes of CPU compilation: auto means "the fastest that makes sense here".
+        why = "the model is on the CPU; compiled and TensorRT engines are for CUDA GPUs"
+        attempts += [(n, why) for n in CHAIN[:-1]]
+        chain = CHAIN[-1:]
     for candidate in chain:
         start = time.perf_counter()
         try:
@@ -131,6 +136,11 @@ def _reason(requested: str, chosen: str, attempts: list[tuple[str, str]]) -> str
     lead = "auto picked it" if requested == "auto" else f"fell back from {requested}"
     return f"{lead}: {first[0]} unavailable ({first[1]})" + (
         f", then {', '.join(n for n, _ in attempts[1:])} too" if len(attempts) > 1 else "")
+
+
+def _model_device(components: Any) -> torch.device:
+    unet, _ = model_parts(components)
+    return next(unet.parameters()).device
 
 
 def _release_memory() -> None:

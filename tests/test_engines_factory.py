@@ -74,14 +74,22 @@ def test_tensorrt_missing_falls_back_with_the_reason(components, tmp_path):
     assert out.shape == (64, 64, 3)  # the stream keeps running on the fallback
 
 
-def test_auto_says_which_engine_and_why(components, tmp_path):
+def test_fallback_reason_names_the_first_failure_and_the_rest(components, tmp_path):
     builders = _builders()
     builders["tensorrt"] = lambda c, cfg: (_ for _ in ()).throw(ImportError("No module named 'tensorrt'"))
     builders["compiled"] = lambda c, cfg: (_ for _ in ()).throw(RuntimeError("inductor failed"))
-    engine = create_engine("auto", components, _config(tmp_path), builders=builders)
+    engine = create_engine("tensorrt", components, _config(tmp_path), builders=builders)
     assert engine.name == "eager"
-    assert engine.reason.startswith("auto picked it: tensorrt unavailable (missing library")
-    assert "compiled" in engine.describe() and "inductor failed" in engine.describe()
+    assert engine.reason.startswith("fell back from tensorrt: tensorrt unavailable (missing library")
+    assert engine.reason.endswith("then compiled too")
+    assert "inductor failed" in engine.describe()
+
+
+def test_auto_on_the_cpu_is_eager_and_says_why(components, tmp_path):
+    engine = create_engine("auto", components, _config(tmp_path))
+    assert engine.name == "eager"
+    assert "the model is on the CPU" in engine.reason
+    assert [n for n, _ in engine.attempts] == ["tensorrt", "compiled"]
 
 
 def test_no_engine_at_all_raises(components, tmp_path):
