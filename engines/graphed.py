@@ -87,19 +87,21 @@ class GraphedStep:
         self.static_in.copy_(first)
         state = self.state_fn() if self.state_fn else []
         saved = [t.clone() for t in state]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.step_fn(self.static_in)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.static_out = self.step_fn(self.static_in)
-        with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
-            for tensor, value in zip(state, saved):
-                tensor.copy_(value)
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.step_fn(self.static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_out = self.step_fn(self.static_in)
+        finally:  # warm-up steps must not count as frames, whether or not the capture worked
+            with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
+                for tensor, value in zip(state, saved):
+                    tensor.copy_(value)
         self._graph = graph
         self._key = (self.shape_key_fn(), tuple(first.shape))
         self._slots = [self._new_slot(first.shape, self.static_out.shape) for _ in range(self.n_slots)]
