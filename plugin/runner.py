@@ -239,8 +239,6 @@ class Runner:
             log.warning("%s: %s", kind, exc)
             self._set_error("inference", f"{kind}: {exc}", hold=ERROR_HOLD_S)
             return None
-        if out.shape[:2] != (height, width):
-            out = fit(out, width, height, policy)
         self._infer_ms.add((time.perf_counter() - t0) * 1000)
         self._fps_infer.tick()
         if skipped_before is not None:  # the core counts frames its similarity filter skipped
