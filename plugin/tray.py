@@ -338,8 +338,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--obs", action="store_true", help="also connect to OBS for live control")
     parser.add_argument("--no-autostart", action="store_true", help="wait for Start in the menu")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_tray(args.config, args.obs, autostart=not args.no_autostart)
+    log_file = setup_logging()
+    try:
+        run_tray(args.config, args.obs, autostart=not args.no_autostart)
+    except SystemExit as exc:  # without a console (Windows gui-script) the log file is all there is
+        if exc.code not in (None, 0):
+            log.error("%s", exc.code)
+            log.info("log file: %s", log_file)
+        raise
+
+
+def setup_logging() -> Path | None:
+    """Log to stderr when there is one, and to dreamcam-tray.log in the config folder (a gui-script
+    on Windows has no console)."""
+    from . import config as cfg
+
+    handlers: list[logging.Handler] = []
+    if sys.stderr is not None:
+        handlers.append(logging.StreamHandler())
+    path: Path | None = None
+    try:
+        folder = Path(cfg.config_dir())
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "dreamcam-tray.log"
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+    except OSError:
+        path = None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers or None)
+    return path
 
 
 if __name__ == "__main__":

@@ -196,3 +196,20 @@ def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_m
             proc.kill()
             proc.wait()
         x.stop()
+
+
+def test_gui_entry_point_logs_to_the_config_folder(config_dir, monkeypatch):
+    """`dreamcam-tray` has no console on Windows: a failure must land in a log file."""
+    import logging
+
+    from dreamcam.plugin import tray
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # let basicConfig act in this process
+    monkeypatch.setenv("PYSTRAY_BACKEND", "no-such-backend")  # no tray available
+    monkeypatch.delitem(__import__("sys").modules, "pystray", raising=False)
+    with pytest.raises(SystemExit):
+        tray.main(["--no-autostart"])
+    log_text = (config_dir / "dreamcam-tray.log").read_text()
+    assert "no system tray available" in log_text
+    for handler in logging.getLogger().handlers:
+        handler.close()
