@@ -56,3 +56,26 @@ def test_taesd_encoder_and_decoder_export_match_torch_at_another_shape(component
     got_dec = _run(dec, {"latents": other_latents})
     assert got_dec.shape == (2, 3, 48, 80)
     np.testing.assert_allclose(got_dec, want_dec.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_tensorrt_plan_profiles_fit_the_exported_models(components, tmp_path):
+    """What a TensorRT build gets: input names and min/opt/max shapes that the exported ONNX accepts."""
+    from dreamcam.engines.config import EngineConfig, Geometry
+    from dreamcam.engines.tensorrt import plan_parts
+
+    config = EngineConfig(geometry=Geometry(64, 96, unet_batch=2), trt_min_side=64, trt_max_side=128)
+    plans = plan_parts(eager_modules(components), components.unet, components.vae, config, torch.device("cpu"))
+    assert [p.part for p in plans] == ["unet", "vae_encoder", "vae_decoder"]
+    unet = plans[0]
+    assert unet.shapes["sample"] == ((2, 4, 8, 8), (2, 4, 8, 12), (2, 4, 16, 16))
+    assert unet.shapes["encoder_hidden_states"][1] == (2, 77, components.unet.config.cross_attention_dim)
+    for plan in plans:
+        assert set(plan.shapes) == set(plan.spec.inputs)
+        path = onnx_export.export(plan.fn, plan.owner, plan.example, plan.spec, tmp_path / f"{plan.part}.onnx")
+        for which in (0, 2):  # the profile's min and max shapes
+            feeds = {}
+            for name in plan.spec.inputs:
+                shape = plan.shapes[name][which]
+                feeds[name] = torch.full(shape, 500.0) if name == "timestep" else torch.randn(shape)
+            out = _run(path, feeds)
+            assert out.shape[0] == plan.shapes[plan.spec.inputs[0]][which][0]
