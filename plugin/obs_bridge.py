@@ -34,11 +34,19 @@ def quiet_obsws_logging() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4455
+
+
 def connection_from_env(host: str | None = None, port: int | None = None,
                         password: str | None = None) -> tuple[str, int, str]:
-    """Explicit values win, then DREAMCAM_OBS_HOST/PORT/PASSWORD, then 127.0.0.1:4455 and ""."""
-    host = host or os.environ.get(ENV_HOST) or "127.0.0.1"
-    port = int(port or os.environ.get(ENV_PORT) or 4455)
+    """Values other than the defaults win, then DREAMCAM_OBS_HOST/PORT/PASSWORD, then
+    127.0.0.1:4455 and no password. (AppSettings always holds a host and port, so the
+    environment overrides the default ones.)"""
+    if not host or host == DEFAULT_HOST:
+        host = os.environ.get(ENV_HOST) or DEFAULT_HOST
+    if not port or int(port) == DEFAULT_PORT:
+        port = int(os.environ.get(ENV_PORT) or DEFAULT_PORT)
     if password is None or password == "":
         password = os.environ.get(ENV_PASSWORD, password or "")
     return host, port, password

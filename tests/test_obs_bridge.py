@@ -17,6 +17,8 @@ def test_connection_comes_from_arguments_then_environment(monkeypatch):
     monkeypatch.setenv("DREAMCAM_OBS_PORT", "4460")
     assert connection_from_env() == ("studio.local", 4460, "from-env")
     assert connection_from_env("h", 1, "given") == ("h", 1, "given")
+    # AppSettings' defaults (what `dreamcam run` passes when no option is given) yield to the env
+    assert connection_from_env("127.0.0.1", 4455, None) == ("studio.local", 4460, "from-env")
     bridge = ObsBridge(SettingsStore(), StatusBoard())
     assert "from-env" not in repr(bridge)
 
