@@ -410,6 +410,20 @@ def tray(
         _fail(str(exc))
 
 
+# ---- obs-script ------------------------------------------------------------------------------
+@app.command("obs-script")
+def obs_script(
+    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy the script into this folder."),
+) -> None:
+    """Where the OBS panel script is (load it in OBS: Tools > Scripts > +). See docs/obs.md."""
+    from .obs_scene import copy_obs_script, obs_script_path
+
+    path = copy_obs_script(copy_to) if copy_to else obs_script_path()
+    if not path.is_file():
+        _fail(f"the OBS script is missing from this installation ({path})", 1)
+    console.print(str(path), highlight=False, markup=False)
+
+
 def main() -> None:
     # Library chatter (weights loading bars, config notes) hides our own lines; --verbose logs ours.
     for name, value in (("OPENCV_LOG_LEVEL", "ERROR"), ("TRANSFORMERS_VERBOSITY", "error"),

@@ -3,8 +3,10 @@ through obs-websocket requests (the device is found by name in the source's own 
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SOURCE_NAME = "Dreamcam"
@@ -62,3 +64,15 @@ def add_capture_source(req: Any, device_match: str, *, kind: CaptureKind | None 
         except Exception:
             pass
         raise
+
+
+def obs_script_path() -> Path:
+    """The OBS panel script: obs_scripts/ of a checkout, or dreamcam/obs_scripts/ when installed."""
+    return Path(__file__).resolve().parent.parent / "obs_scripts" / "dreamcam_obs.py"
+
+
+def copy_obs_script(folder: str | Path) -> Path:
+    """Copy the OBS panel script into `folder` (created); returns the new file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy2(obs_script_path(), folder / "dreamcam_obs.py"))

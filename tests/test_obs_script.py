@@ -286,3 +286,16 @@ def test_local_model_paths_are_shortened_in_the_status_line():
     assert module.short_model_name("stabilityai/sd-turbo") == "stabilityai/sd-turbo"
     assert module.short_model_name("/home/me/models/my-sd15/") == "my-sd15"
     assert module.short_model_name("C:\\models\\dream.safetensors") == "dream.safetensors"
+
+
+def test_dreamcam_obs_script_command_finds_and_copies_the_script(tmp_path):
+    from typer.testing import CliRunner
+
+    from dreamcam.plugin.cli import app
+    from obs_standin import SCRIPT
+
+    result = CliRunner().invoke(app, ["obs-script"])
+    assert result.exit_code == 0 and result.output.strip() == str(SCRIPT)
+    result = CliRunner().invoke(app, ["obs-script", "--copy-to", str(tmp_path / "obs")])
+    assert result.exit_code == 0
+    assert (tmp_path / "obs" / "dreamcam_obs.py").read_bytes() == SCRIPT.read_bytes()
