@@ -59,6 +59,7 @@ class StreamDiffusion:
         self._primed = False
         self._force_next = False
         self._transition: _Transition | None = None
+        self._stager = fr.HostStager()
         self.last_output: Tensor | None = None
         self.frames_processed = 0
         self.frames_skipped = 0
@@ -240,7 +241,10 @@ class StreamDiffusion:
             elif self.filter.should_skip(small):
                 self.frames_skipped += 1
                 return fr.like_input(self.last_output, frame)
-        x = fr.fit(fr.to_tensor(frame, self.device), self.config.width, self.config.height, self.config.resize)
+        x = fr.to_tensor(frame, self.device, self._stager)
+        if isinstance(frame, np.ndarray) and self.device.type == "cuda":
+            self._stager.mark_uploaded()
+        x = fr.fit(x, self.config.width, self.config.height, self.config.resize)
         self._advance_transition()
         if not self._primed:
             self.prime(x)

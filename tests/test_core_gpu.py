@@ -72,3 +72,15 @@ def test_step_tensor_replays_in_one_cuda_graph(comp, cfg_type):
         diff = (static_out.int() - want.int()).abs()
         assert diff.max() <= 2 and diff.float().mean() < 0.05, (i, diff.max().item())
     torch.cuda.synchronize()
+
+
+def test_host_frames_through_the_reused_pinned_buffer_equal_device_frames(comp):
+    """numpy frames go through one reused pinned staging buffer; every frame must arrive whole
+    (a frame overwritten while its copy is in flight would give another output)."""
+    config = StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type="none", prompt="the cat",
+                          similarity_threshold=None)
+    host, device = StreamDiffusion(comp, config), StreamDiffusion(comp, config)
+    for frame in clip(6):
+        from_host = host(frame)
+        from_device = device(torch.from_numpy(frame).cuda()).cpu().numpy()
+        np.testing.assert_array_equal(from_host, from_device)
