@@ -25,6 +25,7 @@ from .settings import SettingsError, StreamSettings
 log = logging.getLogger(__name__)
 
 ORIGIN = "tray"
+STOP_TIMEOUT_S = 60.0
 AppFactory = Callable[[StreamSettings], Any]  # -> a DreamcamApp-like object, not started
 
 
@@ -126,7 +127,10 @@ class TrayController:
             if app is None:
                 return
             self._standby = SettingsStore(app.store.current)
-        app.stop()
+        # a frame in flight (the first one warms the model up) may take long on a busy CPU;
+        # exiting with a torch thread still inside a frame aborts the interpreter
+        if not app.stop(timeout=STOP_TIMEOUT_S):
+            log.warning("tray: the stream did not stop within %.0f s", STOP_TIMEOUT_S)
         self.on_change()
 
     def toggle_running(self) -> None:

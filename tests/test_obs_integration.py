@@ -452,6 +452,9 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
             if wait_for(lambda: "error: rejected update: steps" in obs_studio.panel_status(), 2):
                 break
         assert "error: rejected update: steps" in obs_studio.panel_status(), obs_studio.panel_status()
+        # let the first (warm-up) frame finish, so the stop below is not racing it on a busy CPU
+        assert wait_for(lambda: ", 0.0 fps processed" not in obs_studio.panel_status(), 60), \
+            obs_studio.panel_status()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out

@@ -188,7 +188,7 @@ def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_m
                 break
         assert any("the stream is running" in line for line in lines), "".join(lines)
         proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
+        rest, _ = proc.communicate(timeout=90)
         assert proc.returncode == 0, "".join(lines) + rest
         assert "tray: stopped" in rest
     finally:
