@@ -61,8 +61,8 @@ def model_spec(app: AppSettings, device: str, dtype: str, local_files_only: bool
 
 
 def build_engine(app: AppSettings, components: Any, settings: StreamSettings, device: str, dtype: str,
-                 progress: Progress) -> tuple[Any, str]:
-    """(modules for the stream or None for the core's own eager path, engine name)."""
+                 progress: Progress) -> Any | None:
+    """The built engine (dreamcam.engines.Engine), or None for the core's own eager path."""
     engine = app.engine
     if device == "cpu" and engine == "auto":
         engine = "eager"  # compiled and TensorRT engines are for GPUs
@@ -70,14 +70,26 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
         from dreamcam.engines import EngineConfig, Geometry, create_engine
     except ImportError:
         log.info("dreamcam.engines is not available; using the core's eager path")
-        return None, "eager"
+        return None
     geometry = Geometry(height=app.height, width=app.width, frame_batch=app.frame_buffer_size,
                         unet_batch=unet_batch(settings, app.frame_buffer_size))
     config = EngineConfig(geometry=geometry, dtype=ENGINE_DTYPES[dtype], probe=engine != "eager")
     progress(f"building the {engine} engine (the first build of a compiled or TensorRT engine takes minutes)")
     built = create_engine(engine, components, config, log=lambda text: log.info("%s", text))
     progress(built.describe())
-    return built.modules, built.name
+    return built
+
+
+def attach_graph(built: Any, stream: Any, progress: Progress) -> None:
+    """On a GPU, replay the stream's whole per-frame step as one CUDA graph (the measured fast
+    path); if capture fails the stream keeps the engine's modules and says so."""
+    if built is None or stream.device.type != "cuda":
+        return
+    try:
+        if built.attach(stream) is not None:
+            progress("per-frame step runs as one CUDA graph")
+    except Exception as exc:  # noqa: BLE001 - a failed capture must not stop the stream
+        log.warning("CUDA graph capture unavailable (%s); running the step without it", exc)
 
 
 def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
@@ -92,8 +104,9 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
     dtype = effective_dtype(app.dtype, device)
     say(f"loading {app.model} on {device} ({dtype})")
     components = load_components(model_spec(app, device, dtype, local_files_only))
-    modules, engine = build_engine(app, components, settings, device, dtype, say)
+    built = build_engine(app, components, settings, device, dtype, say)
     say("preparing the stream (prompt encoding, warm-up)")
-    stream = StreamDiffusion(components, stream_config(app, settings), modules=modules)
-    stream.engine_name = engine  # for the status line
+    stream = StreamDiffusion(components, stream_config(app, settings), modules=built and built.modules)
+    attach_graph(built, stream, say)
+    stream.engine_name = built.name if built else "eager"  # for the status line
     return stream
