@@ -560,32 +560,22 @@ def _log(message: str) -> None:
         print(message)
 
 
+_OBS_DATA_TYPES = {"int": "int", "float": "double", "bool": "bool"}
+
+
+def _data_fn(verb: str, kind: str) -> Any:
+    """obspython's typed accessor for a panel field kind, e.g. ("set_default", "float") ->
+    obs_data_set_default_double."""
+    return getattr(obs, "obs_data_%s_%s" % (verb, _OBS_DATA_TYPES.get(kind, "string")))
+
+
 def read_panel(settings: Any) -> Dict[str, Any]:
-    values: Dict[str, Any] = {}
-    for name, spec in FIELDS.items():
-        kind = spec[0]
-        if kind == "int":
-            values[name] = obs.obs_data_get_int(settings, name)
-        elif kind == "float":
-            values[name] = obs.obs_data_get_double(settings, name)
-        elif kind == "bool":
-            values[name] = obs.obs_data_get_bool(settings, name)
-        else:
-            values[name] = obs.obs_data_get_string(settings, name)
-    return values
+    return {name: _data_fn("get", spec[0])(settings, name) for name, spec in FIELDS.items()}
 
 
 def write_panel(settings: Any, values: Mapping[str, Any]) -> None:
     for name, value in normalize(values).items():
-        kind = FIELDS[name][0]
-        if kind == "int":
-            obs.obs_data_set_int(settings, name, value)
-        elif kind == "float":
-            obs.obs_data_set_double(settings, name, value)
-        elif kind == "bool":
-            obs.obs_data_set_bool(settings, name, value)
-        else:
-            obs.obs_data_set_string(settings, name, value)
+        _data_fn("set", FIELDS[name][0])(settings, name, value)
 
 
 def script_description() -> str:
@@ -603,15 +593,7 @@ def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_int(settings, "port", 4455)
     obs.obs_data_set_default_string(settings, "presets_json", "")
     for name, spec in FIELDS.items():
-        kind, default = spec[0], spec[1]
-        if kind == "int":
-            obs.obs_data_set_default_int(settings, name, default)
-        elif kind == "float":
-            obs.obs_data_set_default_double(settings, name, default)
-        elif kind == "bool":
-            obs.obs_data_set_default_bool(settings, name, default)
-        else:
-            obs.obs_data_set_default_string(settings, name, default)
+        _data_fn("set_default", spec[0])(settings, name, spec[1])
 
 
 def script_properties() -> Any:
