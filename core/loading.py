@@ -54,6 +54,7 @@ class Components:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     source: str = ""
+    force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt means zero embeddings
 
     @property
     def scheduler_config(self) -> dict:
@@ -156,6 +157,8 @@ def load_components(spec: ModelSpec) -> Components:
     else:
         parts = _load_folder(spec.model, spec.tiny_vae is None, local_only)
     family = detect_family(parts["unet"].config)
+    force_zeros = parts.pop("force_zeros_for_empty_prompt", None)
+    force_zeros = family == "sdxl" and (True if force_zeros is None else bool(force_zeros))  # diffusers' default
     prediction_type = parts["scheduler"].config.get("prediction_type", "epsilon")
     if spec.tiny_vae is not None:
         parts["vae"] = _load_tiny_vae(spec.tiny_vae, family, local_only)
@@ -172,7 +175,7 @@ def load_components(spec: ModelSpec) -> Components:
         scheduler=make_lcm(parts["scheduler"].config), family=family,
         vae_kind="tiny" if spec.tiny_vae is not None else "full", prediction_type=prediction_type,
         text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
-        device=device, dtype=dtype, source=spec.model,
+        device=device, dtype=dtype, source=spec.model, force_zeros_for_empty_prompt=force_zeros,
     )
 
 
@@ -200,7 +203,7 @@ def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
     wanted = ["unet", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
     if need_vae:
         wanted.append("vae")
-    parts: dict = {"vae": None}
+    parts: dict = {"vae": None, "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt")}
     source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
     for key in wanted:
         entry = index.get(key)
@@ -220,14 +223,28 @@ def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
     return parts
 
 
-def _checkpoint_family(path: Path) -> str:
+def _checkpoint_keys(path: Path) -> list[str]:
     from safetensors import safe_open
 
-    if path.suffix.lower() == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-    else:
-        keys = list(torch.load(str(path), map_location="cpu", weights_only=True).get("state_dict", {}).keys())
+    try:
+        if path.suffix.lower() == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                return list(handle.keys())
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the checkpoint {str(path)!r}: the file is not a readable "
+                             f"{path.suffix} checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                             "it may be damaged or only partly downloaded.") from exc
+    data = data.get("state_dict", data) if isinstance(data, dict) else {}
+    return [k for k in data if isinstance(k, str)]
+
+
+def _checkpoint_family(path: Path) -> str:
+    keys = _checkpoint_keys(path)
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelLoadError(f"cannot load the checkpoint {str(path)!r}: it is not a Stable Diffusion checkpoint "
+                             "(no UNet weights 'model.diffusion_model.*'); LoRA, VAE and embedding files are "
+                             "not full models. Give a full SD 1.5 / SD 2.1 / SDXL checkpoint or a diffusers folder.")
     if any(k.startswith("conditioner.embedders.1") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.model.") for k in keys):
@@ -260,6 +277,7 @@ def _load_single_file(spec: ModelSpec, local_only: bool) -> dict:
                              "folder is of the same architecture as the checkpoint.") from exc
     parts = {k: getattr(pipe, k, None) for k in
              ("unet", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
+    parts["force_zeros_for_empty_prompt"] = pipe.config.get("force_zeros_for_empty_prompt")
     if spec.tiny_vae is not None:
         parts["vae"] = None
     return parts

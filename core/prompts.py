@@ -29,6 +29,14 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return value
 
+    def encode_negative(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The unconditional embeddings. An empty negative prompt gives zeros where the model asks
+        for that (SDXL's `force_zeros_for_empty_prompt`), as diffusers does."""
+        hidden, pooled = self.encode(prompt)
+        if prompt == "" and getattr(self.c, "force_zeros_for_empty_prompt", False):
+            return torch.zeros_like(hidden), None if pooled is None else torch.zeros_like(pooled)
+        return hidden, pooled
+
     @torch.no_grad()
     def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         self.encoder_calls += 1

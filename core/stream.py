@@ -64,7 +64,7 @@ class StreamDiffusion:
         self.frames_processed = 0
         self.frames_skipped = 0
         cond, pooled = self.prompts.encode(self.config.prompt)
-        uncond, upooled = self.prompts.encode(self.config.negative_prompt)
+        uncond, upooled = self.prompts.encode_negative(self.config.negative_prompt)
         self._cond, self._pooled, self._uncond, self._upooled = cond, pooled, uncond, upooled
         self._allocate()
         self._write_all()
@@ -146,7 +146,8 @@ class StreamDiffusion:
             self.config.cfg_type, lambda: ts)())
 
     def _write_scalars(self) -> None:
-        self.guidance.fill_(self.config.guidance_scale)
+        # as in diffusers and upstream, guidance acts only above 1 (<= 1: the conditional prediction alone)
+        self.guidance.fill_(max(1.0, self.config.guidance_scale))
         self.delta.fill_(self.config.delta)
         self.noise_gain.fill_(1.0 if self.config.do_add_noise else 0.0)
 
@@ -283,9 +284,18 @@ class StreamDiffusion:
         if "similarity_max_skip_frames" in changes:
             changes["similarity_max_skip"] = changes.pop("similarity_max_skip_frames")
         old, new = self.config, self.config.replace(**changes)
-        cond, pooled = self.prompts.encode(new.prompt)  # may raise: nothing changed yet
-        uncond, upooled = self.prompts.encode(new.negative_prompt)
+        cond, pooled = self._encode("prompt", self.prompts.encode, new.prompt)  # may raise: nothing changed yet
+        uncond, upooled = self._encode("negative_prompt", self.prompts.encode_negative, new.negative_prompt)
         self._commit(old, new, (cond, pooled, uncond, upooled))
+
+    @staticmethod
+    def _encode(field: str, encode, prompt: str) -> tuple:
+        """Encode a prompt; any failure (e.g. out of memory) is a ValueError naming the field,
+        the error kind callers already handle while the stream keeps running."""
+        try:
+            return encode(prompt)
+        except Exception as exc:
+            raise ValueError(f"{field}: could not encode {prompt[:60]!r}: {type(exc).__name__}: {exc}") from exc
 
     def _commit(self, old: StreamConfig, new: StreamConfig, embeds: tuple) -> None:
         old_shape = self.shape_key
@@ -310,9 +320,11 @@ class StreamDiffusion:
         if prompt_changed and new.transition_frames > 0 and self._primed:
             self._transition = _Transition(start, self._cond, start_pooled, self._pooled, new.transition_frames)
             self._write_embeds(start, start_pooled)
-        else:
+        elif prompt_changed or self._transition is None:
             self._transition = None
             self._write_embeds(self._cond, self._pooled)
+        else:  # a transition in flight goes on (the negative prompt may have changed)
+            self._write_embeds(start, start_pooled)
         self._force_next = True
 
     def reset(self) -> None:
