@@ -97,8 +97,7 @@ def run(
     cli_app = dict(source=source, sink=sink, model=model, engine=engine, fps=fps, device=device, dtype=dtype,
                    lcm_lora=lcm_lora, width=width, height=height, obs_host=obs_host, obs_port=obs_port,
                    obs_password=obs_password, control_port=control_port)
-    if tiny_vae is not None:
-        cli_app["tiny_vae"] = None if tiny_vae.lower() == "none" else tiny_vae
+    cli_app["tiny_vae"] = tiny_vae  # "none" (the model's own VAE) is understood by AppSettings
     cli_stream = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
                       t_index_list=_t_index(t_index), guidance_scale=guidance, seed=seed,
                       similarity_filter=similarity_filter, similarity_threshold=similarity_threshold,

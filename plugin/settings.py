@@ -163,6 +163,8 @@ class AppSettings:
     control_port: int = 7861  # local control server (JSON lines on 127.0.0.1); 0 = off
 
     def __post_init__(self) -> None:
+        if isinstance(self.tiny_vae, str) and self.tiny_vae.strip().lower() in ("", "none"):
+            object.__setattr__(self, "tiny_vae", None)  # "none" (CLI, TOML): the model's own VAE
         _choice("engine", self.engine, ENGINES)
         _choice("dtype", self.dtype, ("float16", "bfloat16", "float32"))
         _choice("resize", self.resize, RESIZE_POLICIES)

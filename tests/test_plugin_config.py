@@ -46,6 +46,18 @@ def test_bad_file_values_name_the_field(tmp_path):
         cfg.load_file(tmp_path / "missing.toml")
 
 
+def test_tiny_vae_none_keeps_the_models_own_vae(tmp_path):
+    from dreamcam.plugin.pipeline import model_spec
+
+    path = tmp_path / "vae.toml"
+    path.write_text('[app]\ntiny_vae = "none"\n')
+    from_file = cfg.build_app_settings(cfg.load_file(path)[0])
+    from_cli = cfg.build_app_settings({}, {"tiny_vae": "None"})  # what `--tiny-vae None` passes
+    for app in (from_file, from_cli):
+        assert app.tiny_vae is None and model_spec(app, "cpu", "float32").tiny_vae is None
+    assert model_spec(cfg.build_app_settings({}), "cpu", "float32").tiny_vae == "auto"
+
+
 def test_bad_live_settings_are_rejected_and_the_previous_stay():
     store = SettingsStore(StreamSettings(prompt="kept"))
     for changes, field in (({"strength": -0.1}, "strength"), ({"prompt": "x" * 100_000}, "prompt"),
