@@ -125,6 +125,8 @@ def small_copy(frame: np.ndarray | torch.Tensor, side: int = 32) -> torch.Tensor
     model sees it) of (B)xHxWx3 for the similarity filter.
 
     Host numpy frames stay on the host (strided pick, then area average), so no GPU sync."""
+    if isinstance(frame, np.ndarray) and any(st < 0 for st in frame.strides):
+        frame = np.ascontiguousarray(frame)  # e.g. an OpenCV BGR->RGB view frame[..., ::-1]
     t = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame
     if t.ndim == 3:
         t = t.unsqueeze(0)

@@ -215,6 +215,11 @@ def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
         try:
             parts[key] = cls.from_pretrained(source, **kwargs)
         except Exception as exc:
+            if Path(source).is_dir():  # a local folder: the hub and its cache are beside the point
+                raise ModelLoadError(
+                    f"cannot load the model part {key!r} of {name!r}: its files in {Path(source) / key} are missing "
+                    f"or damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Save or download the "
+                    "whole diffusers folder again.") from exc
             raise _explain(f"model part {key!r} of", name, exc, local_only) from exc
     for key in ("unet", "scheduler", "text_encoder", "tokenizer"):
         if key not in parts:

@@ -123,3 +123,25 @@ def test_files_that_are_not_checkpoints_get_a_clear_error(tmp_path, tiny_sd15_di
         text = str(err.value)
         assert repr(str(path)) in text and "checkpoint" in text, text
     assert "not a Stable Diffusion checkpoint" in text
+
+
+def test_filter_takes_a_flipped_numpy_view(comp):
+    """OpenCV BGR->RGB via frame[..., ::-1] is a negative-stride view: the filter must cope."""
+    stream = make(comp, similarity_threshold=0.9, cfg_type="none")
+    bgr = clip(1)[0]
+    first = stream(bgr[:, :, ::-1])
+    assert np.array_equal(stream(bgr[:, :, ::-1]), first) and stream.frames_skipped == 1
+
+
+@pytest.mark.parametrize("local_only", [True, False])
+def test_local_folder_with_a_missing_part_names_the_part_folder(tmp_path, tiny_sd15_dir, local_only):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd15_dir, broken)
+    for weights in (broken / "unet").glob("diffusion_pytorch_model*"):
+        weights.unlink()
+    with pytest.raises(ModelLoadError) as err:
+        load_components(ModelSpec(str(broken), tiny_vae=None, local_files_only=local_only))
+    text = str(err.value)
+    assert str(broken / "unet") in text and "huggingface-cli download" not in text, text
