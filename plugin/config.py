@@ -59,6 +59,9 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     unknown = sorted(set(data) - {"app", "stream"})
     if unknown:
         raise SettingsError("config", f"{path}: unknown table [{unknown[0]}]; use [app] and [stream]")
+    for table in ("app", "stream"):
+        if not isinstance(data.get(table, {}), dict):
+            raise SettingsError("config", f"{path}: {table} must be a table ([{table}] with key = value lines)")
     return dict(data.get("app", {})), dict(data.get("stream", {}))
 
 

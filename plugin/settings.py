@@ -165,6 +165,12 @@ class AppSettings:
     def __post_init__(self) -> None:
         if isinstance(self.tiny_vae, str) and self.tiny_vae.strip().lower() in ("", "none"):
             object.__setattr__(self, "tiny_vae", None)  # "none" (CLI, TOML): the model's own VAE
+        for name in ("source", "sink", "model", "device", "obs_host", "obs_password"):
+            _text(name, getattr(self, name))
+        for name in ("tiny_vae", "lcm_lora"):
+            if getattr(self, name) is not None:
+                _text(name, getattr(self, name))
+        _flag("obs_enabled", self.obs_enabled)
         _choice("engine", self.engine, ENGINES)
         _choice("dtype", self.dtype, ("float16", "bfloat16", "float32"))
         _choice("resize", self.resize, RESIZE_POLICIES)

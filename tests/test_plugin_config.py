@@ -39,6 +39,15 @@ def test_bad_file_values_name_the_field(tmp_path):
     path.write_text('[app]\ncolour = "red"\n')
     with pytest.raises(SettingsError, match="colour: unknown app setting"):
         cfg.build_app_settings(cfg.load_file(path)[0])
+    path.write_text('[app]\nsource = 5\n')
+    with pytest.raises(SettingsError, match="source: must be text"):
+        cfg.build_app_settings(cfg.load_file(path)[0])
+    path.write_text('[app]\nobs_enabled = "yes"\n')
+    with pytest.raises(SettingsError, match="obs_enabled: must be true or false"):
+        cfg.build_app_settings(cfg.load_file(path)[0])
+    path.write_text('app = 3\n')
+    with pytest.raises(SettingsError, match="app must be a table"):
+        cfg.load_file(path)
     path.write_text('[app\n')
     with pytest.raises(SettingsError, match="not valid TOML"):
         cfg.load_file(path)
