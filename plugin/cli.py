@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .settings import SettingsError
+from .settings import STREAM_FIELDS, SettingsError
 
 app = typer.Typer(
     help="Dreamcam: real-time diffusion on your screen or camera, published as a virtual webcam.",
@@ -321,6 +321,9 @@ def set_(
         update["preset"] = preset
     if not update:
         _fail("nothing to send: give FIELD=VALUE pairs or --preset")
+    unknown = sorted(set(update) - STREAM_FIELDS)
+    if unknown:  # the app would ignore them; say so instead of reporting them "applied"
+        _fail(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(STREAM_FIELDS))})")
     try:
         reply = send_settings(update, port=port, host=host)
     except ConnectionError as exc:

@@ -117,6 +117,8 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
 def test_set_without_a_running_app_says_how_to_start_one():
     result = run_cli("set", "prompt=x", "--port", str(free_port()))
     assert result.returncode == 1 and "dreamcam run" in result.stderr
+    unknown = run_cli("set", "colour=red", "--port", str(free_port()))
+    assert unknown.returncode == 2 and "colour: unknown setting" in unknown.stderr
 
 
 def test_presets_from_the_command_line(tmp_path):
