@@ -86,7 +86,7 @@ def run(
     obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD)."),
     obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene."),
     control_port: Optional[int] = typer.Option(None, help="Local control port for `dreamcam set` (0 = off)."),
-    frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file and image sinks)."),
+    frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
 ) -> None:
     """Capture, transform and publish until Ctrl+C."""

@@ -33,16 +33,21 @@ class NullSink:
     name = "null"
     repeat_last = False
 
-    def __init__(self, fps: float | None = None) -> None:
+    def __init__(self, fps: float | None = None, max_frames: int | None = None) -> None:
         self.fps = fps
+        self.max_frames = max_frames
         self.frames_written = 0
         self.closed = False
+
+    @property
+    def done(self) -> bool:
+        return self.max_frames is not None and self.frames_written >= self.max_frames
 
     def open(self) -> None:
         self.closed = False
 
     def write(self, image: np.ndarray) -> None:
-        if not self.closed:
+        if not self.closed and not self.done:
             self.frames_written += 1
 
     def close(self) -> None:
@@ -53,7 +58,7 @@ def make_sink(spec: str, *, width: int, height: int, fps: float, max_frames: int
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "null":
-        return NullSink()
+        return NullSink(max_frames=max_frames)
     if kind == "vcam":
         from .sink_vcam import VirtualCameraSink
 

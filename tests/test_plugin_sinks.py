@@ -82,6 +82,15 @@ def test_image_sequence_sink(tmp_path):
     assert read_index(np.asarray(Image.open(files[2]))) == 2
 
 
+def test_null_sink_stops_after_max_frames():
+    sink = make_sink("null", width=64, height=64, fps=30, max_frames=3)
+    sink.open()
+    for _ in range(5):
+        sink.write(np.zeros((64, 64, 3), np.uint8))
+    assert sink.done and sink.frames_written == 3
+    assert not make_sink("null", width=64, height=64, fps=30).done
+
+
 def test_unknown_sink_kind():
     with pytest.raises(SinkError, match="unknown kind 'tv'"):
         make_sink("tv", width=64, height=64, fps=30)
