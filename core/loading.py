@@ -107,7 +107,11 @@ def _offline() -> bool:
 def _explain(what: str, name: str, exc: BaseException, local_only: bool) -> ModelLoadError:
     """Turn a hub/OS error into an actionable message."""
     text = f"{type(exc).__name__}: {exc}"
-    kind = type(exc).__name__
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:  # diffusers wraps the hub's errors in an OSError
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    kind = " ".join(type(e).__name__ for e in chain)
     if "RepositoryNotFound" in kind or "404" in text and "Repository Not Found" in text:
         hint = (f"there is no model {name!r} on the Hugging Face Hub. Check the spelling "
                 "(e.g. stabilityai/sd-turbo), or run `huggingface-cli login` if it is private.")

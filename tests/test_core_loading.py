@@ -73,6 +73,20 @@ def test_unknown_hub_id_offline_names_the_download_command():
     assert "Traceback" not in text
 
 
+def test_unreachable_hub_behind_a_wrapped_error_says_so():
+    from dreamcam.core.loading import _explain
+
+    try:  # what AutoencoderTiny.from_pretrained raises without a network
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as inner:
+            raise OSError("madebyollin/taesd does not appear to have a file named config.json.") from inner
+    except OSError as exc:
+        text = str(_explain("tiny VAE", "madebyollin/taesd", exc, local_only=False))
+    assert "could not reach the Hugging Face Hub" in text
+    assert "huggingface-cli download madebyollin/taesd" in text
+
+
 def test_hf_hub_offline_env_is_honoured(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
