@@ -25,8 +25,8 @@ app = typer.Typer(
 presets_app = typer.Typer(help="Save, list, show and delete named presets (prompt + parameters).",
                           no_args_is_help=True)
 app.add_typer(presets_app, name="preset")
-console = Console()
-err = Console(stderr=True)
+console = Console(emoji=False)  # user text such as camera:abc: must print as typed, not as an emoji
+err = Console(stderr=True, emoji=False)
 
 
 def _fail(message: str, code: int = 2) -> None:

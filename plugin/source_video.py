@@ -22,6 +22,8 @@ class VideoFileSource:
     def open(self) -> None:
         import av
 
+        if self.path.is_dir():
+            raise SourceError(f"video file {self.path} is a folder; give the path of a video file")
         if not self.path.is_file():
             raise SourceError(f"video file {self.path} does not exist")
         try:

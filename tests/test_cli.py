@@ -128,6 +128,8 @@ def test_presets_from_the_command_line(tmp_path):
     assert '"strength": 0.7' in run_cli("preset", "show", "Ink", env=env).stdout
     bad = run_cli("preset", "save", "Bad", "strength=3", env=env)
     assert bad.returncode == 2 and "strength" in bad.stderr
+    odd = run_cli("preset", "show", ":abc:", env=env)  # a rich emoji code: must print as typed
+    assert odd.returncode == 2 and "':abc:'" in odd.stderr, odd.stderr
 
 
 def test_doctor_and_devices_explain_what_is_missing():

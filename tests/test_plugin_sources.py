@@ -78,6 +78,8 @@ def test_video_file_source_loops_at_its_own_rate(clip):
 def test_missing_video_file_fails_at_start(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         make_source(f"file:{tmp_path / 'nope.mp4'}").open()
+    with pytest.raises(SourceError, match="is a folder"):
+        make_source(f"file:{tmp_path}").open()
 
 
 def test_source_specs():
