@@ -318,6 +318,8 @@ def _fuse_lora(parts: dict, family: str, lora: str, local_only: bool) -> None:
     kwargs = {k: parts.get(k) for k in names}
     if family != "sdxl":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if not Path(lora).expanduser().exists():
+        _check_source(lora, "LoRA")  # a missing local path is named, not sent to the hub as an id
     pipe = cls(**kwargs)
     source = str(Path(lora).expanduser()) if Path(lora).expanduser().exists() else lora
     try:

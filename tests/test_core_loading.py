@@ -112,6 +112,8 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
 def test_wrong_tiny_vae_and_bad_device_or_dtype(tiny_model_dir):
     with pytest.raises(ModelLoadError, match="tiny VAE"):
         load_components(ModelSpec(str(tiny_model_dir), tiny_vae="/no/taesd", local_files_only=True))
+    with pytest.raises(ModelLoadError, match="LoRA '/no/lora': no such file or folder"):
+        load_components(ModelSpec(str(tiny_model_dir), tiny_vae=None, lcm_lora="/no/lora", local_files_only=True))
     with pytest.raises(ModelLoadError, match="dtype"):
         load_components(ModelSpec(str(tiny_model_dir), dtype="float8", local_files_only=True))
     if not torch.cuda.is_available():
