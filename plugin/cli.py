@@ -211,8 +211,11 @@ def demo(
     side_by_side: bool = typer.Option(True, "--side-by-side/--output-only", help="Show the input left of the output."),
 ) -> None:
     """Offline demo: a moving test pattern through the full pipeline on a small random-weight model."""
+    from dreamcam.core.loading import ModelLoadError
+
     from .demo import run_demo
     from .pipeline import resolve_device
+    from .sinks import SinkError
 
     if size % 8 or not 64 <= size <= 2048:
         _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
@@ -220,7 +223,7 @@ def demo(
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
                           side_by_side=side_by_side,
                           say=lambda text: console.print(f"[dim]{escape(text)}[/dim]", highlight=False))
-    except (SettingsError, ValueError, OSError) as exc:
+    except (SettingsError, ValueError, OSError, ModelLoadError, SinkError) as exc:
         _fail(str(exc), 1)
         return
     console.print(f"wrote {result.frames} frames to {escape(str(result.out))} in {result.seconds:.1f} s: "

@@ -61,6 +61,15 @@ def test_demo_writes_the_frames_it_promises(tmp_path):
     assert time.monotonic() - start < 60
 
 
+def test_demo_errors_are_one_clear_line(tmp_path):
+    env = {"DREAMCAM_CACHE_DIR": str(tmp_path / "cache")}
+    for args, words in ((("--device", "tpu"), "'tpu' is not a device name"),
+                        (("--out", str(tmp_path / "no" / "demo.mp4")), "does not exist")):
+        result = run_cli("demo", "--frames", "2", "--size", "64", *args, env=env)
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and "SinkError" not in result.stderr
+
+
 def test_run_writes_a_file_from_the_tiny_model(tmp_path, tiny_model_dir):
     out = tmp_path / "run.mp4"
     result = run_cli("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
