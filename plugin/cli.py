@@ -163,7 +163,9 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
                     break
     finally:
         dream.stop()
-    console.print("stopped.")
+    written = getattr(dream.sink, "frames_written", None)
+    console.print("stopped." if written is None else f"stopped: {written} frames written to {escape(sink_name)}.",
+                  highlight=False)
 
 
 def _build_with_progress(build, app_settings, stream_settings):
