@@ -77,7 +77,7 @@ def test_run_writes_a_file_from_the_tiny_model(tmp_path, tiny_model_dir):
                      "--frames", "8", "--control-port", "0", "--prompt", "a lighthouse")
     assert result.returncode == 0, result.stderr
     assert count_frames(out) == 8
-    assert "stopped: 8 frames written to file:" in result.stdout, result.stdout
+    assert "stopped: 8 frames written to file:" in " ".join(result.stdout.split()), result.stdout
 
 
 def test_run_rejects_bad_settings_naming_the_field(tmp_path):
