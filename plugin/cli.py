@@ -123,6 +123,10 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     from .sources import SourceError
 
     try:
+        if app_settings.control_port:
+            from .control_server import check_port_free
+
+            check_port_free(app_settings.control_port)  # a second app fails now, not after the model load
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
         dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
     except (SourceError, SinkError, OSError) as exc:

@@ -35,6 +35,22 @@ def _expand_preset(event: Any) -> Any:
     return {NAMESPACE: {**values, **payload}}
 
 
+def check_port_free(port: int, host: str = HOST) -> None:
+    """Raise the server's OSError now if another program listens on `port` (checked before a
+    long model load, so a second `dreamcam run` fails at once)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _listen_error(host, port, exc) from exc
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> OSError:
+    return OSError(f"control server: cannot listen on {host}:{port} ({exc}); "
+                   "is another dreamcam running? pick another port with --control-port")
+
+
 class ControlServer:
     def __init__(self, store: SettingsStore, board: StatusBoard, port: int = DEFAULT_PORT,
                  host: str = HOST) -> None:
@@ -49,8 +65,7 @@ class ControlServer:
         try:
             server = socketserver.ThreadingTCPServer((self.host, self.port), handler)
         except OSError as exc:
-            raise OSError(f"control server: cannot listen on {self.host}:{self.port} ({exc}); "
-                          "is another dreamcam running? pick another port with --control-port") from exc
+            raise _listen_error(self.host, self.port, exc) from exc
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server

@@ -163,3 +163,11 @@ def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path
     assert "could not build the pipeline" in result.stderr and "no-model" in result.stderr
     result = run_cli("run", "--source", "camera:9", "--sink", "null")
     assert result.returncode == 1 and "camera:9: cannot open" in result.stderr
+    import socket
+
+    with socket.socket() as taken:  # another app holds the control port: said before the model load
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port)
+    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in " ".join(result.stderr.split())
