@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -100,3 +101,14 @@ def test_frames_of_another_size_reach_the_sink_at_the_configured_size(tiny_app_s
     frames = recorder.instances[0].snapshot()
     assert frames and all(image.shape == (SIZE, SIZE, 3) for _, image in frames)
     assert app.board.latest().error == ""
+
+
+def test_an_engine_that_cannot_run_here_says_why_it_was_replaced(tiny_app_settings, caplog):
+    from dataclasses import replace
+
+    from dreamcam.plugin.pipeline import build_processor
+
+    with caplog.at_level(logging.WARNING, logger="dreamcam.plugin.pipeline"):
+        stream = build_processor(replace(tiny_app_settings, engine="tensorrt"))
+    assert stream.engine_name != "tensorrt"
+    assert any("fell back from tensorrt" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
