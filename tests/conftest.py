@@ -19,3 +19,11 @@ def tiny_sd15_dir(tmp_path_factory):
     from dreamcam.core.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-sd15"), "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_model_dir):
+    """The tiny SD 2.1 model loaded on the CPU in float32 with its TAESD (shared: do not modify)."""
+    from dreamcam.core.loading import ModelSpec, load_components
+
+    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd")))

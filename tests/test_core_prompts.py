@@ -11,22 +11,19 @@ from dreamcam.core.loading import ModelSpec, load_components
 from dreamcam.core.schedule import strength_to_t_index
 from dreamcam.core.stream import StreamDiffusion
 
+import core_helpers as helpers
+
 
 @pytest.fixture(scope="module")
-def comp(tiny_model_dir):
-    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd")))
+def comp(tiny_components):
+    return tiny_components
 
 
 def clip(count):
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (64, 64, 3)).astype(np.int16)
-    return [np.clip(base + 4 * i, 0, 255).astype(np.uint8) for i in range(count)]
+    return helpers.clip(count, seed=0)
 
 
-def make(comp, **kw):
-    defaults = dict(width=64, height=64, t_index_list=(20, 40), cfg_type="full", guidance_scale=2.0,
-                    prompt="the cat", negative_prompt="an ant")
-    return StreamDiffusion(comp, StreamConfig(**{**defaults, **kw}))
+make = helpers.make
 
 
 def state(stream):

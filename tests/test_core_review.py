@@ -13,22 +13,19 @@ from dreamcam.core.config import StreamConfig
 from dreamcam.core.loading import ModelLoadError, ModelSpec, load_components
 from dreamcam.core.stream import StreamDiffusion
 
+import core_helpers as helpers
+
 
 @pytest.fixture(scope="module")
-def comp(tiny_model_dir):
-    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd")))
+def comp(tiny_components):
+    return tiny_components
 
 
 def clip(count):
-    rng = np.random.default_rng(1)
-    base = rng.integers(0, 256, (64, 64, 3)).astype(np.int16)
-    return [np.clip(base + 4 * i, 0, 255).astype(np.uint8) for i in range(count)]
+    return helpers.clip(count, seed=1)
 
 
-def make(comp, **kw):
-    defaults = dict(width=64, height=64, t_index_list=(20, 40), cfg_type="full", guidance_scale=2.0,
-                    prompt="the cat", negative_prompt="an ant")
-    return StreamDiffusion(comp, StreamConfig(**{**defaults, **kw}))
+make = helpers.make
 
 
 @pytest.mark.parametrize("field", ["prompt", "negative_prompt"])

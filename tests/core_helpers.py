@@ -1,0 +1,22 @@
+"""Helpers shared by the core tests: a small moving clip and a stream with test defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dreamcam.core.config import StreamConfig
+from dreamcam.core.stream import StreamDiffusion
+
+
+def clip(count: int, seed: int = 0) -> list[np.ndarray]:
+    """`count` 64x64 frames: one random image brightened a little more each frame."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (64, 64, 3)).astype(np.int16)
+    return [np.clip(base + 4 * i, 0, 255).astype(np.uint8) for i in range(count)]
+
+
+def make(comp, **kw) -> StreamDiffusion:
+    """A 64x64, 2-step, full-guidance stream; keywords override any default."""
+    defaults = dict(width=64, height=64, t_index_list=(20, 40), cfg_type="full", guidance_scale=2.0,
+                    prompt="the cat", negative_prompt="an ant")
+    return StreamDiffusion(comp, StreamConfig(**{**defaults, **kw}))
