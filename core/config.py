@@ -74,6 +74,11 @@ def _num(name: str, value: Any, low: float, high: float, integer: bool = False) 
         _fail(name, f"must be from {low} to {high}, got {value!r}")
 
 
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def _check(name: str, value: Any) -> None:
     if name in ("width", "height"):
         _num(name, value, 32, 4096, integer=True)
@@ -95,8 +100,7 @@ def _check(name: str, value: Any) -> None:
     elif name == "frame_buffer_size":
         _num(name, value, 1, 16, integer=True)
     elif name == "cfg_type":
-        if value not in CFG_TYPES:
-            _fail(name, f"must be one of {', '.join(CFG_TYPES)}, got {value!r}")
+        _choice(name, value, CFG_TYPES)
     elif name == "guidance_scale":
         _num(name, value, 0.0, 50.0)
     elif name == "delta":
@@ -112,8 +116,7 @@ def _check(name: str, value: Any) -> None:
         if not isinstance(value, bool):
             _fail(name, f"must be true or false, got {value!r}")
     elif name == "mode":
-        if value not in MODES:
-            _fail(name, f"must be one of {', '.join(MODES)}, got {value!r}")
+        _choice(name, value, MODES)
     elif name == "similarity_threshold":
         if value is not None:
             _num(name, value, 0.0, 1.0)
@@ -123,5 +126,4 @@ def _check(name: str, value: Any) -> None:
     elif name == "transition_frames":
         _num(name, value, 0, 10000, integer=True)
     elif name == "resize":
-        if value not in RESIZE_POLICIES:
-            _fail(name, f"must be one of {', '.join(RESIZE_POLICIES)}, got {value!r}")
+        _choice(name, value, RESIZE_POLICIES)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .sinks import SinkError
+from .sinks import FrameLimit, SinkError
 
 
-class VideoFileSink:
+class VideoFileSink(FrameLimit):
     name = "file"
     fps = None  # unpaced: every new output frame is written once
     repeat_last = False
@@ -25,10 +25,6 @@ class VideoFileSink:
         self.frames_written = 0
         self._container = None
         self._stream = None
-
-    @property
-    def done(self) -> bool:
-        return self.max_frames is not None and self.frames_written >= self.max_frames
 
     def open(self) -> None:
         import av
@@ -70,7 +66,7 @@ class VideoFileSink:
             container.close()
 
 
-class ImageSequenceSink:
+class ImageSequenceSink(FrameLimit):
     name = "images"
     fps = None
     repeat_last = False
@@ -80,10 +76,6 @@ class ImageSequenceSink:
         self.max_frames = max_frames
         self.frames_written = 0
         self._open = False
-
-    @property
-    def done(self) -> bool:
-        return self.max_frames is not None and self.frames_written >= self.max_frames
 
     def open(self) -> None:
         try:

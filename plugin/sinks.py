@@ -27,7 +27,18 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class NullSink:
+class FrameLimit:
+    """Mixin for sinks that count written frames: `done` once `max_frames` (if set) were written."""
+
+    max_frames: int | None = None
+    frames_written: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.max_frames is not None and self.frames_written >= self.max_frames
+
+
+class NullSink(FrameLimit):
     """Discards frames (counts them); for benchmarks and headless runs."""
 
     name = "null"
@@ -38,10 +49,6 @@ class NullSink:
         self.max_frames = max_frames
         self.frames_written = 0
         self.closed = False
-
-    @property
-    def done(self) -> bool:
-        return self.max_frames is not None and self.frames_written >= self.max_frames
 
     def open(self) -> None:
         self.closed = False
