@@ -26,6 +26,27 @@ def _best(results: dict, scenario: str) -> tuple[str, dict] | None:
     return (best[0], best[1]) if best else None
 
 
+def _best_in_flight(results: dict) -> tuple[str, str, str, dict] | None:
+    """(variant, scenario, lanes, stats) with the highest host-to-host fps with frames in flight."""
+    best = None
+    for v in results.get("variants", []):
+        for name, r in v.get("scenarios", {}).items():
+            for lanes, st in r.get("in_flight", {}).items():
+                if best is None or st["fps"] > best[3]["fps"]:
+                    best = (v["variant"], name, lanes, st)
+    return best
+
+
+def in_flight_rows(results: dict) -> list[str]:
+    rows = []
+    for v in results.get("variants", []):
+        for name, r in v.get("scenarios", {}).items():
+            for lanes, st in r.get("in_flight", {}).items():
+                rows.append(f"| {name} | {v['variant']} | {lanes} ({st['lanes_used']} used) | {_f(st['fps'])} | "
+                            f"{_f(st['latency_p50_ms'], 2)} | {_f(st['latency_p99_ms'], 2)} |")
+    return rows
+
+
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     rows: list[tuple[str, str, bool | None]] = []
     one = _best(results, "img2img-1step-512")
@@ -33,8 +54,17 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     if one:
         label, r = one
         h2h = r.get("host_to_host", {}).get("fps")
-        rows.append((">= 300 fps, 1-step img2img 512, host uint8 -> host uint8", f"{_f(h2h)} fps ({label})",
-                     h2h is not None and h2h >= 300))
+        rows.append((">= 300 fps, 1-step img2img 512, host uint8 -> host uint8, one frame at a time",
+                     f"{_f(h2h)} fps ({label})", h2h is not None and h2h >= 300))
+        flight = _best_in_flight(results)
+        if flight:
+            fl_label, fl_name, fl_lanes, fl = flight
+            rows.append((">= 300 fps host -> host with frames in flight (latency stated)",
+                         f"{_f(fl['fps'])} fps ({fl_name}, {fl_lanes} in flight, latency p50 "
+                         f"{_f(fl['latency_p50_ms'], 2)} ms; {fl_label})", fl["fps"] >= 300))
+            if ref:
+                rows.append((">= 20x diffusers img2img (PIL in/out), frames in flight", f"{fl['fps'] / ref:.1f}x",
+                             fl["fps"] / ref >= 20))
         if ref and h2h:
             rows.append((">= 20x diffusers img2img (PIL in/out)", f"{h2h / ref:.1f}x ({_f(ref)} fps)", h2h / ref >= 20))
         st = r.get("host_to_host") or r["device"]
@@ -96,12 +126,21 @@ def render(results: dict) -> str:
                 lines.append(f"| {name} | {v['variant']} | {r.get('error') or r.get('skipped')} |||||||||")
                 continue
             d, h = r["device"], r.get("host_to_host", {})
+            per_call = r.get("frames_per_call", 1)  # frame batching: one call = fbs frames
             lines.append(
-                f"| {name} | {v['variant']} | {_f(d['fps'])} | {_f(d['p50_ms'], 2)} | {_f(d['p99_ms'], 2)} | "
-                f"{_f(r.get('device_throughput_fps'))} | {_f(h.get('fps'))} | {_f(r.get('host_to_host_pipelined_fps'))} | "
+                f"| {name} | {v['variant']} | {_f(d['fps'] * per_call)} | {_f(d['p50_ms'], 2)} | {_f(d['p99_ms'], 2)} | "
+                f"{_f(r.get('device_throughput_fps', 0) * per_call)} | {_f(h.get('fps'))} | {_f(r.get('host_to_host_pipelined_fps'))} | "
                 f"{_f(r.get('core_call_numpy', {}).get('fps'))} | {_f(r.get('peak_mem_gb'), 2)} | "
                 f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
     lines.append("")
+    flight = in_flight_rows(results)
+    if flight:
+        lines += ["## Frames in flight (host uint8 -> host uint8)", "",
+                  "Each of k frames in flight has its own CUDA graph and CUDA stream, so their kernels overlap on the "
+                  "GPU; results come back in order. Latency = submit to result. Only 1-step streams are stateless "
+                  "enough for this; fbs2 = two frames batched per call (frame_buffer_size 2).", "",
+                  "| scenario | variant | in flight | fps | latency p50 ms | latency p99 ms |",
+                  "| --- | --- | --- | --- | --- | --- |", *flight, ""]
     stage_rows = [(v["variant"], r["stages_ms"]) for v in results.get("variants", [])
                   for r in v.get("scenarios", {}).values() if "stages_ms" in r]
     if stage_rows:

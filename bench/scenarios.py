@@ -22,24 +22,28 @@ class Scenario:
     cfg_type: str = "none"
     guidance_scale: float = 1.2
     mode: str = "img2img"
+    frame_buffer_size: int = 1
     app_path: bool = False  # also time host uint8 -> host uint8
     stages: bool = False  # also time encode / unet / decode alone
+    lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
 
         return StreamConfig(width=self.width, height=self.height, steps=self.steps, strength=self.strength,
                             cfg_type=self.cfg_type, guidance_scale=self.guidance_scale, mode=self.mode,
+                            frame_buffer_size=self.frame_buffer_size,
                             prompt="a watercolor painting of a city", negative_prompt="blurry")
 
 
 SCENARIOS = {
-    "img2img-1step-512": Scenario("img2img-1step-512", app_path=True, stages=True),
+    "img2img-1step-512": Scenario("img2img-1step-512", app_path=True, stages=True, lanes=(1, 2, 3, 4)),
     "img2img-2step-512": Scenario("img2img-2step-512", steps=2, strength=0.6),
-    "self-1step-512": Scenario("self-1step-512", cfg_type="self"),
     "full-1step-512": Scenario("full-1step-512", cfg_type="full"),
+    "self-1step-512": Scenario("self-1step-512", cfg_type="self"),
     "txt2img-1step-512": Scenario("txt2img-1step-512", mode="txt2img", strength=1.0),
     "img2img-1step-768x432": Scenario("img2img-1step-768x432", width=768, height=432, app_path=True),
+    "img2img-1step-512-fbs2": Scenario("img2img-1step-512-fbs2", frame_buffer_size=2, lanes=(1, 2)),
 }
 
 
@@ -63,17 +67,17 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines.runner import host_pipeline
 
-    result: dict[str, Any] = {"scenario": s.name}
+    result: dict[str, Any] = {"scenario": s.name, "frames_per_call": s.frame_buffer_size}
     cuda = device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
-    host = frames_for(s)
-    dev = [torch.from_numpy(f).unsqueeze(0).to(device) for f in host]
+    host = _batches(frames_for(s), s.frame_buffer_size)
+    dev = [torch.from_numpy(f).to(device) for f in host]
     pipe = host_pipeline(stream, config)
     t0 = time.perf_counter()
-    first = pipe(host[0][None])  # warm-up + capture (+ compile of new shapes)
+    first = pipe(host[0])  # warm-up + capture (+ compile of new shapes)
     result["capture_s"] = round(time.perf_counter() - t0, 2)
     result["graph_error"] = pipe.capture_error
     out = first.numpy().astype(np.float32)
@@ -83,8 +87,10 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     result["device"] = _stats(frame_times(lambda i: (pipe.run_device(dev[i % len(dev)]), sync()), frames))
     result["device_throughput_fps"] = round(throughput(lambda: pipe.run_device(dev[0]), frames), 1)
     if s.app_path:
-        result["host_to_host"] = _stats(frame_times(lambda i: pipe(host[i % len(host)][None]), frames))
+        result["host_to_host"] = _stats(frame_times(lambda i: pipe(host[i % len(host)]), frames))
         result["host_to_host_pipelined_fps"] = round(_pipelined(pipe, host, frames), 1)
+    if s.lanes:
+        result["in_flight"] = {str(k): _in_flight(stream, config, host, frames, k) for k in s.lanes}
     if cuda:
         result["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["reserved_gb"] = round(torch.cuda.memory_reserved() / 2**30, 2)
@@ -92,18 +98,53 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         result["stages_ms"] = stage_times(stream, modules, dev[0])
         result["top_kernels"] = kernel_profile(lambda: pipe.run_device(dev[0]))
     if s.app_path:
-        result["core_call_numpy"] = _stats(_core_call(components, s, modules, host, frames, config))
+        result["core_call_numpy"] = _stats(_core_call(components, s, modules, [f[0] for f in host], frames, config))
     del pipe, stream
     return result
 
 
+def _batches(frames: list[np.ndarray], fbs: int) -> list[np.ndarray]:
+    """(fbs,H,W,3) host batches cycling through the frames."""
+    return [np.stack([frames[(i + j) % len(frames)] for j in range(fbs)]) for i in range(len(frames))]
+
+
+def _in_flight(stream, config, host: list[np.ndarray], frames: int, lanes: int) -> dict:
+    """Host -> host with `lanes` frames on the GPU at once (each in its own graph and CUDA stream),
+    results collected in submit order. Latency = submit to result, per frame batch."""
+    from dreamcam.engines.runner import host_pipeline
+
+    pipe = host_pipeline(stream, config, lanes=lanes)
+    pipe(host[0])  # capture
+    pending: list[tuple[Any, float]] = []
+    latency: list[float] = []
+    for i in range(3):
+        pipe(host[i % len(host)])
+    start = time.perf_counter()
+    for i in range(frames):
+        if len(pending) == lanes:
+            handle, t_submit = pending.pop(0)
+            handle.result()
+            latency.append(time.perf_counter() - t_submit)
+        t_submit = time.perf_counter()
+        pending.append((pipe.submit(host[i % len(host)]), t_submit))
+    for handle, t_submit in pending:
+        handle.result()
+        latency.append(time.perf_counter() - t_submit)
+    total = time.perf_counter() - start
+    ms = np.array(latency) * 1e3
+    fbs = host[0].shape[0]
+    return {"lanes_used": pipe.active_lanes, "fps": round(frames * fbs / total, 1),
+            "latency_p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "latency_p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
 def _pipelined(pipe, host: list[np.ndarray], frames: int) -> float:
     """Two frames in flight: submit N+1 before collecting N (latency +1 frame)."""
-    pending = pipe.submit(host[0][None])
+    pending = pipe.submit(host[0])
     sync()
     start = time.perf_counter()
     for i in range(1, frames + 1):
-        nxt = pipe.submit(host[i % len(host)][None])
+        nxt = pipe.submit(host[i % len(host)])
         pending.result()
         pending = nxt
     pending.result()

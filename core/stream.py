@@ -85,6 +85,12 @@ class StreamDiffusion:
             self.config.cfg_type]
 
     @property
+    def stateless(self) -> bool:
+        """True when no frame's step reads state that an earlier frame's step wrote (one denoising
+        step: the in-flight buffer and the RCFG residual are empty), so frames may run concurrently."""
+        return self.num_steps == 1
+
+    @property
     def shape_key(self) -> tuple:
         """Changes exactly when the state tensors are reallocated (engines recapture then)."""
         c = self.config

@@ -51,10 +51,12 @@ def attach_graph(stream: Any, config: EngineConfig | None = None) -> GraphedStep
     return graphed
 
 
-def host_pipeline(stream: Any, config: EngineConfig | None = None) -> GraphedStep:
+def host_pipeline(stream: Any, config: EngineConfig | None = None, *, lanes: int = 1) -> GraphedStep:
     """uint8 host frames (fbs,H,W,3) in, pinned uint8 host frames out, through one graph per frame.
 
-    Primes the stream on the first frame (fills the in-flight buffer) before capturing.
+    Primes the stream on the first frame (fills the in-flight buffer) before capturing. With
+    `lanes` > 1 and a stateless (1-step) stream, that many frames run on the GPU at once
+    (`submit` them before collecting results); a multi-step stream runs in one lane.
     """
     step = _step_fn(stream, config)
     primed: dict[str, Any] = {"key": None}
@@ -71,5 +73,6 @@ def host_pipeline(stream: Any, config: EngineConfig | None = None) -> GraphedSte
             primed["key"] = stream.shape_key
         return stream_state(stream)
 
-    graphed = GraphedStep(prime_then_step, lambda: stream.shape_key, device=stream.device, state_fn=state)
+    graphed = GraphedStep(prime_then_step, lambda: stream.shape_key, device=stream.device, state_fn=state,
+                          lanes=lanes, stateless_fn=lambda: stream.stateless)
     return graphed

@@ -133,6 +133,15 @@ def test_graph_runner_off_cuda_runs_uncaptured_with_the_same_frames(tiny_model_d
     np.testing.assert_array_equal(got, want)
 
 
+def test_frames_in_flight_need_a_positive_lane_count_and_a_stateless_stream(tiny_model_dir):
+    with pytest.raises(ValueError, match="lanes"):
+        GraphedStep(lambda x: x, lanes=0)
+    spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
+    comps = load_components(spec)
+    assert StreamDiffusion(comps, _stream_config().replace(t_index_list=(30,))).stateless
+    assert not StreamDiffusion(comps, _stream_config()).stateless
+
+
 @pytest.mark.skipif(HAVE_TRT, reason="checks the build process where tensorrt is missing")
 def test_build_process_reports_missing_tensorrt(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dreamcam.engines.tensorrt_build", "--onnx", str(tmp_path / "m.onnx"),

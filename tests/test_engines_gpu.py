@@ -83,6 +83,24 @@ def test_host_pipeline_pinned_path_matches_and_overlaps(tiny_model_dir):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_frames_in_flight_overlap_on_the_gpu_and_come_back_in_order(tiny_model_dir):
+    frames = _frames(7)
+    one_step = _cfg(t_index_list=(30,), cfg_type="none")
+    want = _run(StreamDiffusion(_components(tiny_model_dir), one_step), frames)
+    pipe = host_pipeline(StreamDiffusion(_components(tiny_model_dir), one_step), lanes=3)
+    outs = []
+    for chunk in (frames[:3], frames[3:6], frames[6:]):  # at most `lanes` uncollected frames
+        handles = [pipe.submit(f[None]) for f in chunk]
+        outs += [h.result().numpy()[0].copy() for h in handles]
+    assert pipe.capture_error is None and pipe.active_lanes == 3
+    _close(np.stack(outs), want, 0.5)
+    two_step = host_pipeline(StreamDiffusion(_components(tiny_model_dir), _cfg()), lanes=3)
+    two_step(frames[0][None])
+    assert two_step.active_lanes == 1  # the in-flight buffer carries state from frame to frame
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_compiled_engine_in_a_graph_gives_the_eager_frames(tiny_model_dir, tmp_path):
     frames = _frames(4)
     config = EngineConfig(geometry=Geometry(64, 64, unet_batch=2), cache_dir=tmp_path)
