@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Dreamcam GPU benchmark")
     ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--all-scenarios", default="compiled", help="variant that runs every scenario")
+    ap.add_argument("--scenarios", default="", help="comma list: what --all-scenarios runs (default: all)")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--reference-frames", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=520)
@@ -174,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         v = VARIANTS[key]
         if key == args.all_scenarios:
-            v = Variant(v.label, v.engine, v.options, v.qkv_fusion, tuple(SCENARIOS))
+            chosen = tuple(k for k in args.scenarios.split(",") if k) or tuple(SCENARIOS)
+            unknown = [k for k in chosen if k not in SCENARIOS]
+            if unknown:
+                ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+            v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
         models_v = build(device, dtype, small=args.small) if v.qkv_fusion or v.options.get("dtype") else models
         try:
             results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir))

@@ -44,6 +44,7 @@ SCENARIOS = {
     "txt2img-1step-512": Scenario("txt2img-1step-512", mode="txt2img", strength=1.0),
     "img2img-1step-768x432": Scenario("img2img-1step-768x432", width=768, height=432, app_path=True),
     "img2img-1step-512-fbs2": Scenario("img2img-1step-512-fbs2", frame_buffer_size=2, lanes=(1, 2)),
+    "img2img-1step-512-fbs4": Scenario("img2img-1step-512-fbs4", frame_buffer_size=4, lanes=(1, 2)),
 }
 
 
