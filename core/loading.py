@@ -7,6 +7,7 @@ model) becomes a `ModelLoadError` whose message says what to do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 FAMILY_TINY_VAE = {"sd15": "madebyollin/taesd", "sd21": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -55,6 +57,11 @@ class Components:
     dtype: torch.dtype = torch.float32
     source: str = ""
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt means zero embeddings
+    vae_dtype: torch.dtype | None = None  # the VAE's own precision; None = `dtype` (see vae_compute_dtype)
+
+    def __post_init__(self) -> None:
+        if self.vae_dtype is None:
+            self.vae_dtype = self.dtype
 
     @property
     def scheduler_config(self) -> dict:
@@ -82,6 +89,17 @@ def resolve_device(device: str) -> torch.device:
         raise ModelLoadError(f"device: {device!r} asked for, but this torch has no CUDA GPU; "
                              "install a CUDA build of torch or use device='cpu'")
     return dev
+
+
+def vae_compute_dtype(family: str, vae_kind: str, vae_config: Any, dtype: torch.dtype) -> torch.dtype:
+    """The precision the VAE runs in. The SDXL full VAE overflows in float16 (NaN, black frames); its
+    config says `force_upcast`, and like diffusers' SDXL pipelines we then run it in float32. Only for
+    SDXL: `force_upcast` is AutoencoderKL's default, so SD 1.5 / 2.1 configs carry it without needing
+    it (diffusers' SD pipelines ignore it), and upcasting them would only cost time."""
+    force_upcast = bool(dict(vae_config or {}).get("force_upcast", False))
+    if family == "sdxl" and vae_kind == "full" and dtype == torch.float16 and force_upcast:
+        return torch.float32
+    return dtype
 
 
 def detect_family(unet_config: Any) -> str:
@@ -168,16 +186,20 @@ def load_components(spec: ModelSpec) -> Components:
         parts["vae"] = _load_tiny_vae(spec.tiny_vae, family, local_only)
     if spec.lcm_lora:
         _fuse_lora(parts, family, spec.lcm_lora, local_only)
+    vae_kind = "tiny" if spec.tiny_vae is not None else "full"
+    vae_dtype = vae_compute_dtype(family, vae_kind, parts["vae"].config, dtype)
+    if vae_dtype != dtype:
+        log.info("the %s VAE asks for force_upcast: it runs in %s, the rest in %s", family, vae_dtype, dtype)
     for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = parts.get(key)
         if module is not None:
-            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            module.to(device=device, dtype=vae_dtype if key == "vae" else dtype).eval().requires_grad_(False)
     from .schedule import make_lcm
 
     return Components(
         unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
         scheduler=make_lcm(parts["scheduler"].config), family=family,
-        vae_kind="tiny" if spec.tiny_vae is not None else "full", prediction_type=prediction_type,
+        vae_kind=vae_kind, prediction_type=prediction_type, vae_dtype=vae_dtype,
         text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
         device=device, dtype=dtype, source=spec.model, force_zeros_for_empty_prompt=force_zeros,
     )

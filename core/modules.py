@@ -47,14 +47,22 @@ class EagerUNet:
                           return_dict=False, **kwargs)[0]
 
 
+def _weights_dtype(module) -> torch.dtype | None:
+    param = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return None if param is None else param.dtype
+
+
 def make_encode(vae, tiny: bool) -> Callable[[Tensor], Tensor]:
+    """Inputs are cast to the VAE's own precision (float32 for an upcast SDXL VAE, see
+    loading.vae_compute_dtype) and the latents back to the caller's dtype."""
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    compute = _weights_dtype(vae)
 
     def encode(images: Tensor) -> Tensor:
-        out = vae.encode(images)
+        out = vae.encode(images if compute is None else images.to(compute))
         latents = out.latents if tiny else out.latent_dist.mean
-        return (latents - shift) * scale
+        return ((latents - shift) * scale).to(images.dtype)
 
     return encode
 
@@ -62,9 +70,11 @@ def make_encode(vae, tiny: bool) -> Callable[[Tensor], Tensor]:
 def make_decode(vae) -> Callable[[Tensor], Tensor]:
     scale = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    compute = _weights_dtype(vae)
 
     def decode(latents: Tensor) -> Tensor:
-        return vae.decode(latents / scale + shift, return_dict=False)[0]
+        inputs = latents if compute is None else latents.to(compute)
+        return vae.decode(inputs / scale + shift, return_dict=False)[0].to(latents.dtype)
 
     return decode
 
