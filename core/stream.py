@@ -234,6 +234,17 @@ class StreamDiffusion:
     # ------------------------------------------------------------------ per-frame driver
     @torch.no_grad()
     def __call__(self, frame: np.ndarray | Tensor | None = None) -> np.ndarray | Tensor:
+        frame, x = self.prepare(frame)
+        if x is None:  # skipped by the similarity filter: the last output again
+            return fr.like_input(self.last_output, frame)
+        return self.finish(self.step_tensor(x), frame)
+
+    @torch.no_grad()
+    def prepare(self, frame: np.ndarray | Tensor | None = None) -> tuple[np.ndarray | Tensor, Tensor | None]:
+        """The host-side half of a frame: checks, similarity filter, upload, fit, prompt transition,
+        warm-up. Returns the frame (txt2img without input: a blank one) and the fitted device tensor
+        for `step_tensor`, or None when the filter skips the frame. Engines that keep frames in
+        flight call prepare, run the step their way, then `finish` in frame order."""
         if self.config.mode == "txt2img" and frame is None:  # no input: host numpy out
             shape = (self.config.height, self.config.width, 3)
             frame = np.zeros((self.fbs, *shape) if self.fbs > 1 else shape, dtype=np.uint8)
@@ -247,7 +258,7 @@ class StreamDiffusion:
                 self.filter.record(small)
             elif self.filter.should_skip(small):
                 self.frames_skipped += 1
-                return fr.like_input(self.last_output, frame)
+                return frame, None
         x = fr.to_tensor(frame, self.device, self._stager)
         if isinstance(frame, np.ndarray) and self.device.type == "cuda":
             self._stager.mark_uploaded()
@@ -255,11 +266,19 @@ class StreamDiffusion:
         self._advance_transition()
         if not self._primed:
             self.prime(x)
-        out = self.step_tensor(x)
+        return frame, x
+
+    def finish(self, out: Tensor, frame: np.ndarray | Tensor) -> np.ndarray | Tensor:
+        """Keep `out` (uint8 fbs x H x W x 3, any device) as the last output; return it like `frame`."""
         self.last_output = out
         self.frames_processed += 1
         self._force_next = False
         return fr.like_input(out, frame)
+
+    @property
+    def transition_active(self) -> bool:
+        """A prompt transition is in progress: each prepare() rewrites the prompt embeddings."""
+        return self._transition is not None
 
     def _filter_on(self) -> bool:
         return self.config.mode == "img2img" and self.config.similarity_threshold is not None

@@ -45,6 +45,10 @@ class FrameHandle:
     def __init__(self, slot: _Slot) -> None:
         self._slot = slot
 
+    def done(self) -> bool:
+        """True once the output is in host memory (never waits)."""
+        return self._slot.done.query()
+
     def result(self) -> torch.Tensor:
         """The output frame in pinned host memory; valid until this slot is reused (`slots` submits later)."""
         self._slot.done.synchronize()
@@ -57,6 +61,9 @@ class _Done(FrameHandle):
 
     def __init__(self, out: torch.Tensor) -> None:
         self._out = out
+
+    def done(self) -> bool:
+        return True
 
     def result(self) -> torch.Tensor:
         return self._out
@@ -189,19 +196,38 @@ class GraphedStep:
             self._try_capture(torch.as_tensor(frames).to(self.device))
         if self.capture_error is not None:
             return _Done(self.step_fn(torch.as_tensor(frames).to(self.device)).cpu())
-        index = self._next
-        self._next = (index + 1) % len(self._slots)
-        slot, lane = self._slots[index], self._lanes[index % len(self._lanes)]
-        if slot.busy:  # the caller never collected it: wait so its buffers can be reused
-            slot.done.synchronize()
+        slot, lane = self._next_slot()
         slot.uploaded.synchronize()  # the previous upload from this host buffer has finished
         _host_copy(slot.host_in, frames)
+        return self._launch(slot, lane, slot.host_in)
+
+    def submit_device(self, frames: torch.Tensor) -> FrameHandle:
+        """Like `submit` for frames already on the GPU (written on the caller's current stream)."""
+        if self.capture_error is None and self._needs_capture(tuple(frames.shape)):
+            self._try_capture(frames)
+        if self.capture_error is not None:
+            return _Done(self.step_fn(frames).cpu())
+        slot, lane = self._next_slot()
+        if lane.stream is not None:
+            frames.record_stream(lane.stream)  # its memory must outlive the copy on the lane's stream
+        return self._launch(slot, lane, frames)
+
+    def _next_slot(self) -> tuple[_Slot, _Lane]:
+        index = self._next
+        self._next = (index + 1) % len(self._slots)
+        slot = self._slots[index]
+        if slot.busy:  # the caller never collected it: wait so its buffers can be reused
+            slot.done.synchronize()
+        return slot, self._lanes[index % len(self._lanes)]
+
+    def _launch(self, slot: _Slot, lane: _Lane, source: torch.Tensor) -> FrameHandle:
+        """Upload, replay, download on the lane's stream; one event marks the frame done."""
         current = torch.cuda.current_stream(self.device)
         stream = lane.stream or current
         if lane.stream is not None:
             lane.stream.wait_stream(current)  # state written before this frame (prompt, settings) is seen
         with torch.cuda.stream(stream):
-            lane.static_in.copy_(slot.host_in, non_blocking=True)
+            lane.static_in.copy_(source, non_blocking=True)
             slot.uploaded.record(stream)
             lane.graph.replay()
             slot.host_out.copy_(lane.static_out, non_blocking=True)

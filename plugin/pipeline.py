@@ -82,16 +82,24 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
     return built
 
 
-def attach_graph(built: Any, stream: Any, progress: Progress) -> None:
+def attach_graph(built: Any, stream: Any, progress: Progress, frames_in_flight: int = 1) -> Any:
     """On a GPU, replay the stream's whole per-frame step as one CUDA graph (the measured fast
-    path); if capture fails the stream keeps the engine's modules and says so."""
+    path); if capture fails the stream keeps the engine's modules and says so. With
+    `frames_in_flight` > 1 the returned processor keeps that many frames on the GPU at once."""
     if built is None or stream.device.type != "cuda":
-        return
+        return stream
+    if frames_in_flight > 1:
+        from dreamcam.engines.inflight import InFlightStream
+
+        progress(f"per-frame step runs as CUDA graphs, up to {frames_in_flight} frames at once "
+                 "(1-step streams; more steps run one at a time)")
+        return InFlightStream(stream, frames_in_flight)
     try:
         if built.attach(stream) is not None:
             progress("per-frame step runs as one CUDA graph")
     except Exception as exc:  # noqa: BLE001 - a failed capture must not stop the stream
         log.warning("CUDA graph capture unavailable (%s); running the step without it", exc)
+    return stream
 
 
 def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
@@ -109,6 +117,5 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
     built = build_engine(app, components, settings, device, dtype, say)
     say("preparing the stream (prompt encoding, warm-up)")
     stream = StreamDiffusion(components, stream_config(app, settings), modules=built and built.modules)
-    attach_graph(built, stream, say)
     stream.engine_name = built.name if built else "eager"  # for the status line
-    return stream
+    return attach_graph(built, stream, say, app.frames_in_flight)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,6 +41,33 @@ class RunnerConfig:
     resize: str = "crop"
     model: str = ""
     engine: str = ""
+
+
+class _Ready:
+    """A frame computed at once (processors without `submit`, paused passthrough)."""
+
+    def __init__(self, out: np.ndarray) -> None:
+        self._out = out
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> np.ndarray:
+        return self._out
+
+
+@dataclass
+class _Job:
+    """A frame started on the processor, published when its result is collected."""
+
+    frame: Frame
+    t_start: float
+    settings: StreamSettings
+    version: int
+    work: Any  # .done() -> bool, .result() -> image
+    t0: float | None = None  # perf_counter at submit; None: not inferred (paused)
+    counts_skips: bool = False
+    skipped: bool = False
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -172,21 +199,71 @@ class Runner:
 
     # ---- inference -------------------------------------------------------------------------
     def _inference_loop(self) -> None:
+        """Take the newest frame, start it, publish results in frame order. A processor with
+        `submit` and `lanes` > 1 keeps up to that many frames in flight while frames keep coming;
+        when none is waiting, the oldest result is published at once (no added delay)."""
         if self.processor is None and self._load_processor is not None:
             self._load_in_background()
+        pending: collections.deque[_Job] = collections.deque()
         while not self._stop.is_set():
-            frame = self.in_box.get(timeout=0.1)
+            while pending and pending[0].work.done():
+                self._finish(pending.popleft())
+            if pending and len(pending) >= self._depth():
+                self._finish(pending.popleft())
+                continue
+            frame = self.in_box.get(timeout=0.002 if pending else 0.1)
             if frame is None:
+                if pending:
+                    self._finish(pending.popleft())
                 continue
-            t_start = time.monotonic()
-            settings, version = self._settings_for_frame()
-            out = self._process(frame, settings)
-            if out is None:
-                continue
-            meta = dict(frame.meta, settings_version=version, t_start=t_start, paused=settings.paused,
-                        t_processed=time.monotonic())
-            self.history.append((frame.index, meta))
-            self.out_box.put(Frame(out, frame.t_capture, frame.index, meta))
+            job = self._start(frame)
+            if job is not None:
+                pending.append(job)
+
+    def _depth(self) -> int:
+        processor = self.processor
+        return max(1, int(getattr(processor, "lanes", 1))) if hasattr(processor, "submit") else 1
+
+    def _start(self, frame: Frame) -> "_Job | None":
+        t_start = time.monotonic()
+        settings, version = self._settings_for_frame()
+        width, height, policy = self.config.width, self.config.height, self.config.resize
+        processor = self.processor
+        if settings.paused or processor is None:
+            return _Job(frame, t_start, settings, version, _Ready(fit(frame.image, width, height, policy)))
+        # the core fits frames itself, on the GPU; anything else gets them fitted here
+        image = frame.image if fits_frames(processor) else fit(frame.image, width, height, policy)
+        skipped_before = getattr(processor, "frames_skipped", None)
+        t0 = time.perf_counter()
+        try:
+            work = processor.submit(image) if hasattr(processor, "submit") else _Ready(processor(image))
+        except Exception as exc:
+            self._frame_failed(exc)
+            return None
+        skipped = skipped_before is not None and processor.frames_skipped != skipped_before
+        return _Job(frame, t_start, settings, version, work, t0, skipped_before is not None, skipped)
+
+    def _finish(self, job: "_Job") -> None:
+        try:
+            out = job.work.result()
+        except Exception as exc:
+            self._frame_failed(exc)
+            return
+        if job.t0 is not None:
+            self._infer_ms.add((time.perf_counter() - job.t0) * 1000)
+            self._fps_infer.tick()
+            if job.counts_skips:  # the core counts frames its similarity filter skipped
+                self._skips.add(1.0 if job.skipped else 0.0)
+        frame = job.frame
+        meta = dict(frame.meta, settings_version=job.version, t_start=job.t_start, paused=job.settings.paused,
+                    t_processed=time.monotonic())
+        self.history.append((frame.index, meta))
+        self.out_box.put(Frame(out, frame.t_capture, frame.index, meta))
+
+    def _frame_failed(self, exc: Exception) -> None:
+        kind = "GPU out of memory" if _is_out_of_memory(exc) else "frame failed"
+        log.warning("%s: %s", kind, exc)
+        self._set_error("inference", f"{kind}: {exc}", hold=ERROR_HOLD_S)
 
     def _load_in_background(self) -> None:
         def load() -> None:
@@ -222,28 +299,6 @@ class Runner:
         self._clear_error("settings")
         self.active_settings = settings
         return settings, version
-
-    def _process(self, frame: Frame, settings: StreamSettings) -> np.ndarray | None:
-        width, height, policy = self.config.width, self.config.height, self.config.resize
-        processor = self.processor
-        if settings.paused or processor is None:
-            return fit(frame.image, width, height, policy)
-        # the core fits frames itself, on the GPU; anything else gets them fitted here
-        image = frame.image if fits_frames(processor) else fit(frame.image, width, height, policy)
-        skipped_before = getattr(processor, "frames_skipped", None)
-        t0 = time.perf_counter()
-        try:
-            out = processor(image)
-        except Exception as exc:
-            kind = "GPU out of memory" if _is_out_of_memory(exc) else "frame failed"
-            log.warning("%s: %s", kind, exc)
-            self._set_error("inference", f"{kind}: {exc}", hold=ERROR_HOLD_S)
-            return None
-        self._infer_ms.add((time.perf_counter() - t0) * 1000)
-        self._fps_infer.tick()
-        if skipped_before is not None:  # the core counts frames its similarity filter skipped
-            self._skips.add(1.0 if processor.frames_skipped != skipped_before else 0.0)
-        return out
 
     # ---- publish ---------------------------------------------------------------------------
     def _publish_loop(self) -> None:

@@ -155,7 +155,8 @@ class AppSettings:
     height: int = 512
     resize: str = "crop"
     fps: float = 30.0  # output (virtual camera) frame rate
-    frame_buffer_size: int = 1
+    frame_buffer_size: int = 1  # the live app sends one frame per call; kept for configs that name it
+    frames_in_flight: int = 1  # 2-4: frames computed at once on the GPU (1-step streams), more fps, more delay
     obs_host: str = "127.0.0.1"
     obs_port: int = 4455
     obs_password: str = field(default="", repr=False)  # never logged
@@ -179,6 +180,9 @@ class AppSettings:
             if value % 8:
                 raise SettingsError(name, f"must be a multiple of 8, got {value}")
         _number("fps", self.fps, 1, 240)
-        _number("frame_buffer_size", self.frame_buffer_size, 1, 16, integer=True)
+        if self.frame_buffer_size != 1:
+            raise SettingsError("frame_buffer_size", "the live app processes one frame per call; for more frames "
+                                "per second set frames_in_flight to 2-4 (frame batching is for the Python API)")
+        _number("frames_in_flight", self.frames_in_flight, 1, 4, integer=True)
         _number("obs_port", self.obs_port, 1, 65535, integer=True)
         _number("control_port", self.control_port, 0, 65535, integer=True)

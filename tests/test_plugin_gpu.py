@@ -14,15 +14,18 @@ from plugin_helpers import dreamcam_threads, wait_for
 pytestmark = pytest.mark.gpu
 
 
-def test_app_runs_on_the_gpu(tiny_model_dir, engine="eager"):
+@pytest.mark.parametrize("frames_in_flight", [1, 3])
+def test_app_runs_on_the_gpu(tiny_model_dir, frames_in_flight, engine="eager"):
     # engine="auto" builds a torch.compile engine first (minutes); the engines' own tests cover it
     import torch
 
     assert torch.cuda.is_available(), "this test needs a CUDA GPU"
     settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="auto",
-                           dtype="float16", engine=engine, width=256, height=256, fps=30, control_port=0)
+                           dtype="float16", engine=engine, width=256, height=256, fps=30, control_port=0,
+                           frames_in_flight=frames_in_flight)
     processor = build_processor(settings, StreamSettings(similarity_filter=False), local_files_only=True)
     assert processor.device.type == "cuda"
+    assert getattr(processor, "lanes", 1) == frames_in_flight
     sink = NullSink()
     app = DreamcamApp(settings, StreamSettings(similarity_filter=False), source=PatternSource(256, 256, 60),
                       sink=sink, processor=processor)

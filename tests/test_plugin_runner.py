@@ -228,3 +228,61 @@ def test_model_loads_in_the_background_while_the_input_passes_through():
                                                pattern.render(read_index(255 - backend.snapshot()[-1][1]))))
     finally:
         app.stop()
+
+
+class OverlappingProcessor(PassThrough):
+    """Stands in for the GPU's frames in flight (`engines.inflight.InFlightStream`): `submit`
+    starts a frame on a worker thread, `result()` collects it; counts frames uncollected."""
+
+    def __init__(self, lanes: int, delay: float) -> None:
+        super().__init__(delay)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.lanes = lanes
+        self.pool = ThreadPoolExecutor(lanes)
+        self.outstanding = self.max_outstanding = 0
+
+    def submit(self, image):
+        self.outstanding += 1
+        self.max_outstanding = max(self.max_outstanding, self.outstanding)
+        future = self.pool.submit(super().__call__, image)
+        processor = self
+
+        class Pending:
+            def done(self):
+                return future.done()
+
+            def result(self):
+                out = future.result()
+                processor.outstanding -= 1
+                return out
+
+        return Pending()
+
+
+def test_frames_in_flight_overlap_and_are_published_in_frame_order():
+    processor = OverlappingProcessor(lanes=3, delay=0.05)
+    app, _ = make_app(source_fps=120, sink_fps=20, processor=processor)
+    app.start()
+    try:
+        assert wait_for(lambda: len(app.runner.history) >= 30, timeout=20)
+    finally:
+        app.stop()
+        processor.pool.shutdown()
+    indices = [index for index, _ in app.runner.history]
+    assert all(b > a for a, b in zip(indices, indices[1:])), indices
+    assert processor.max_outstanding == 3  # never more than the processor's lanes, and it used them
+
+
+def test_frames_in_flight_add_no_delay_when_the_source_is_slower_than_the_gpu():
+    processor = OverlappingProcessor(lanes=3, delay=0.01)
+    app, _ = make_app(source_fps=8, sink_fps=20, processor=processor)
+    app.start()
+    try:
+        assert wait_for(lambda: len(app.runner.history) >= 6, timeout=20)
+    finally:
+        app.stop()
+        processor.pool.shutdown()
+    held = [meta["t_processed"] - meta["t_start"] for _, meta in list(app.runner.history)]
+    assert max(held) < 0.1, held  # published before the next frame (125 ms later) arrives
+    assert processor.max_outstanding == 1

@@ -95,3 +95,12 @@ def test_messages_round_trip_and_reject_bad_envelopes():
     assert "bytes" in error and store.current.prompt == "cat"
     assert handle_event(store, {"dreamcam": {"v": 1, "kind": "dance"}}, "t") is None
     assert store.version == 1
+
+
+def test_frames_in_flight_is_validated_and_frame_batching_points_to_it():
+    assert AppSettings(frames_in_flight=3).frames_in_flight == 3
+    with pytest.raises(SettingsError, match="frames_in_flight"):
+        AppSettings(frames_in_flight=9)
+    with pytest.raises(SettingsError, match="frames_in_flight") as err:
+        AppSettings(frame_buffer_size=2)  # the runner sends one frame per call
+    assert err.value.field == "frame_buffer_size"
