@@ -290,15 +290,49 @@ def _checkout_root() -> Optional[Path]:
     return None
 
 
+def bench_results_dir() -> Path:
+    """Where `dreamcam bench` keeps its JSON results: the user data folder, not the checkout."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("dreamcam", appauthor=False)) / "bench"
+
+
+def _bench_args(args: list[str]) -> tuple[list[str], Optional[Path]]:
+    """The arguments for bench.run (which runs inside the checkout): --json and --out paths made
+    absolute against the user's folder, and a --json in the results folder when none is given."""
+    out: list[str] = []
+    json_path: Optional[Path] = None
+    items = iter(args)
+    for arg in items:
+        name, eq, value = arg.partition("=")
+        if name in ("--json", "--out"):
+            value = value if eq else next(items, "")
+            path = Path(value).expanduser().absolute() if value else None
+            json_path = path if name == "--json" else json_path
+            out += [name, str(path) if path else value]
+        else:
+            out.append(arg)
+    if json_path is None and not {"-h", "--help"} & set(args):
+        from datetime import datetime
+
+        json_path = bench_results_dir() / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
+        out += ["--json", str(json_path)]
+    return out, json_path
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
-    """Run the benchmark (python -m bench.run from a checkout); extra arguments pass through."""
+    """Run the benchmark (python -m bench.run from a checkout); extra arguments pass through.
+    The JSON results go to the user data folder unless --json PATH is given."""
     root = _checkout_root()
     if root is None:
         _fail("the benchmark lives in bench/ of a source checkout: clone the repository and run "
               "`python -m bench.run` there (or `dreamcam bench` from that folder)")
         return
-    code = subprocess.call([sys.executable, "-m", "bench.run", *ctx.args], cwd=root)
+    args, json_path = _bench_args(list(ctx.args))
+    code = subprocess.call([sys.executable, "-m", "bench.run", *args], cwd=root)
+    if json_path is not None and json_path.is_file():
+        console.print(f"bench results: {json_path}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

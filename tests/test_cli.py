@@ -171,3 +171,30 @@ def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path
         port = str(taken.getsockname()[1])
         result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port)
     assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in " ".join(result.stderr.split())
+
+
+def _bench(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """The real benchmark at its smallest: CPU, tiny widths, no variants (the floor only)."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "COLUMNS": "400"}
+    return subprocess.run(dreamcam("bench", "--small", "--variants=", "--skip-reference", *args), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_bench_writes_its_results_to_the_user_data_folder_not_the_checkout(tmp_path):
+    import json
+    from pathlib import Path
+
+    checkout_json = Path(__file__).resolve().parents[1] / "bench-results.json"
+    before = checkout_json.stat().st_mtime_ns if checkout_json.exists() else None
+    result = _bench(tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = list((tmp_path / "data" / "dreamcam" / "bench").glob("bench-*.json"))
+    assert len(written) == 1 and "env" in json.loads(written[0].read_text())
+    assert f"bench results: {written[0]}" in result.stdout
+    after = checkout_json.stat().st_mtime_ns if checkout_json.exists() else None
+    assert after == before  # nothing written into the source checkout
+    result = _bench(tmp_path, "--json", "mine.json")  # a relative --json means the user's folder
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "env" in json.loads((tmp_path / "mine.json").read_text())
+    assert f"bench results: {tmp_path / 'mine.json'}" in result.stdout
+    assert len(list((tmp_path / "data" / "dreamcam" / "bench").glob("*.json"))) == 1
