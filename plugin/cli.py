@@ -113,7 +113,9 @@ def run(
 
 
 def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
-             obs_camera: Optional[str] = None) -> None:
+             obs_camera: Optional[str] = None, build=None) -> None:
+    """`build(app_settings, stream_settings, progress=...)` makes the processor (default: the
+    pipeline's build_processor)."""
     from rich.live import Live
 
     from .app import DreamcamApp
@@ -133,10 +135,11 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
         _fail(str(exc), 1)
         return
     try:
-        processor = _build_with_progress(build_processor, app_settings, stream_settings)
+        processor = _build_with_progress(build or build_processor, app_settings, stream_settings)
     except BaseException as exc:  # model errors carry their own fix
         dream.stop()
         if isinstance(exc, KeyboardInterrupt):
+            err.print("interrupted while loading the model; nothing was started.", highlight=False, markup=False)
             raise typer.Exit(130)
         _fail(f"could not build the pipeline: {exc}", 1)
         return

@@ -198,3 +198,34 @@ def test_bench_writes_its_results_to_the_user_data_folder_not_the_checkout(tmp_p
     assert "env" in json.loads((tmp_path / "mine.json").read_text())
     assert f"bench results: {tmp_path / 'mine.json'}" in result.stdout
     assert len(list((tmp_path / "data" / "dreamcam" / "bench").glob("*.json"))) == 1
+
+
+def test_ctrl_c_during_the_model_load_says_so_and_exits_130(tiny_model_dir, capsys):
+    """A real SIGINT (what Ctrl+C sends) arrives as the real tiny model starts loading."""
+    import pytest
+    import typer
+
+    from dreamcam.plugin.cli import _run_app
+    from dreamcam.plugin.pipeline import build_processor
+    from dreamcam.plugin.settings import AppSettings, StreamSettings
+
+    def build_interrupted(app_settings, stream_settings, progress):
+        def step(text: str) -> None:
+            progress(text)
+            signal.raise_signal(signal.SIGINT)  # the default handler raises KeyboardInterrupt here
+
+        return build_processor(app_settings, stream_settings, progress=step)
+
+    app_settings = AppSettings(source="pattern", sink="null", model=str(tiny_model_dir),
+                               tiny_vae=str(tiny_model_dir / "taesd"), device="cpu", dtype="float32",
+                               engine="eager", width=64, height=64, control_port=0)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(typer.Exit) as stopped:
+            _run_app(app_settings, StreamSettings(), obs=False, frames=2, build=build_interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stopped.value.exit_code == 130
+    stderr = " ".join(capsys.readouterr().err.split())
+    assert "interrupted while loading the model; nothing was started." in stderr
+    assert "Traceback" not in stderr
