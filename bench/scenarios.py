@@ -100,6 +100,9 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         result["top_kernels"] = kernel_profile(lambda: pipe.run_device(dev[0]))
     if s.app_path:
         result["core_call_numpy"] = _stats(_core_call(components, s, modules, [f[0] for f in host], frames, config))
+    if s.app_path and s.lanes and cuda:
+        result["core_call_in_flight"] = {str(k): _core_in_flight(components, s, modules, [f[0] for f in host], frames, k)
+                                         for k in s.lanes}
     del pipe, stream
     return result
 
@@ -160,6 +163,26 @@ def _core_call(components, s: Scenario, modules, host, frames: int, config=None)
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
     attach_graph(stream, config)
     return frame_times(lambda i: stream(host[i % len(host)]), frames)
+
+
+def _core_in_flight(components, s: Scenario, modules, host, frames: int, lanes: int) -> dict:
+    """The app's path with frames in flight: `InFlightStream(stream, lanes).submit(numpy frame)`
+    (what the runner calls with frames_in_flight = lanes), results collected in order."""
+    from dreamcam.core.stream import StreamDiffusion
+    from dreamcam.engines.inflight import InFlightStream
+
+    flight = InFlightStream(StreamDiffusion(components, s.stream_config(), modules=modules), lanes)
+    for i in range(3):
+        flight(host[i % len(host)])
+    pending: list = []
+    start = time.perf_counter()
+    for i in range(frames):
+        if len(pending) == lanes:
+            pending.pop(0).result()
+        pending.append(flight.submit(host[i % len(host)]))
+    for p in pending:
+        p.result()
+    return {"fps": round(frames / (time.perf_counter() - start), 1)}
 
 
 def stage_times(stream, modules, frame_dev: torch.Tensor) -> dict:
