@@ -34,7 +34,8 @@ class PendingFrame:
             from dreamcam.core import frames as fr
 
             return fr.like_input(self._stream.last_output, self._frame)
-        out = self._handle.result().clone()  # the pinned buffer is reused a few submits later
+        # a plain pageable copy: the pinned buffer is reused a few submits later
+        out = torch.from_numpy(self._handle.result().numpy().copy())
         return self._stream.finish(out, self._frame)
 
 
