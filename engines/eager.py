@@ -90,6 +90,13 @@ def compute_dtype(config: EngineConfig, device: torch.device, io: torch.dtype) -
     return config.torch_dtype if device.type == "cuda" else io
 
 
+def vae_dtype(components: Any, dtype: torch.dtype) -> torch.dtype:
+    """The loader may keep a full VAE in float32 behind a float16 stream (SDXL's force_upcast);
+    an engine keeps that choice."""
+    own = getattr(components, "vae_dtype", None)
+    return torch.float32 if own == torch.float32 and dtype == torch.float16 else dtype
+
+
 def prepare(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) -> tuple[StepModules, torch.dtype, torch.dtype]:
     """Retune the models in place; returns (the core's eager modules, compute dtype, the stream's dtype)."""
     unet, vae = model_parts(components)
@@ -97,8 +104,8 @@ def prepare(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) 
     device = module_device(unet)
     dtype = compute_dtype(config, device, io)
     channels_last = config.channels_last and device.type == "cuda"
-    for module in (unet, vae):
-        tune_module(module, dtype, channels_last)
+    tune_module(unet, dtype, channels_last)
+    tune_module(vae, vae_dtype(components, dtype), channels_last)
     use_sdpa(unet)
     if qkv_fusion:
         fuse_qkv(unet)

@@ -88,3 +88,16 @@ def test_upcast_only_for_a_float16_sdxl_full_vae_that_asks_for_it(tiny_sdxl_dir)
                                      local_files_only=True))
     assert comp.vae_kind == "tiny" and comp.vae_dtype == torch.float16
     assert {p.dtype for p in comp.vae.parameters()} == {torch.float16}
+
+
+def test_the_eager_engine_keeps_the_upcast_vae(tiny_sdxl_dir, tmp_path):
+    from dreamcam.engines import EngineConfig, create_engine
+
+    comp = load_components(ModelSpec(str(tiny_sdxl_dir), tiny_vae=None, dtype="float16", local_files_only=True))
+    engine = create_engine("eager", comp, EngineConfig(cache_dir=tmp_path, probe=False))
+    assert {p.dtype for p in comp.vae.parameters()} == {torch.float32}
+    assert {p.dtype for p in comp.unet.parameters()} == {torch.float16}
+    images = torch.rand(1, 3, 64, 64).mul(2).sub(1).to(torch.float16)
+    with torch.no_grad():
+        decoded = engine.modules.decode(engine.modules.encode(images))
+    assert decoded.dtype == torch.float16 and torch.isfinite(decoded).all()
