@@ -87,6 +87,7 @@ def run(
     obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene."),
     control_port: Optional[int] = typer.Option(None, help="Local control port for `dreamcam set` (0 = off)."),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
+    frames_in_flight: Optional[int] = typer.Option(None, help="1-4: frames computed at once on the GPU (1-step streams): more frames per second when the source is faster than the GPU, each frame a little later."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
 ) -> None:
     """Capture, transform and publish until Ctrl+C."""
@@ -96,7 +97,7 @@ def run(
     width, height = _size(size)
     cli_app = dict(source=source, sink=sink, model=model, engine=engine, fps=fps, device=device, dtype=dtype,
                    lcm_lora=lcm_lora, width=width, height=height, obs_host=obs_host, obs_port=obs_port,
-                   obs_password=obs_password, control_port=control_port)
+                   obs_password=obs_password, control_port=control_port, frames_in_flight=frames_in_flight)
     cli_app["tiny_vae"] = tiny_vae  # "none" (the model's own VAE) is understood by AppSettings
     cli_stream = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
                       t_index_list=_t_index(t_index), guidance_scale=guidance, seed=seed,

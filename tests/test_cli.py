@@ -82,7 +82,7 @@ def test_run_writes_a_file_from_the_tiny_model(tmp_path, tiny_model_dir):
 
 def test_run_rejects_bad_settings_naming_the_field(tmp_path):
     for args, field in ((["--strength", "-0.5"], "strength"), (["--engine", "warp"], "engine"),
-                        (["--prompt", "x" * 100_000], "prompt")):
+                        (["--prompt", "x" * 100_000], "prompt"), (["--frames-in-flight", "9"], "frames_in_flight")):
         result = run_cli("run", "--sink", "null", *args)
         assert result.returncode == 2
         assert f"{field}:" in result.stderr, result.stderr
