@@ -48,8 +48,9 @@ class InFlightStream:
 
     @property
     def lanes(self) -> int:
-        """How many frames a caller may keep uncollected (the GPU overlaps them when stateless)."""
-        return self.graphed.lanes
+        """How many frames a caller should keep uncollected: the lanes of the current capture (one
+        for a multi-step stream, where more would only queue), else the configured number."""
+        return self.graphed.active_lanes or self.graphed.lanes
 
     @torch.no_grad()
     def submit(self, frame: Frame | None = None) -> PendingFrame:
