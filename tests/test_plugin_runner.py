@@ -260,29 +260,27 @@ class OverlappingProcessor(PassThrough):
         return Pending()
 
 
-def test_frames_in_flight_overlap_and_are_published_in_frame_order():
-    processor = OverlappingProcessor(lanes=3, delay=0.05)
-    app, _ = make_app(source_fps=120, sink_fps=20, processor=processor)
+def _history_with(processor: OverlappingProcessor, source_fps: float, frames: int) -> list[tuple[int, dict]]:
+    app, _ = make_app(source_fps=source_fps, sink_fps=20, processor=processor)
     app.start()
     try:
-        assert wait_for(lambda: len(app.runner.history) >= 30, timeout=20)
+        assert wait_for(lambda: len(app.runner.history) >= frames, timeout=20)
     finally:
         app.stop()
         processor.pool.shutdown()
-    indices = [index for index, _ in app.runner.history]
+    return list(app.runner.history)
+
+
+def test_frames_in_flight_overlap_and_are_published_in_frame_order():
+    processor = OverlappingProcessor(lanes=3, delay=0.05)
+    indices = [index for index, _ in _history_with(processor, source_fps=120, frames=30)]
     assert all(b > a for a, b in zip(indices, indices[1:])), indices
     assert processor.max_outstanding == 3  # never more than the processor's lanes, and it used them
 
 
 def test_frames_in_flight_add_no_delay_when_the_source_is_slower_than_the_gpu():
     processor = OverlappingProcessor(lanes=3, delay=0.01)
-    app, _ = make_app(source_fps=8, sink_fps=20, processor=processor)
-    app.start()
-    try:
-        assert wait_for(lambda: len(app.runner.history) >= 6, timeout=20)
-    finally:
-        app.stop()
-        processor.pool.shutdown()
-    held = [meta["t_processed"] - meta["t_start"] for _, meta in list(app.runner.history)]
+    history = _history_with(processor, source_fps=8, frames=6)
+    held = [meta["t_processed"] - meta["t_start"] for _, meta in history]
     assert max(held) < 0.1, held  # published before the next frame (125 ms later) arrives
     assert processor.max_outstanding == 1
