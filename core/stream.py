@@ -204,7 +204,7 @@ class StreamDiffusion:
             eps_u = self.delta * stock if cfg == "self" else eps_c
         eps = eps_c if cfg == "none" else eps_u + self.guidance * (eps_c - eps_u)
         x0 = self.c_out * (x - self.beta * eps) / self.alpha + self.c_skip * x
-        if cfg in ("self", "initialize"):
+        if cfg in ("self", "initialize") and self.num_steps > 1:  # one step: nothing reads it (stateless)
             drift = self.c_out * (self.beta * stock - self.beta * eps) / self.alpha + self.c_skip * self.beta * stock
             self.stock.copy_(self.noise_next + self.alpha_next * drift / self.beta_next)
         if self.num_steps > 1:

@@ -53,6 +53,12 @@ class Engine:
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (engine, why it was skipped)
     build_seconds: float = 0.0
 
+    @property
+    def concurrent(self) -> bool:
+        """Whether several calls may run at once on different CUDA streams (frames in flight).
+        A TensorRT module holds one execution context and one set of I/O buffers."""
+        return self.name != "tensorrt"
+
     def attach(self, stream: Any, config: EngineConfig | None = None):
         """Run `stream`'s whole step as one CUDA graph (GPU only; returns the GraphedStep or None)."""
         from .runner import attach_graph

@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 StepFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -99,6 +103,7 @@ class GraphedStep:
         self.state_fn = state_fn  # the step's persistent state: restored after warm-up, so capture has no side effect
         self.captures = 0
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
+        self._failed_key: Hashable = None
         self._key: Hashable = object()
         self._lanes: list[_Lane] = []
         self._slots: list[_Slot] = []
@@ -113,7 +118,7 @@ class GraphedStep:
     def _needs_capture(self, shape: tuple[int, ...]) -> bool:
         return not self._lanes or self._key != (self.shape_key_fn(), shape)
 
-    def _capture(self, first: torch.Tensor) -> None:
+    def _capture(self, first: torch.Tensor, n_lanes: int) -> None:
         """Warm up on a side stream (allocations, autotuning, lazy state), then capture each lane."""
         torch.cuda.synchronize(self.device)
         self._lanes = []
@@ -121,17 +126,21 @@ class GraphedStep:
         static_in.copy_(first)
         state = self.state_fn() if self.state_fn else []
         saved = [t.clone() for t in state]
-        n_lanes = self.lanes if self.lanes > 1 and self.stateless_fn() else 1
+        # one lane: warm up on a side stream, capture on torch's capture stream, replay on the
+        # caller's; several: each lane is warmed up, captured and replayed on a stream of its own
+        streams = [torch.cuda.Stream(self.device) for _ in range(n_lanes)] if n_lanes > 1 else [None]
+        current = torch.cuda.current_stream(self.device)
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self.step_fn(static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            for stream in streams:
+                side = stream or torch.cuda.Stream(self.device)
+                side.wait_stream(current)
+                with torch.cuda.stream(side):
+                    for _ in range(self.warmup):
+                        self.step_fn(static_in)
+                current.wait_stream(side)
             torch.cuda.synchronize(self.device)
-            lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), n_lanes > 1)
-                     for i in range(n_lanes)]
+            lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
+                     for i, stream in enumerate(streams)]
         finally:  # warm-up steps must not count as frames, whether or not the capture worked
             with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
                 for tensor, value in zip(state, saved):
@@ -144,11 +153,13 @@ class GraphedStep:
         self._next = 0
         self.captures += 1
 
-    def _capture_lane(self, static_in: torch.Tensor, own_stream: bool) -> _Lane:
-        graph = torch.cuda.CUDAGraph()  # a private memory pool: lanes never share intermediates
-        with torch.cuda.graph(graph):
+    def _capture_lane(self, static_in: torch.Tensor, stream: torch.cuda.Stream | None) -> _Lane:
+        """A private memory pool per lane, and each lane captured on its own stream: PyTorch keys
+        library workspaces (cuBLAS) by stream, so lanes replayed at once never share one."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
             static_out = self.step_fn(static_in)
-        return _Lane(graph, static_in, static_out, torch.cuda.Stream(self.device) if own_stream else None)
+        return _Lane(graph, static_in, static_out, stream)
 
     @staticmethod
     def _new_slot(in_shape: torch.Size, out_shape: torch.Size) -> _Slot:
@@ -161,22 +172,39 @@ class GraphedStep:
 
     # -- per frame -------------------------------------------------------------------------
     def _try_capture(self, first: torch.Tensor) -> bool:
-        """Capture; on failure remember why and run the step uncaptured from then on."""
+        """Capture (with fewer lanes if that fails: each lane holds its own memory); on failure
+        remember why, and run the step uncaptured until the shape key or frame shape changes."""
+        key = (self.shape_key_fn(), tuple(first.shape))
         if self.device.type != "cuda":
-            self.capture_error = "no CUDA device: the step runs uncaptured"
+            self._fail(key, "no CUDA device: the step runs uncaptured")
             return False
-        try:
-            self._capture(first)
-            return True
-        except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
-            self.capture_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-            self._lanes = []
-            torch.cuda.synchronize(self.device)
-            return False
+        wanted = self.lanes if self.lanes > 1 and self.stateless_fn() else 1
+        for n_lanes in dict.fromkeys((wanted, 1)):
+            try:
+                self._capture(first, n_lanes)
+                self.capture_error = None
+                return True
+            except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
+                self._lanes = []
+                torch.cuda.synchronize(self.device)
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if n_lanes > 1:
+                    log.warning("capturing %d frames in flight failed (%s); trying one", n_lanes, reason)
+        self._fail(key, reason)
+        return False
+
+    def _fail(self, key: Hashable, reason: str) -> None:
+        if self.device.type == "cuda":
+            log.warning("CUDA graph capture failed, the step runs uncaptured: %s", reason)
+        self.capture_error, self._failed_key = reason, key
+
+    def _uncaptured(self, shape: tuple[int, ...]) -> bool:
+        """The capture failed for this very shape key and frame shape (a new one is tried again)."""
+        return self.capture_error is not None and self._failed_key == (self.shape_key_fn(), shape)
 
     def run_device(self, frames: torch.Tensor) -> torch.Tensor:
         """Device frames in, device frames out (the returned tensor is the graph's static output)."""
-        if self.capture_error is not None:
+        if self._uncaptured(tuple(frames.shape)):
             return self.step_fn(frames)
         if self._needs_capture(tuple(frames.shape)):
             if not self._try_capture(frames.to(self.device)):
@@ -192,9 +220,9 @@ class GraphedStep:
 
         Results come back in submit order as long as callers collect handles in that order."""
         shape = tuple(frames.shape)
-        if self.capture_error is None and self._needs_capture(shape):
+        if not self._uncaptured(shape) and self._needs_capture(shape):
             self._try_capture(torch.as_tensor(frames).to(self.device))
-        if self.capture_error is not None:
+        if self._uncaptured(shape):
             return _Done(self.step_fn(torch.as_tensor(frames).to(self.device)).cpu())
         slot, lane = self._next_slot()
         slot.uploaded.synchronize()  # the previous upload from this host buffer has finished
@@ -203,9 +231,10 @@ class GraphedStep:
 
     def submit_device(self, frames: torch.Tensor) -> FrameHandle:
         """Like `submit` for frames already on the GPU (written on the caller's current stream)."""
-        if self.capture_error is None and self._needs_capture(tuple(frames.shape)):
+        shape = tuple(frames.shape)
+        if not self._uncaptured(shape) and self._needs_capture(shape):
             self._try_capture(frames)
-        if self.capture_error is not None:
+        if self._uncaptured(shape):
             return _Done(self.step_fn(frames).cpu())
         slot, lane = self._next_slot()
         if lane.stream is not None:

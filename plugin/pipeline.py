@@ -82,12 +82,21 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
     return built
 
 
+def usable_frames_in_flight(built: Any, wanted: int) -> int:
+    """`wanted`, or 1 with a warning when the engine's modules cannot run two calls at once."""
+    if wanted > 1 and not getattr(built, "concurrent", True):
+        log.warning("the %s engine runs one frame at a time: frames_in_flight %d is not used", built.name, wanted)
+        return 1
+    return wanted
+
+
 def attach_graph(built: Any, stream: Any, progress: Progress, frames_in_flight: int = 1) -> Any:
     """On a GPU, replay the stream's whole per-frame step as one CUDA graph (the measured fast
     path); if capture fails the stream keeps the engine's modules and says so. With
     `frames_in_flight` > 1 the returned processor keeps that many frames on the GPU at once."""
     if built is None or stream.device.type != "cuda":
         return stream
+    frames_in_flight = usable_frames_in_flight(built, frames_in_flight)
     if frames_in_flight > 1:
         from dreamcam.engines.inflight import InFlightStream
 

@@ -206,7 +206,7 @@ class Runner:
             self._load_in_background()
         pending: collections.deque[_Job] = collections.deque()
         while not self._stop.is_set():
-            while pending and pending[0].work.done():
+            while pending and self._ready(pending[0]):
                 self._finish(pending.popleft())
             if pending and len(pending) >= self._depth():
                 self._finish(pending.popleft())
@@ -219,6 +219,13 @@ class Runner:
             job = self._start(frame)
             if job is not None:
                 pending.append(job)
+
+    def _ready(self, job: "_Job") -> bool:
+        """Finished (or failed: `_finish` then reports it), without waiting."""
+        try:
+            return job.work.done()
+        except Exception:  # noqa: BLE001 - the error surfaces from result() in _finish
+            return True
 
     def _depth(self) -> int:
         processor = self.processor

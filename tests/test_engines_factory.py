@@ -160,3 +160,13 @@ def test_compiled_engine_on_the_cpu_gives_the_core_frames(tiny_model_dir, tmp_pa
     assert engine.name == "compiled", engine.describe()
     got = _run(StreamDiffusion(comps, cfg, modules=engine.modules), frames)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 2  # fp32; fused kernels round differently
+
+
+def test_frames_in_flight_are_not_used_with_an_engine_that_runs_one_call_at_a_time(caplog):
+    from dreamcam.engines.factory import Engine
+    from dreamcam.plugin.pipeline import usable_frames_in_flight
+
+    assert usable_frames_in_flight(Engine("compiled", modules=None, reason=""), 3) == 3
+    assert usable_frames_in_flight(Engine("tensorrt", modules=None, reason=""), 3) == 1
+    assert "runs one frame at a time" in caplog.text
+    assert usable_frames_in_flight(None, 2) == 2  # the core's own modules

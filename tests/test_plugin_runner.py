@@ -284,3 +284,29 @@ def test_frames_in_flight_add_no_delay_when_the_source_is_slower_than_the_gpu():
     held = [meta["t_processed"] - meta["t_start"] for _, meta in history]
     assert max(held) < 0.1, held  # published before the next frame (125 ms later) arrives
     assert processor.max_outstanding == 1
+
+
+def test_a_frame_whose_completion_check_fails_is_reported_and_the_stream_goes_on():
+    processor = OverlappingProcessor(lanes=2, delay=0.01)
+    real_submit = processor.submit
+    calls = {"n": 0}
+
+    def submit(image):
+        pending = real_submit(image)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            def broken():
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            pending.done = pending.result = broken
+        return pending
+
+    processor.submit = submit
+    app, _ = make_app(source_fps=60, sink_fps=20, processor=processor)
+    app.start()
+    try:
+        assert wait_for(lambda: "illegal memory access" in app.board.latest().error, timeout=10)
+        assert wait_for(lambda: len(app.runner.history) >= 10, timeout=20)
+        assert app.is_running
+    finally:
+        app.stop()
+        processor.pool.shutdown()
