@@ -137,3 +137,31 @@ def test_tensorrt_engine_builds_runs_and_is_cached(tiny_model_dir, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in built]
     again = create_engine("tensorrt", _components(tiny_model_dir), config)  # same key: loads, no rebuild
     assert again.name == "tensorrt" and [p.stat().st_mtime_ns for p in built] == stamps
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_failed_multi_lane_capture_falls_back_to_one_lane_and_a_new_shape_tries_again():
+    from dreamcam.engines.graphed import GraphedStep
+
+    captures = {"n": 0, "fail_from": 2, "always": False}
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        if torch.cuda.is_current_stream_capturing():
+            captures["n"] += 1
+            if captures["always"] or captures["n"] == captures["fail_from"]:
+                raise RuntimeError("out of memory while capturing (planted)")
+        return (x.float() * 0.5).to(torch.uint8)
+
+    graphed = GraphedStep(step, lambda: "key", lanes=3, stateless_fn=lambda: True)
+    frame = torch.full((1, 8, 8, 3), 200, dtype=torch.uint8, device="cuda")
+    assert graphed.submit(frame.cpu()).result()[0, 0, 0, 0] == 100
+    assert graphed.capture_error is None and graphed.active_lanes == 1  # the second lane failed: one lane
+    captures["always"] = True
+    bigger = torch.full((1, 16, 16, 3), 100, dtype=torch.uint8, device="cuda")
+    assert graphed.run_device(bigger)[0, 0, 0, 0] == 50  # uncaptured, still right
+    assert graphed.capture_error and "planted" in graphed.capture_error
+    captures["always"] = False
+    captures["fail_from"] = -1
+    graphed.run_device(frame)  # another shape: capture is tried again and works
+    assert graphed.capture_error is None and graphed.active_lanes == 3
