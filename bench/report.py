@@ -133,6 +133,15 @@ def render(results: dict) -> str:
                 f"{_f(r.get('core_call_numpy', {}).get('fps'))} | {_f(r.get('peak_mem_gb'), 2)} | "
                 f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
     lines.append("")
+    second = results.get("second_start")
+    if second:
+        first = next((v for v in results.get("variants", []) if v.get("engine") == "compiled"), {})
+        one = first.get("scenarios", {}).get("img2img-1step-512", {})
+        lines += ["Compiled engine start, 1-step 512: first start in this run "
+                  f"{_f(first.get('engine_s'))} s engine + {_f(one.get('capture_s'))} s first frame; "
+                  "second start (a fresh process, the engine cache from the first): "
+                  + (f"{_f(second.get('engine_s'))} s + {_f(second.get('first_frame_s'))} s."
+                     if "engine_s" in second else f"{second.get('error') or second.get('skipped')}."), ""]
     flight = in_flight_rows(results)
     if flight:
         lines += ["## Frames in flight (host uint8 -> host uint8)", "",
