@@ -113,32 +113,39 @@ def _batches(frames: list[np.ndarray], fbs: int) -> list[np.ndarray]:
     return [np.stack([frames[(i + j) % len(frames)] for j in range(fbs)]) for i in range(len(frames))]
 
 
+def _keep_in_flight(submit, host: list[np.ndarray], frames: int, lanes: int) -> tuple[float, np.ndarray]:
+    """Submit `frames` frames keeping up to `lanes` uncollected, collecting in submit order (as the
+    app's runner does). Returns the seconds taken and each frame's ms from submit to result."""
+    pending: list[tuple[Any, float]] = []
+    latency: list[float] = []
+
+    def collect() -> None:
+        handle, t_submit = pending.pop(0)
+        handle.result()
+        latency.append(time.perf_counter() - t_submit)
+
+    start = time.perf_counter()
+    for i in range(frames):
+        if len(pending) == lanes:
+            collect()
+        t_submit = time.perf_counter()
+        pending.append((submit(host[i % len(host)]), t_submit))
+    while pending:
+        collect()
+    return time.perf_counter() - start, np.array(latency) * 1e3
+
+
 def _in_flight(stream, config, host: list[np.ndarray], frames: int, lanes: int) -> dict:
     """Host -> host with `lanes` frames on the GPU at once (each in its own graph and CUDA stream),
     results collected in submit order. Latency = submit to result, per frame batch."""
     from dreamcam.engines.runner import host_pipeline
 
     pipe = host_pipeline(stream, config, lanes=lanes)
-    pipe(host[0])  # capture
-    pending: list[tuple[Any, float]] = []
-    latency: list[float] = []
-    for i in range(3):
+    for i in range(3):  # the first captures
         pipe(host[i % len(host)])
-    start = time.perf_counter()
-    for i in range(frames):
-        if len(pending) == lanes:
-            handle, t_submit = pending.pop(0)
-            handle.result()
-            latency.append(time.perf_counter() - t_submit)
-        t_submit = time.perf_counter()
-        pending.append((pipe.submit(host[i % len(host)]), t_submit))
-    for handle, t_submit in pending:
-        handle.result()
-        latency.append(time.perf_counter() - t_submit)
-    total = time.perf_counter() - start
-    ms = np.array(latency) * 1e3
+    seconds, ms = _keep_in_flight(pipe.submit, host, frames, lanes)
     fbs = host[0].shape[0]
-    return {"lanes_used": pipe.active_lanes, "fps": round(frames * fbs / total, 1),
+    return {"lanes_used": pipe.active_lanes, "fps": round(frames * fbs / seconds, 1),
             "latency_p50_ms": round(float(np.percentile(ms, 50)), 2),
             "latency_p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
@@ -175,15 +182,8 @@ def _core_in_flight(components, s: Scenario, modules, host, frames: int, lanes: 
     flight = InFlightStream(StreamDiffusion(components, s.stream_config(), modules=modules), lanes)
     for i in range(3):
         flight(host[i % len(host)])
-    pending: list = []
-    start = time.perf_counter()
-    for i in range(frames):
-        if len(pending) == lanes:
-            pending.pop(0).result()
-        pending.append(flight.submit(host[i % len(host)]))
-    for p in pending:
-        p.result()
-    return {"fps": round(frames / (time.perf_counter() - start), 1)}
+    seconds, _ = _keep_in_flight(flight.submit, host, frames, lanes)
+    return {"fps": round(frames / seconds, 1)}
 
 
 def stage_times(stream, modules, frame_dev: torch.Tensor) -> dict:

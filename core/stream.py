@@ -235,8 +235,8 @@ class StreamDiffusion:
     @torch.no_grad()
     def __call__(self, frame: np.ndarray | Tensor | None = None) -> np.ndarray | Tensor:
         frame, x = self.prepare(frame)
-        if x is None:  # skipped by the similarity filter: the last output again
-            return fr.like_input(self.last_output, frame)
+        if x is None:
+            return self.repeat_last(frame)
         return self.finish(self.step_tensor(x), frame)
 
     @torch.no_grad()
@@ -274,6 +274,10 @@ class StreamDiffusion:
         self.frames_processed += 1
         self._force_next = False
         return fr.like_input(out, frame)
+
+    def repeat_last(self, frame: np.ndarray | Tensor) -> np.ndarray | Tensor:
+        """The output for a frame the similarity filter skipped: the last output again, like `frame`."""
+        return fr.like_input(self.last_output, frame)
 
     @property
     def transition_active(self) -> bool:

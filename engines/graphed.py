@@ -10,10 +10,9 @@ work with this frame's GPU work (two host buffers in rotation).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
-
-import logging
 
 import numpy as np
 import torch
@@ -148,8 +147,7 @@ class GraphedStep:
         self._lanes = lanes
         self.static_out = lanes[0].static_out
         self._key = (self.shape_key_fn(), tuple(first.shape))
-        out_shape = lanes[0].static_out.shape
-        self._slots = [self._new_slot(first.shape, out_shape) for _ in range(max(self.n_slots, n_lanes))]
+        self._slots = [self._new_slot(first.shape, self.static_out.shape) for _ in range(self.n_slots)]
         self._next = 0
         self.captures += 1
 
@@ -219,10 +217,7 @@ class GraphedStep:
         """Host uint8 frames (fbs,H,W,3) in; the output arrives in a pinned host buffer.
 
         Results come back in submit order as long as callers collect handles in that order."""
-        shape = tuple(frames.shape)
-        if not self._uncaptured(shape) and self._needs_capture(shape):
-            self._try_capture(torch.as_tensor(frames).to(self.device))
-        if self._uncaptured(shape):
+        if not self._captured_for(tuple(frames.shape), lambda: torch.as_tensor(frames).to(self.device)):
             return _Done(self.step_fn(torch.as_tensor(frames).to(self.device)).cpu())
         slot, lane = self._next_slot()
         slot.uploaded.synchronize()  # the previous upload from this host buffer has finished
@@ -231,15 +226,18 @@ class GraphedStep:
 
     def submit_device(self, frames: torch.Tensor) -> FrameHandle:
         """Like `submit` for frames already on the GPU (written on the caller's current stream)."""
-        shape = tuple(frames.shape)
-        if not self._uncaptured(shape) and self._needs_capture(shape):
-            self._try_capture(frames)
-        if self._uncaptured(shape):
+        if not self._captured_for(tuple(frames.shape), lambda: frames):
             return _Done(self.step_fn(frames).cpu())
         slot, lane = self._next_slot()
         if lane.stream is not None:
             frames.record_stream(lane.stream)  # its memory must outlive the copy on the lane's stream
         return self._launch(slot, lane, frames)
+
+    def _captured_for(self, shape: tuple[int, ...], on_device: Callable[[], torch.Tensor]) -> bool:
+        """Capture for this shape if needed (from `on_device()`); False: run this frame uncaptured."""
+        if not self._uncaptured(shape) and self._needs_capture(shape):
+            self._try_capture(on_device())
+        return not self._uncaptured(shape)
 
     def _next_slot(self) -> tuple[_Slot, _Lane]:
         index = self._next

@@ -30,10 +30,8 @@ class PendingFrame:
         return self._handle is None or self._handle.done()
 
     def result(self) -> Frame:
-        if self._handle is None:  # skipped by the similarity filter: the last output again
-            from dreamcam.core import frames as fr
-
-            return fr.like_input(self._stream.last_output, self._frame)
+        if self._handle is None:  # skipped by the similarity filter
+            return self._stream.repeat_last(self._frame)
         # a plain pageable copy: the pinned buffer is reused a few submits later
         out = torch.from_numpy(self._handle.result().numpy().copy())
         return self._stream.finish(out, self._frame)
