@@ -93,7 +93,9 @@ def run(
     """Capture, transform and publish until Ctrl+C."""
     from . import config as cfg
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .live_status import setup_logging
+
+    setup_logging(verbose)  # the OBS connection and applied changes show even without -v
     width, height = _size(size)
     cli_app = dict(source=source, sink=sink, model=model, engine=engine, fps=fps, device=device, dtype=dtype,
                    lcm_lora=lcm_lora, width=width, height=height, obs_host=obs_host, obs_port=obs_port,
@@ -366,8 +368,9 @@ def set_(
         update[key.strip()] = _parse_value(value)
     if preset:
         update["preset"] = preset
-    if not update:
-        _fail("nothing to send: give FIELD=VALUE pairs or --preset")
+    if not update:  # nothing to change: show what is in force
+        _print_state(port, host)
+        return
     unknown = sorted(set(update) - STREAM_FIELDS)
     if unknown:  # the app would ignore them; say so instead of reporting them "applied"
         _fail(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(STREAM_FIELDS))})")
@@ -379,6 +382,28 @@ def set_(
     if not reply.get("ok"):
         _fail(reply.get("error", "rejected"), 1)
     console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False, markup=False)
+
+
+@app.command()
+def status(
+    port: int = typer.Option(7861, help="Control port of the running app."),
+    host: str = typer.Option("127.0.0.1", help="Host of the running app."),
+) -> None:
+    """Print the settings in force in a running app and its status (same as `dreamcam set`
+    with no arguments)."""
+    _print_state(port, host)
+
+
+def _print_state(port: int, host: str) -> None:
+    from .control_server import get_state
+    from .live_status import state_lines
+
+    try:
+        reply = get_state(port=port, host=host)
+    except ConnectionError as exc:
+        _fail(str(exc), 1)
+        return
+    console.print("\n".join(state_lines(reply)), highlight=False, markup=False, soft_wrap=True)
 
 
 # ---- presets ---------------------------------------------------------------------------------

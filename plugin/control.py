@@ -1,6 +1,9 @@
 """The one settings path: every control surface (OBS bridge, tray, CLI, config file) calls
 `SettingsStore.apply`; the runner reads `SettingsStore.current` between two frames and publishes
-its numbers on a `StatusBoard` that control surfaces read."""
+its numbers on a `StatusBoard` that control surfaces read.
+
+Every applied change is logged here, once for all surfaces, as one INFO line on the
+`dreamcam.settings` logger: `settings from obs: strength 0.5 -> 0.2, seed 2 -> 7`."""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ from typing import Any, Callable, Mapping
 from .settings import SettingsError, StreamSettings, apply_changes
 
 log = logging.getLogger(__name__)
+changes_log = logging.getLogger("dreamcam.settings")  # shown without --verbose (see live_status)
+
+SHOWN_TEXT_CHARS = 60  # long prompts are cut in the change log line
 
 Listener = Callable[[StreamSettings, str], None]
 
@@ -23,6 +29,7 @@ class SettingsStore:
         self._lock = threading.Lock()
         self._current = initial or StreamSettings()
         self._version = 0
+        self._origin = "start"
         self._listeners: list[Listener] = []
 
     @property
@@ -34,9 +41,19 @@ class SettingsStore:
         """Grows by one with every accepted change; the runner compares it between frames."""
         return self._version
 
+    @property
+    def origin(self) -> str:
+        """Where the last applied change came from ('start' before any)."""
+        return self._origin
+
     def snapshot(self) -> tuple[StreamSettings, int]:
         with self._lock:
             return self._current, self._version
+
+    def state(self) -> tuple[StreamSettings, int, str]:
+        """(settings in force, version, origin of the last change), read together."""
+        with self._lock:
+            return self._current, self._version, self._origin
 
     def apply(self, changes: Mapping[str, Any], origin: str = "") -> StreamSettings:
         """Validate and apply a partial update atomically; raise SettingsError and keep the old
@@ -45,12 +62,15 @@ class SettingsStore:
             new, unknown = apply_changes(self._current, changes)
             if unknown:
                 log.info("ignored unknown settings from %s: %s", origin or "?", ", ".join(unknown))
-            changed = new != self._current
+            old = self._current
+            changed = new != old
             if changed:
                 self._current = new
                 self._version += 1
+                self._origin = origin or "?"
             listeners = list(self._listeners)
         if changed:
+            changes_log.info("settings from %s: %s", origin or "?", describe_changes(old, new))
             for listener in listeners:
                 try:
                     listener(new, origin)
@@ -61,6 +81,20 @@ class SettingsStore:
     def subscribe(self, listener: Listener) -> None:
         with self._lock:
             self._listeners.append(listener)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        text = value if len(value) <= SHOWN_TEXT_CHARS else value[:SHOWN_TEXT_CHARS - 3] + "..."
+        return repr(text)
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def describe_changes(old: StreamSettings, new: StreamSettings) -> str:
+    """`field old -> new` for every field that differs, comma-separated."""
+    before, after = old.as_dict(), new.as_dict()
+    return ", ".join(f"{name} {_shown(before[name])} -> {_shown(after[name])}"
+                     for name in after if before.get(name) != after[name])
 
 
 @dataclass

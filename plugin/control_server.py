@@ -1,8 +1,10 @@
 """Local control server (a service of the app): JSON lines over TCP on 127.0.0.1.
 
-Each request line is a protocol event `{"dreamcam": {"v": 1, "kind": "settings", ...}}`; the
-reply line is `{"ok": true, "status": {...}, "settings": {...}}` or `{"ok": false, "error": "..."}`.
-A `settings` event may name a `preset` alone: its saved values are applied as one update.
+Each request line is a protocol event `{"dreamcam": {"v": 1, "kind": "settings", ...}}` (any kind
+of plugin.messages: `get_state` changes nothing); the reply line is `{"ok": true, "status": {...},
+"settings": {...}, "version": N, "origin": "...", "presets": [...]}` or `{"ok": false, "error": "..."}`
+(with the same state). A `settings` event may name a `preset` alone: its saved values are applied
+as one update.
 """
 
 from __future__ import annotations
@@ -15,24 +17,12 @@ import threading
 from typing import Any
 
 from .control import SettingsStore, StatusBoard
-from .messages import MAX_MESSAGE_BYTES, NAMESPACE, handle_event, settings_event
-from .settings import SettingsError
+from .messages import MAX_MESSAGE_BYTES, encode, handle, preset_names, settings_event
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 7861
 HOST = "127.0.0.1"
-
-
-def _expand_preset(event: Any) -> Any:
-    """A settings event naming a preset gets the preset's values (explicit fields win)."""
-    payload = event.get(NAMESPACE) if isinstance(event, dict) else None
-    if not isinstance(payload, dict) or payload.get("kind") != "settings" or not payload.get("preset"):
-        return event
-    from .config import load_preset
-
-    values = load_preset(payload["preset"])
-    return {NAMESPACE: {**values, **payload}}
 
 
 def check_port_free(port: int, host: str = HOST) -> None:
@@ -89,13 +79,11 @@ class ControlServer:
             event = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return {"ok": False, "error": f"not JSON: {exc}"}
-        try:
-            event = _expand_preset(event)
-        except SettingsError as exc:
-            return {"ok": False, "error": f"rejected update: {exc}"}
-        error = handle_event(self.store, event, origin="control")
+        error = handle(self.store, event, origin="control").error
+        settings, version, origin = self.store.state()
         reply: dict[str, Any] = {"ok": error is None, "status": self.board.latest().as_dict(),
-                                 "settings": self.store.current.as_dict()}
+                                 "settings": settings.as_dict(), "version": version, "origin": origin,
+                                 "presets": preset_names()}
         if error:
             reply["error"] = error
         return reply
@@ -124,7 +112,12 @@ class ControlServer:
 def send_settings(changes: dict[str, Any], port: int = DEFAULT_PORT, host: str = HOST,
                   timeout: float = 5.0) -> dict[str, Any]:
     """Send one settings update to a running app; returns its reply."""
-    return send_event(settings_event(changes), port, host, timeout)
+    return send_event(settings_event({**changes, "from": "dreamcam set"}), port, host, timeout)
+
+
+def get_state(port: int = DEFAULT_PORT, host: str = HOST, timeout: float = 5.0) -> dict[str, Any]:
+    """The running app's settings in force and status (a `get_state` request; changes nothing)."""
+    return send_event(encode("get_state", **{"from": "dreamcam status"}), port, host, timeout)
 
 
 def send_event(event: dict[str, Any], port: int = DEFAULT_PORT, host: str = HOST,

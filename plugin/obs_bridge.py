@@ -1,6 +1,7 @@
 """The app's side of OBS control: a service that listens for `dreamcam` custom events on OBS's
 WebSocket server (obs-websocket v5, via obsws-python) and applies each `settings` message as one
-SettingsStore update, and broadcasts the app's `status` about once a second.
+SettingsStore update, broadcasts the app's `state` (the settings in force) on connect and after
+every applied change from any surface, and its `status` about once a second.
 
 Reconnects with back-off when OBS is closed or started later. A missing server or a wrong
 password is reported once (log line and `.state`), not once per retry. The password is never
@@ -83,7 +84,10 @@ class ObsBridge:
         self._ws = client_module
         self._clock = clock
         self._stop = threading.Event()
-        self._kick = threading.Event()  # publish status now (after a rejection)
+        self._kick = threading.Event()  # publish now (after a rejection, a change, a request)
+        self._state_due = threading.Event()  # broadcast the state at the next chance
+        self._presets_sent: list[str] | None = None
+        self._subscribed = False
         self._thread: threading.Thread | None = None
         self._state = "stopped"
         self._reported = ""  # the last problem logged, so each one is logged once
@@ -115,6 +119,9 @@ class ObsBridge:
                 raise RuntimeError("OBS control needs obsws-python: pip install \"dreamcam[obs]\"") from exc
             self._ws = obsws_python
         quiet_obsws_logging()
+        if not self._subscribed:
+            self.store.subscribe(self._on_store_change)
+            self._subscribed = True
         self._stop.clear()
         self._state = f"connecting to OBS at {self.host}:{self.port}"
         self._thread = threading.Thread(target=self._run, name="dreamcam-obs-bridge", daemon=True)
@@ -163,6 +170,10 @@ class ObsBridge:
             self._reported = kind
             (log.info if kind in ("connected", "lost") else log.warning)("%s", message)
 
+    def _on_store_change(self, _settings: Any, _origin: str) -> None:  # any thread, any surface
+        self._state_due.set()
+        self._kick.set()
+
     def _connect(self) -> tuple[Any, Any] | None:
         req = ev = None
         try:
@@ -183,11 +194,14 @@ class ObsBridge:
 
         ev.callback.register(on_custom_event)
         self.connections += 1
-        self._report("connected", f"connected to OBS at {self.host}:{self.port}")
+        again = "connected to OBS again" if self.connections > 1 else "connected to OBS"
+        self._report("connected", f"{again} at {self.host}:{self.port}; the OBS panel now shows and "
+                                  "changes the settings in force")
         try:
             req.broadcast_custom_event({"eventData": messages.encode("hello", role="app")})
         except Exception:
             pass
+        self._state_due.set()  # panels show the app's settings, never the other way round
         if self.add_camera and not self.camera_result:
             self._add_camera(req)
         return req, ev
@@ -212,8 +226,12 @@ class ObsBridge:
             if now >= next_status or self._kick.is_set():
                 self._kick.clear()
                 try:
+                    if self._state_due.is_set() or self._presets_changed():
+                        self._state_due.clear()
+                        req.broadcast_custom_event({"eventData": self.state_event()})
                     req.broadcast_custom_event({"eventData": self.status_event()})
                 except Exception:
+                    self._state_due.set()
                     return
                 next_status = now + self.status_interval
             self._kick.wait(min(0.1, max(0.0, next_status - now)))
@@ -232,9 +250,22 @@ class ObsBridge:
                     pass
 
     # ---- messages --------------------------------------------------------------------------
+    def _presets_changed(self) -> bool:
+        """Presets saved or deleted elsewhere (`dreamcam preset save`) reach the panels too."""
+        return messages.preset_names() != self._presets_sent
+
+    def state_event(self) -> dict[str, Any]:
+        data = messages.state_event(self.store)
+        self._presets_sent = data[messages.NAMESPACE]["presets"]
+        return data
+
     def _on_event(self, event_data: Any) -> None:
         version = self.store.version
-        error = messages.handle_event(self.store, event_data, ORIGIN)
+        handled = messages.handle(self.store, event_data, ORIGIN)
+        error = handled.error
+        if handled.wants_state or error:
+            self._state_due.set()  # the sender learns what is in force (a rejection changed nothing)
+            self._kick.set()
         if error:
             self.rejected += 1
             with self._lock:

@@ -114,10 +114,22 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         bad = run_cli("set", "strength=-1", "--port", str(port))
         assert bad.returncode == 1 and "strength" in bad.stderr
         assert send_event(encode("hello"), port=port)["settings"]["strength"] == 0.35
+        for command in (("status",), ("set",)):  # both print the settings in force and the status
+            shown = run_cli(*command, "--port", str(port))
+            assert shown.returncode == 0, shown.stderr
+            assert 'prompt               = "a paper boat"' in shown.stdout, shown.stdout
+            assert "strength             = 0.35" in shown.stdout
+            assert "last change from control:dreamcam set" in shown.stdout
+            assert "app: running, paused" in shown.stdout and "status: in " in shown.stdout
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert "stopped" in out
+        # without -v: one line per applied change, naming the field, old -> new and the surface
+        changes = [line for line in err.splitlines() if "settings from control:dreamcam set" in line]
+        assert len(changes) == 1, err
+        assert "prompt 'a vivid watercolor" in changes[0] and "-> 'a paper boat'" in changes[0]
+        assert "strength 0.5 -> 0.35" in changes[0] and "paused False -> True" in changes[0]
     finally:
         if proc.poll() is None:
             proc.kill()
