@@ -1,7 +1,9 @@
 """`dreamcam tray` / `dreamcam-tray`: the app with a system-tray icon (pystray) in one process.
 
 Menu: start/stop, pause (pass the input through), presets, similarity filter on/off, open the
-config folder, quit; the tooltip shows fps and status. Every settings action goes through
+config folder, quit; the tooltip shows fps and status. While the stream runs it serves the
+control port (`dreamcam set`, `dreamcam status`) like `dreamcam run`. The backend and what it
+cannot do on this desktop are chosen and said in one line by `tray_backend`. Every settings action goes through
 `SettingsStore.apply(..., origin="tray")`, the same path as OBS. Menu logic lives in
 `TrayController` (no pystray needed); `build_icon` wraps it in a pystray Icon, which tests drive
 with PYSTRAY_BACKEND=dummy.
@@ -243,13 +245,15 @@ def build_menu(controller: TrayController, on_quit: Callable[[], None]):
     )
 
 
-def build_icon(controller: TrayController):
-    """The pystray Icon wired to the controller; refreshes image, tooltip and menu on changes."""
+def build_icon(controller: TrayController, quitting: Callable[[], None] = lambda: None):
+    """The pystray Icon wired to the controller; refreshes image, tooltip and menu on changes.
+    `quitting` is called first when Quit is picked."""
     import pystray
 
     holder: dict[str, Any] = {}
 
     def on_quit() -> None:
+        quitting()
         controller.quit()
         holder["icon"].stop()
 
@@ -294,6 +298,10 @@ def app_factory(config: Optional[Path] = None, obs: bool = False) -> tuple[AppFa
 
         processor = build_processor(app_settings, current)
         app = DreamcamApp(app_settings, current, processor=processor)
+        if app_settings.control_port:  # `dreamcam set` / `dreamcam status` reach the tray's stream
+            from .control_server import ControlServer
+
+            app.add_service(ControlServer(app.store, app.board, app_settings.control_port))
         if obs or app_settings.obs_enabled:
             from .obs_bridge import ObsBridge
 
@@ -305,15 +313,21 @@ def app_factory(config: Optional[Path] = None, obs: bool = False) -> tuple[AppFa
 
 
 def run_tray(config: Optional[Path] = None, obs: bool = False, autostart: bool = True) -> None:
+    from .tray_backend import choose_backend, describe, quiet_dock_errors
+
+    backend = choose_backend()  # before pystray is imported: it reads PYSTRAY_BACKEND once
     try:
         import pystray  # noqa: F401
     except Exception as exc:  # no display, or no GUI toolkit for pystray
         raise SystemExit(f"dreamcam tray: no system tray available ({type(exc).__name__}: {exc}). "
                          "On Linux run it inside a desktop session; `dreamcam run` works without one.")
+    quiet_dock_errors()
+    for line in describe(backend):
+        log.warning("tray: %s", line)
     make_app, initial = app_factory(config, obs)
     controller = TrayController(make_app, initial)
-    icon = build_icon(controller)
     stop = threading.Event()
+    icon = build_icon(controller, quitting=stop.set)
 
     def setup(icon_: Any) -> None:
         icon_.visible = True
@@ -322,6 +336,7 @@ def run_tray(config: Optional[Path] = None, obs: bool = False, autostart: bool =
         threading.Thread(target=_tooltip_loop, args=(icon_, controller, stop), daemon=True).start()
 
     def on_signal(_signum: int, _frame: Any) -> None:  # Ctrl+C, logout, service stop
+        stop.set()
         icon.stop()
 
     for name in ("SIGINT", "SIGTERM"):
@@ -329,6 +344,14 @@ def run_tray(config: Optional[Path] = None, obs: bool = False, autostart: bool =
             signal.signal(getattr(signal, name), on_signal)
     try:
         icon.run(setup)  # must run on the main thread (macOS)
+    except Exception as exc:
+        if not stop.is_set():  # the backend could not run at all: one line, no traceback
+            raise SystemExit(f"dreamcam tray: the {backend.name} tray backend failed "
+                             f"({type(exc).__name__}: {exc}). Start it inside a desktop session, or "
+                             f"set PYSTRAY_BACKEND=xorg (an icon without a menu).") from None
+        # the GTK backend hides its notification on the way out and fails without a notification
+        # service: the tray is stopping anyway
+        log.debug("tray backend while stopping: %s", exc)
     finally:
         stop.set()
         controller.stop()
