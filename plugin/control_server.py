@@ -86,9 +86,10 @@ class ControlServer:
         if len(line) > MAX_MESSAGE_BYTES:
             return {"ok": False, "error": f"message is {len(line)} bytes, more than the {MAX_MESSAGE_BYTES} allowed"}
         try:
-            event = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return {"ok": False, "error": f"not JSON: {exc}"}
+            event = json.loads(line)  # NaN/Infinity literals parse; the settings checks refuse them
+        except (ValueError, RecursionError) as exc:  # bad JSON or bytes, a 5000-digit number, deep nesting
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+            return {"ok": False, "error": f"not JSON: {reason}"}
         try:
             event = _expand_preset(event)
         except SettingsError as exc:
@@ -112,7 +113,11 @@ class ControlServer:
                     if not line.strip():
                         continue
                     too_long = not line.endswith(b"\n") and len(line) > MAX_MESSAGE_BYTES
-                    reply = server.handle_line(line.strip())
+                    try:
+                        reply = server.handle_line(line.strip())
+                    except Exception as exc:  # never drop a connection without a reply
+                        log.exception("control message failed")
+                        reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
                     self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
                     self.wfile.flush()
                     if too_long:  # the rest of that line would be read as garbage: hang up
