@@ -30,7 +30,7 @@ err = Console(stderr=True, emoji=False)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(code)
 
 
