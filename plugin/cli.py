@@ -263,7 +263,7 @@ def devices(probe: bool = typer.Option(True, help="Try to start each virtual cam
         state = "works" if b["works"] else ("not checked" if b["works"] is None else "unavailable")
         console.print(f"  {b['backend']}: {state} {b['detail']}", highlight=False, markup=False)
     if not error and not any(b["works"] for b in backends) and probe:
-        from .sink_vcam import install_hint
+        from .sinks.vcam import install_hint
 
         console.print(f"  to fix: {install_hint()}", highlight=False, markup=False)
 
