@@ -3,7 +3,8 @@ and on the local control socket.
 
 An event's data is `{"dreamcam": {"v": 1, "kind": ..., ...fields}}`. Kinds:
 
-- `settings` (to the app): a partial StreamSettings, applied as one update. `preset` alone (or
+- `settings` (to the app): a partial StreamSettings (any of the schema's live fields,
+  `SETTINGS_FIELDS`; any other field is refused), applied as one update. `preset` alone (or
   with fields that win over it) applies that saved preset of the app's preset store.
 - `state` (from the app): the settings in force (`settings`, all fields), their `version`, the
   `origin` of the last change and the names of the app's `presets`. Sent when the app connects,
@@ -18,7 +19,8 @@ An event's data is `{"dreamcam": {"v": 1, "kind": ..., ...fields}}`. Kinds:
 Any message may carry `from`, a short label of the sender (e.g. `obs-panel-1a2b`); the app logs
 it with each change and echoes it as the state's `origin`. Messages that are not ours return
 None; ours that are malformed raise MessageError. The OBS script holds its own copy of this
-format (it may import nothing from dreamcam); tests hold both sides to it.
+format (it may import nothing from dreamcam; its fields come from dreamcam_schema.json); tests
+hold both sides to it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from .control import SettingsStore, Status
+from .schema import live_names
 from .settings import SettingsError, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ FROM_APP = ("state", "status")  # the app's own broadcasts, which it ignores whe
 ASKS_FOR_STATE = ("get_state", "preset_save", "preset_delete", "hello")
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SENDER_CHARS = 40
+ENVELOPE_KEYS = ("v", "kind")  # the rest of a message's keys are its fields
+SETTINGS_FIELDS = live_names()  # what a `settings` message may carry
 
 
 class MessageError(ValueError):
@@ -59,7 +64,10 @@ def decode(event_data: Any) -> Message | None:
     payload = event_data[NAMESPACE]
     if not isinstance(payload, Mapping):
         raise MessageError(f"'{NAMESPACE}' must be an object, got {type(payload).__name__}")
-    size = len(json.dumps(payload, default=str))
+    try:
+        size = len(json.dumps(payload, default=str))
+    except (ValueError, RecursionError):  # nested too deeply, or an integer of thousands of digits
+        raise MessageError("message is nested too deeply or holds a number too long to read") from None
     if size > MAX_MESSAGE_BYTES:
         raise MessageError(f"message is {size} bytes, more than the {MAX_MESSAGE_BYTES} allowed")
     version = payload.get("v")
@@ -68,7 +76,7 @@ def decode(event_data: Any) -> Message | None:
     kind = payload.get("kind")
     if not isinstance(kind, str):
         raise MessageError("'kind' is missing")
-    body = {k: v for k, v in payload.items() if k not in ("v", "kind")}
+    body = {k: v for k, v in payload.items() if k not in ENVELOPE_KEYS}
     return Message(kind, body)
 
 
@@ -129,6 +137,9 @@ def sender_origin(message: Message, origin: str) -> str:
 def settings_changes(message: Message, presets: PresetStore | None = None) -> dict[str, Any]:
     """The fields of a `settings` message, a named preset's values under them."""
     changes = {k: v for k, v in message.fields.items() if k != "from"}
+    unknown = sorted(str(k) for k in changes if k not in SETTINGS_FIELDS)
+    if unknown:  # a misspelt field must not be answered "ok"
+        raise SettingsError(unknown[0][:60], f"unknown setting (known: {', '.join(sorted(SETTINGS_FIELDS))})")
     name = changes.get("preset")
     if name:
         if not isinstance(name, str):

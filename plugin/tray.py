@@ -1,9 +1,10 @@
 """`dreamcam tray` / `dreamcam-tray`: the app with a system-tray icon (pystray) in one process.
 
 Menu: start/stop, pause (pass the input through), presets, similarity filter on/off, open the
-config folder, quit; the tooltip shows fps and status. While the stream runs it serves the
-control port (`dreamcam set`, `dreamcam status`) like `dreamcam run`. The backend and what it
-cannot do on this desktop are chosen and said in one line by `tray_backend`. Every settings action goes through
+config folder, quit; the tooltip shows fps and status. The app it runs serves the control port
+(`AppSettings.control_port`, with the control token of `secret.py`) as `dreamcam run` does. The
+pystray backend, and one line on what it cannot do on this desktop, come from `tray_backend`.
+Every settings action goes through
 `SettingsStore.apply(..., origin="tray")`, the same path as OBS. Menu logic lives in
 `TrayController` (no pystray needed); `build_icon` wraps it in a pystray Icon, which tests drive
 with PYSTRAY_BACKEND=dummy.
@@ -298,10 +299,12 @@ def app_factory(config: Optional[Path] = None, obs: bool = False) -> tuple[AppFa
 
         processor = build_processor(app_settings, current)
         app = DreamcamApp(app_settings, current, processor=processor)
-        if app_settings.control_port:  # `dreamcam set` / `dreamcam status` reach the tray's stream
+        if app_settings.control_port:  # `dreamcam set`, Stream Deck and scripts, with the control token
             from .control_server import ControlServer
 
-            app.add_service(ControlServer(app.store, app.board, app_settings.control_port))
+            control = ControlServer(app.store, app.board, app_settings.control_port)
+            control.listen()  # a port taken by another Dreamcam fails here, shown in the tooltip
+            app.add_service(control)
         if obs or app_settings.obs_enabled:
             from .obs_bridge import ObsBridge
 
