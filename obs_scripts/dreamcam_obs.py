@@ -1,10 +1,13 @@
 """Dreamcam control panel for OBS Studio (Tools > Scripts > +).
 
-Needs Python 3.9+ in OBS (obsws-python's minimum); keep it free of newer syntax.
+Needs Python 3.9+ in OBS (obsws-python's minimum); keep it to Python 3.6 syntax.
 
-Change Dreamcam's prompt, strength, guidance, seed, similarity filter and pause from inside OBS.
-The panel talks to the Dreamcam app through OBS's own WebSocket server (obs-websocket v5): it
-broadcasts `settings` custom events and shows the `status` events the app sends back.
+Change Dreamcam's prompt, strength, guidance, seed, similarity filter and pause from inside OBS,
+with OBS hotkeys for pause, presets and a new seed. The panel talks to the Dreamcam app through
+OBS's own WebSocket server (obs-websocket v5). The app is the source of truth: it broadcasts a
+`state` (the settings in force, whoever changed them: this panel, `dreamcam set`, the tray,
+another panel) and the panel shows it; the panel sends only what the user changes (sliders at
+once, prompts when Apply or Enter is pressed) and uses the app's presets.
 
 Runs inside OBS's Python: imports only the standard library, `obspython` and `obsws_python`.
 It shares no code with the dreamcam package. Its controls (names, labels, ranges, groups, checks)
@@ -16,15 +19,17 @@ Network I/O happens on one worker thread of this script, never on OBS's UI or vi
 """
 
 import configparser
+import html
 import json
 import logging
 import math
 import os
 import random
+import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 try:  # outside OBS (unit tests, linters) the pure logic below still imports
     import obspython as obs
@@ -53,6 +58,8 @@ except Exception as _exc:  # ImportError, or a broken install
 # ---------------------------------------------------------------------------------------------
 NAMESPACE = "dreamcam"
 PROTOCOL_VERSION = 1
+KINDS_SENT = ("settings", "preset_save", "preset_delete", "get_state", "hello")  # panel -> app
+KINDS_READ = ("state", "status", "bye")  # app -> panels
 SCHEMA_VERSION = 1
 SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dreamcam_schema.json")
 
@@ -77,18 +84,27 @@ SCHEMA, SCHEMA_ERROR = load_schema()
 FIELDS: Dict[str, Dict[str, Any]] = {
     f["name"]: f for f in SCHEMA["fields"] if f.get("live") and f.get("panel")}
 GROUPS = [g for g in SCHEMA["groups"] if any(f["group"] == g for f in FIELDS.values())]
+# Text fields (prompts) go out only when applied (Apply button or Enter), never while typing.
+APPLIED_FIELDS = tuple(name for name, spec in FIELDS.items() if spec["type"] == "text")
 
 
-BUILTIN_PRESETS: Dict[str, Dict[str, Any]] = {
-    "Watercolor": {"prompt": "a vivid watercolor painting, soft light, highly detailed", "strength": 0.5},
-    "Anime": {"prompt": "anime style portrait, cel shading, clean lines, vibrant colors", "strength": 0.6},
-    "Oil painting": {"prompt": "an oil painting in the style of the old masters, dramatic light", "strength": 0.55},
-}
+def schema_default(name: str, fallback: Any) -> Any:
+    """The default of any schema field (also the app-only ones), e.g. the control port."""
+    for spec in SCHEMA["fields"]:
+        if spec.get("name") == name:
+            return spec.get("default", fallback)
+    return fallback
+
+
+CONTROL_PORT = schema_default("control_port", 7861)  # the app's local control port (see app_listens)
 
 DEBOUNCE_S = 0.4  # send this long after the last change...
 MAX_WAIT_S = 1.5  # ...but at least this often while the user keeps dragging or typing
 STATUS_STALE_S = 4.0  # no status for this long: the app is not running (or not connected)
 STARTUP_GRACE_S = 3.0  # connection problems in the first seconds after loading are not reported
+IN_FLIGHT_S = 3.0  # a change sent this long ago without the app's state showing it: show the app's
+APP_PROBE_S = 3.0  # how often the panel looks for an app on the control port while none talks
+SHORT_STATUS_CHARS = 64  # the status line at the top stays this short (the panel must not widen)
 
 
 def encode(kind: str, **fields: Any) -> Dict[str, Any]:
@@ -96,8 +112,11 @@ def encode(kind: str, **fields: Any) -> Dict[str, Any]:
     return {NAMESPACE: {"v": PROTOCOL_VERSION, "kind": kind, **fields}}
 
 
-def settings_message(changes: Mapping[str, Any]) -> Dict[str, Any]:
-    return encode("settings", **dict(changes))
+def settings_message(changes: Mapping[str, Any], sender: str = "") -> Dict[str, Any]:
+    fields = dict(changes)
+    if sender:
+        fields["from"] = sender
+    return encode("settings", **fields)
 
 
 def decode(event_data: Any) -> Optional[Dict[str, Any]]:
@@ -110,11 +129,6 @@ def decode(event_data: Any) -> Optional[Dict[str, Any]]:
     if not isinstance(payload.get("kind"), str):
         return None
     return dict(payload)
-
-
-def diff_settings(current: Mapping[str, Any], last_sent: Mapping[str, Any]) -> Dict[str, Any]:
-    """Fields of `current` that differ from what was last sent (all of them if nothing was)."""
-    return {k: v for k, v in current.items() if k not in last_sent or last_sent[k] != v}
 
 
 def normalize(values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -136,10 +150,16 @@ def normalize(values: Mapping[str, Any]) -> Dict[str, Any]:
             elif kind == "bool":
                 out[name] = bool(value)
             else:
-                out[name] = str(value)
+                out[name] = clean_text(str(value))
         except (TypeError, ValueError, OverflowError):
             pass
     return out
+
+
+def clean_text(text: str) -> str:
+    """A prompt as the app gets it: Enter commits it and Tab is no character of it (OBS's text
+    boxes put both into the text)."""
+    return text.replace("\t", " ").replace("\r", "").replace("\n", " ").strip()
 
 
 def field_problem(spec: Mapping[str, Any], value: Any) -> str:
@@ -163,12 +183,6 @@ def field_problem(spec: Mapping[str, Any], value: Any) -> str:
         if len(value) > spec["max_chars"]:
             return "is %d characters; at most %d are allowed" % (len(value), spec["max_chars"])
     return ""
-
-
-def valid_values(values: Mapping[str, Any]) -> Dict[str, Any]:
-    """The panel fields among `values` that the app would accept (a hand-edited preset's bad
-    values are dropped, the panel keeps its own)."""
-    return {k: v for k, v in normalize(values).items() if not field_problem(FIELDS[k], v)}
 
 
 def check_values(values: Mapping[str, Any]) -> str:
@@ -232,13 +246,20 @@ def short_model_name(model: str) -> str:
     return model
 
 
+NO_APP = "connected to OBS; waiting for the Dreamcam app (start it with: dreamcam run --obs)"
+APP_NOT_ON_OBS = ("connected to OBS, but the Dreamcam app running on this computer is not: check the "
+                  "OBS WebSocket password it uses (its terminal says why; --obs-password or "
+                  "DREAMCAM_OBS_PASSWORD) and that it was started with --obs")
+
+
 def format_status(connection: str, status: Optional[Mapping[str, Any]], age_s: Optional[float],
-                  warning: str = "") -> str:
-    """One line for the panel: OBS connection, app running, fps, skip ratio, latency, errors."""
+                  warning: str = "", app_elsewhere: bool = False) -> str:
+    """The full status line (details area, status file): OBS connection, app running, fps, skip
+    ratio, latency, errors. `app_elsewhere`: an app answers on this computer's control port."""
     if connection != "connected":
         line = connection
     elif status is None or age_s is None or age_s > STATUS_STALE_S:
-        line = "connected to OBS; waiting for the Dreamcam app (start it with: dreamcam run --obs)"
+        line = APP_NOT_ON_OBS if app_elsewhere else NO_APP
     else:
         state = "running" if status.get("running") else "stopped"
         if status.get("paused"):
@@ -257,71 +278,168 @@ def format_status(connection: str, status: Optional[Mapping[str, Any]], age_s: O
     return line
 
 
+def short_status(connection: str, status: Optional[Mapping[str, Any]], age_s: Optional[float],
+                 warning: str = "", app_elsewhere: bool = False) -> str:
+    """The one short line at the top of the panel (the whole story is in Details)."""
+    if connection == "connecting to OBS WebSocket...":
+        line = "connecting to OBS..."
+    elif connection != "connected":
+        line = "not connected to OBS: see Details"
+    elif status is None or age_s is None or age_s > STATUS_STALE_S:
+        line = "app runs but is not on OBS: see Details" if app_elsewhere else "waiting for the app"
+    else:
+        state = "paused" if status.get("paused") else ("running" if status.get("running") else "stopped")
+        line = "%s | %s fps | %s ms | skip %s" % (state, _num(status.get("fps_out"), ".1f"),
+                                                  _num(status.get("latency_ms"), ".0f"),
+                                                  _pct(status.get("skip_ratio")))
+        if status.get("error") or warning:
+            line += " | error: see Details"
+    if warning and connection != "connected":
+        line += " (!)"
+    return line[:SHORT_STATUS_CHARS]
+
+
 def install_hint(error: str = OBSWS_IMPORT_ERROR) -> str:
-    """What to tell the user when obsws_python cannot be imported inside OBS."""
+    """What to tell the user when obsws_python cannot be imported inside OBS (plain text; the
+    description pane is HTML: see html_text)."""
+    here = os.path.dirname(os.path.abspath(__file__))
     return (
         "The Python package obsws-python is missing from the Python that OBS uses "
-        f"({error}). Install it into that Python and reload this script:\n"
+        f"({error}). Install it and reload this script (the round arrow in Tools > Scripts):\n"
+        "- Every system, also Debian 12, Ubuntu 23.04+ and Flatpak OBS (PEP 668 refuses --user "
+        "installs there): put it in a dreamcam_vendor folder next to this script:\n"
+        f'  python3 -m pip install --target "{os.path.join(here, "dreamcam_vendor")}" obsws-python\n'
         "- Windows: the folder set in Tools > Scripts > Python Settings holds python.exe; run\n"
         '  "<that folder>\\python.exe" -m pip install obsws-python\n'
         "- macOS: the Python.framework set in Tools > Scripts > Python Settings; run\n"
-        "  <that python3> -m pip install obsws-python\n"
-        "- Linux: OBS uses the system Python 3; run: python3 -m pip install --user obsws-python\n"
-        "  (or pip install --target <script folder>/dreamcam_vendor obsws-python)\n"
+        "  <that framework>/bin/python3 -m pip install obsws-python\n"
         "obsws-python needs Python 3.9+; OBS 28/29 on Windows accept up to 3.10, OBS 30+ up to 3.12 "
         "(64-bit)."
     )
 
 
+def html_text(text: str) -> str:
+    """Plain text for OBS's description pane, which is HTML: <placeholders> would vanish."""
+    return html.escape(text).replace("\n", "<br>")
+
+
 class Panel:
     """The panel's state, shared by OBS callbacks and the network thread (all under one lock).
 
-    OBS threads call `update` with the panel values; the network thread calls `outgoing` to get
-    the message to send, and `on_event` with every custom event it receives."""
+    The app is the source of truth. OBS callbacks call `update` with the controls' values: a
+    changed slider, toggle or list is sent (debounced), a changed prompt is a draft until `apply`.
+    The network thread calls `outgoing` for the next message and `on_event` with every custom
+    event; the app's `state` becomes values for the controls (`take_shown`, written into OBS by
+    the timer), except for what the user is changing right now."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 debounce: Optional[Debouncer] = None) -> None:
+                 debounce: Optional[Debouncer] = None, sender: str = "") -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._debounce = debounce or Debouncer()
-        self._values: Dict[str, Any] = {}
-        self._sent: Dict[str, Any] = {}
-        self._extra: Dict[str, Any] = {}  # one-shot fields (preset name)
-        self._sync = True  # send everything on the next chance (first connect, app said hello)
+        self.sender = sender or "obs-panel-%04x" % random.randrange(16 ** 4)
+        self._local: Dict[str, Any] = {}  # what the controls hold (the OBS settings), normalized
+        self._app: Optional[Dict[str, Any]] = None  # the app's settings in force (its last state)
+        self.app_version = -1
+        self.app_origin = ""
+        self.presets: List[str] = []  # the app's presets (its one preset store)
+        self.app_preset: Optional[str] = None  # the preset the settings in force came from
+        self._pending: Dict[str, bool] = {}  # live fields the user changed, not sent yet
+        self._applied: Dict[str, bool] = {}  # text fields the user applied, to send now
+        self._in_flight: Dict[str, tuple] = {}  # field -> (value sent, when) until the app shows it
+        self._commands: List[Dict[str, Any]] = []  # one-shot messages (presets, seed, pause)
+        self._shown: Dict[str, Any] = {}  # app values for the controls, not yet written into OBS
         self._status: Optional[Dict[str, Any]] = None
         self._status_at: Optional[float] = None
         self.connection = "not connected"
+        self.app_elsewhere = False  # an app answers on this computer's control port
+        self.state_changes = 0  # states received (tests, the timer's redraw decisions)
 
-    def update(self, values: Mapping[str, Any], **extra: Any) -> None:
+    # ---- from OBS (the controls) ---------------------------------------------------------------
+    def update(self, values: Mapping[str, Any]) -> None:
+        """The controls' values (every OBS change calls this). The first read of a field is what
+        OBS stored, not a user change; later differences are the user's."""
+        now = self._clock()
         with self._lock:
-            self._values = normalize(values)
-            self._extra.update(extra)
-            if diff_settings(self._values, self._sent) or self._extra:
-                self._debounce.touch(self._clock())
+            for name, value in normalize(values).items():
+                if name not in self._local:
+                    self._local[name] = value
+                    continue
+                if self._local[name] == value:
+                    continue
+                self._local[name] = value
+                if name in APPLIED_FIELDS:
+                    continue  # a draft until Apply
+                self._pending[name] = True
+                self._debounce.touch(now)
 
-    def request_sync(self) -> None:
+    def apply(self) -> List[str]:
+        """Send the prompts the user edited (Apply or Enter); returns their names."""
         with self._lock:
-            self._sync = True
+            names = [n for n in APPLIED_FIELDS if n in self._local
+                     and (self._app is None or self._local[n] != self._app.get(n))]
+            for name in names:
+                self._applied[name] = True
+            return names
 
+    def drafts(self) -> List[str]:
+        """Prompts typed but not applied yet."""
+        with self._lock:
+            return [n for n in APPLIED_FIELDS if self._app is not None and n in self._local
+                    and self._local[n] != self._app.get(n)]
+
+    def command(self, kind: str, **fields: Any) -> None:
+        """Queue a one-shot message (settings of a hotkey, preset save/delete, get_state)."""
+        fields["from"] = self.sender
+        with self._lock:
+            self._commands.append(encode(kind, **fields))
+
+    def requeue(self, message: Dict[str, Any]) -> None:
+        """A message the network could not send goes out first after the reconnect."""
+        with self._lock:
+            self._commands.insert(0, message)
+
+    def app_value(self, name: str, fallback: Any = None) -> Any:
+        with self._lock:
+            return fallback if self._app is None else self._app.get(name, fallback)
+
+    @property
+    def app_settings(self) -> Optional[Dict[str, Any]]:
+        with self._lock:
+            return None if self._app is None else dict(self._app)
+
+    def preset_after(self, step: int) -> Optional[str]:
+        """The app's preset `step` places after the one in force (wrapping), or None."""
+        with self._lock:
+            if not self.presets:
+                return None
+            current = self.app_preset
+            if current in self.presets:
+                return self.presets[(self.presets.index(current) + step) % len(self.presets)]
+            return self.presets[0 if step > 0 else -1]
+
+    # ---- to the network thread -----------------------------------------------------------------
     def outgoing(self) -> Optional[Dict[str, Any]]:
-        """Event data to send now, or None. Marks it as sent (the caller sends it or resyncs)."""
+        """Event data to send now, or None; marks it as sent."""
+        now = self._clock()
         with self._lock:
-            if not self._values:
-                return None
-            if self._sync:
-                changes = dict(self._values)
-            elif self._debounce.due(self._clock()):
-                changes = diff_settings(self._values, self._sent)
-            else:
-                return None
-            changes.update(self._extra)
-            self._extra = {}
-            self._sync = False
-            self._debounce.reset()
+            if self._commands:
+                return self._commands.pop(0)
+            changes: Dict[str, Any] = {}
+            for name in list(self._applied):
+                if name in self._local:
+                    changes[name] = self._local[name]
+            self._applied.clear()
+            if self._pending and self._debounce.due(now):
+                for name in self._pending:
+                    changes[name] = self._local[name]
+                self._pending.clear()
+                self._debounce.reset()
             if not changes:
                 return None
-            self._sent = dict(self._values)
-            return settings_message(changes)
+            for name, value in changes.items():
+                self._in_flight[name] = (value, now)
+            return settings_message(changes, self.sender)
 
     def on_event(self, event_data: Any) -> None:
         payload = decode(event_data)
@@ -332,15 +450,99 @@ class Panel:
             if kind == "status":
                 self._status = payload
                 self._status_at = self._clock()
-            elif kind == "hello" and payload.get("role") == "app":
-                self._sync = True  # a (re)started app gets the whole panel
+                self.app_elsewhere = False
+            elif kind == "state":
+                self._on_state(payload)
             elif kind == "bye" and payload.get("role") == "app":
                 self._status = None
 
+    def _on_state(self, payload: Mapping[str, Any]) -> None:
+        settings = payload.get("settings")
+        if not isinstance(settings, Mapping):
+            return
+        new = normalize(settings)
+        old = self._app
+        mine = str(payload.get("origin", "")).endswith(self.sender)
+        for name, value in new.items():
+            if name in self._pending:
+                continue  # the user is changing it right now: their value goes out next
+            if name in self._in_flight:
+                if not mine and self._in_flight[name][0] != value:
+                    continue  # our change is on its way; this state predates it
+                del self._in_flight[name]
+            if name in APPLIED_FIELDS and old is not None and self._local.get(name, value) != old.get(name):
+                continue  # a draft the user typed stays; the prompt in force shows in Details
+            if self._local.get(name) != value:
+                self._shown[name] = value
+        self._app = new
+        preset = settings.get("preset")
+        self.app_preset = preset if isinstance(preset, str) else None
+        self.app_version = payload.get("version", -1)
+        self.app_origin = str(payload.get("origin", ""))
+        presets = payload.get("presets")
+        self.presets = [str(p) for p in presets] if isinstance(presets, list) else []
+        self.state_changes += 1
+
+    # ---- to the OBS timer ----------------------------------------------------------------------
+    def take_shown(self) -> Dict[str, Any]:
+        """App values to write into the controls now (the caller writes them, then they count
+        as the controls' values). Changes the app never confirmed fall back to the app's."""
+        now = self._clock()
+        with self._lock:
+            for name, (value, at) in list(self._in_flight.items()):
+                if now - at > IN_FLIGHT_S:
+                    del self._in_flight[name]
+                    if self._app is not None and name not in self._pending and self._app.get(name) != value:
+                        self._shown[name] = self._app[name]
+            shown, self._shown = self._shown, {}
+            self._local.update(shown)
+            return shown
+
     def status_line(self) -> str:
+        """The full line (details, status file)."""
         with self._lock:
             age = None if self._status_at is None else self._clock() - self._status_at
-            return format_status(self.connection, self._status, age, check_values(self._values))
+            return format_status(self.connection, self._status, age, check_values(self._local),
+                                 self.app_elsewhere)
+
+    def short_line(self) -> str:
+        with self._lock:
+            age = None if self._status_at is None else self._clock() - self._status_at
+            return short_status(self.connection, self._status, age, check_values(self._local),
+                                self.app_elsewhere)
+
+    def wants_app_probe(self) -> bool:
+        """Connected to OBS and no app talks: look on the control port (network thread)."""
+        with self._lock:
+            stale = self._status_at is None or self._clock() - self._status_at > STATUS_STALE_S
+            return self.connection == "connected" and stale
+
+    def details(self) -> str:
+        """The long text of the Details area: the full status and what is in force."""
+        line = self.status_line()
+        with self._lock:
+            app = dict(self._app) if self._app is not None else None
+            origin, preset = self.app_origin, self.app_preset
+        lines = [line]
+        if app is not None:
+            lines.append("In force: prompt %r%s; last change from %s" % (
+                app.get("prompt", ""), " (preset %s)" % preset if preset else "", origin or "?"))
+        drafts = self.drafts()
+        if drafts:
+            lines.append("Not applied yet: %s (press Apply or Enter)" % ", ".join(drafts))
+        if obsws_python is None:
+            lines.append(install_hint())
+        return "\n".join(lines)
+
+
+def app_listens(port: int = CONTROL_PORT, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    """Does a Dreamcam app listen on this computer's control port? (Connect and hang up: tells
+    'the app runs but cannot reach OBS' from 'the app is not running'.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,26 +647,31 @@ class Link:
                 pass  # an odd event must not kill the event thread
 
         ev.callback.register(on_custom_event)
-        try:
-            req.broadcast_custom_event({"eventData": encode("hello", role="obs-panel")})
+        try:  # the app answers a panel's hello with its state: the panel shows what is in force
+            req.broadcast_custom_event({"eventData": encode("hello", role="obs-panel", **{"from": self.panel.sender})})
         except Exception:
             self._close(req, ev)
             raise
         self._set_connection("connected")
-        self.panel.request_sync()
         return req, ev
 
     def _serve(self, req: Any, ev: Any) -> None:
+        next_probe = 0.0
         while not self._stop.is_set() and not self._reconnect_now:
             if not ev.worker.is_alive():
                 return
-            try:
-                message = self.panel.outgoing()
-                if message is not None:
+            message = self.panel.outgoing()
+            if message is not None:
+                try:
                     req.broadcast_custom_event({"eventData": message})
-            except Exception:
-                self.panel.request_sync()  # resend everything once reconnected
-                return
+                except Exception:
+                    self.panel.requeue(message)  # sent once reconnected
+                    return
+                continue
+            now = time.monotonic()
+            if now >= next_probe and self.panel.wants_app_probe():
+                self.panel.app_elsewhere = app_listens()
+                next_probe = now + APP_PROBE_S
             self._wake.wait(0.05)
             self._wake.clear()
 
@@ -544,55 +751,25 @@ def connection_settings(use_local: bool, host: str, port: int, password: str,
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets (kept in the script's settings, so they travel with the scene collection on any OS)
-# ---------------------------------------------------------------------------------------------
-def load_presets(raw: str) -> Dict[str, Dict[str, Any]]:
-    presets = {k: dict(v) for k, v in BUILTIN_PRESETS.items()}
-    try:
-        saved = json.loads(raw) if raw else {}
-    except ValueError:
-        saved = {}
-    if isinstance(saved, dict):
-        for name, values in saved.items():
-            if isinstance(name, str) and isinstance(values, dict):
-                presets[name] = valid_values(values)
-    return presets
-
-
-def save_preset(raw: str, name: str, values: Mapping[str, Any]) -> str:
-    """The presets JSON with `name` set to the preset-worthy part of `values`."""
-    try:
-        saved = json.loads(raw) if raw else {}
-    except ValueError:
-        saved = {}
-    if not isinstance(saved, dict):
-        saved = {}
-    keep = {k: v for k, v in normalize(values).items() if FIELDS[k].get("in_preset")}
-    saved[name] = keep
-    return json.dumps(saved, sort_keys=True)
-
-
-def delete_preset(raw: str, name: str) -> str:
-    try:
-        saved = json.loads(raw) if raw else {}
-    except ValueError:
-        saved = {}
-    if isinstance(saved, dict):
-        saved.pop(name, None)
-    return json.dumps(saved if isinstance(saved, dict) else {}, sort_keys=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # OBS glue (everything below runs only inside OBS, or with a stand-in obspython in tests)
 # ---------------------------------------------------------------------------------------------
+TICK_MS = 250
+OPEN_GROUPS = ("Prompt", "Diffusion", "Output")  # expanded until the user folds them
+PANEL_GROUPS = ("Presets", "Connection", "Details")  # the panel's own, after the schema's
+HOTKEY_PREFIX = "dreamcam."
+PRESET_HOTKEY = HOTKEY_PREFIX + "preset."
+
+
 class _Script:
     def __init__(self) -> None:
         self.settings: Any = None
         self.panel = Panel()
         self.link: Optional[Link] = None
-        self.shown_line = ""
+        self.shown = ("", "", "")  # short line, details, full line last written
         self.config_dir: Optional[str] = None
         self.ticks = 0
+        self.hotkeys: Dict[str, Any] = {}  # hotkey name -> OBS hotkey id
+        self.group_children: Dict[str, List[str]] = {}  # group property -> its properties
 
 
 _S = _Script()
@@ -623,14 +800,21 @@ def write_panel(settings: Any, values: Mapping[str, Any]) -> None:
         _data_fn("set", FIELDS[name]["type"])(settings, name, value)
 
 
+def group_setting(title: str) -> str:
+    """The settings key of a group's box: true while it is expanded."""
+    return "group_" + "".join(c if c.isalnum() else "_" for c in title.lower())
+
+
 def script_description() -> str:
     text = ("<b>Dreamcam</b>: live control of the Dreamcam app (real-time diffusion virtual camera). "
-            "Start the app with <code>dreamcam run --obs</code>, enable Tools &gt; WebSocket Server "
-            "Settings, and enter the same port and password below.")
+            "Start the app with <code>dreamcam run --obs</code> and enable Tools &gt; WebSocket Server "
+            "Settings. The panel shows the settings in force in the app; sliders act at once, prompts "
+            "when you press <b>Apply</b> (or Enter). Untick a section's title to fold it. Hotkeys: "
+            "Settings &gt; Hotkeys, \"Dreamcam\".")
     if obsws_python is None:
-        text += "<br><b>Not working yet:</b> " + install_hint().replace("\n", "<br>")
+        text += "<br><b>Not working yet:</b> " + html_text(install_hint())
     if SCHEMA_ERROR:
-        text += "<br><b>No settings to show:</b> " + SCHEMA_ERROR
+        text += "<br><b>No settings to show:</b> " + html_text(SCHEMA_ERROR)
     return text
 
 
@@ -638,67 +822,110 @@ def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_bool(settings, "use_local_websocket", True)
     obs.obs_data_set_default_string(settings, "host", "127.0.0.1")
     obs.obs_data_set_default_int(settings, "port", 4455)
-    obs.obs_data_set_default_string(settings, "presets_json", "")
     for name, spec in FIELDS.items():
         _data_fn("set_default", spec["type"])(settings, name, spec["default"])
+    for title in list(GROUPS) + list(PANEL_GROUPS):
+        obs.obs_data_set_default_bool(settings, group_setting(title), title in OPEN_GROUPS)
 
 
 def _group(props: Any, title: str) -> Any:
-    """A titled box of the panel for one schema group (flat where OBS has no groups)."""
+    """A box of the panel whose title is a tick box: untick it to fold the box (OBS has no
+    collapsible groups; the contents are hidden instead). Flat where OBS has no groups."""
     if not hasattr(obs, "obs_properties_add_group"):
         return props
     box = obs.obs_properties_create()
-    name = "group_" + "".join(c if c.isalnum() else "_" for c in title.lower())
-    obs.obs_properties_add_group(props, name, title, obs.OBS_GROUP_NORMAL, box)
+    name = group_setting(title)
+    group = obs.obs_properties_add_group(props, name, title, obs.OBS_GROUP_CHECKABLE, box)
+    obs.obs_property_set_modified_callback(group, _on_group_toggled)
+    _S.group_children[name] = []
     return box
 
 
-def _add_field(props: Any, name: str, spec: Mapping[str, Any]) -> None:
-    """One control for a schema field, chosen by its widget hint."""
+def _add_field(box: Any, name: str, spec: Mapping[str, Any]) -> List[Any]:
+    """The control(s) for one schema field, chosen by its widget hint."""
     kind, widget, label = spec["type"], spec["widget"], spec["label"]
+    added = []
     if kind == "text":
         text_type = obs.OBS_TEXT_MULTILINE if widget == "multiline" else (
             obs.OBS_TEXT_PASSWORD if spec.get("secret") else obs.OBS_TEXT_DEFAULT)
-        obs.obs_properties_add_text(props, name, label, text_type)
+        prop = obs.obs_properties_add_text(box, name, label, text_type)
+        obs.obs_property_set_modified_callback(prop, _on_text_modified)
+        added.append(prop)
     elif kind == "choice":
-        lst = obs.obs_properties_add_list(props, name, label, obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_STRING)
+        prop = obs.obs_properties_add_list(box, name, label, obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_STRING)
         for choice in spec["choices"]:
-            obs.obs_property_list_add_string(lst, choice, choice)
+            obs.obs_property_list_add_string(prop, choice, choice)
+        obs.obs_property_set_modified_callback(prop, _on_discrete_modified)
+        added.append(prop)
     elif kind == "bool":
-        obs.obs_properties_add_bool(props, name, label)
+        prop = obs.obs_properties_add_bool(box, name, label)
+        obs.obs_property_set_modified_callback(prop, _on_discrete_modified)
+        added.append(prop)
     elif kind in ("int", "float"):
         verb = ("int" if kind == "int" else "float") + ("_slider" if widget == "slider" else "")
-        getattr(obs, "obs_properties_add_" + verb)(props, name, label, spec["min"], spec["max"], spec["step"])
+        added.append(getattr(obs, "obs_properties_add_" + verb)(box, name, label, spec["min"], spec["max"],
+                                                                 spec["step"]))
         if name == "seed":
-            obs.obs_properties_add_button(props, "randomize_seed", "Randomize seed", _on_randomize_seed)
+            added.append(obs.obs_properties_add_button(box, "randomize_seed", "New seed", _on_randomize_seed))
+    if APPLIED_FIELDS and name == APPLIED_FIELDS[-1]:
+        added.append(obs.obs_properties_add_button(box, "apply_prompts", "Apply prompts", _on_apply_prompts))
+    return added
+
+
+def _boxes(props: Any) -> Dict[str, Any]:
+    return {title: _group(props, title) for title in list(GROUPS) + list(PANEL_GROUPS)}
 
 
 def script_properties() -> Any:
     props = obs.obs_properties_create()
-    if obsws_python is None:
-        obs.obs_properties_add_text(props, "install_hint", install_hint(), obs.OBS_TEXT_INFO)
-    obs.obs_properties_add_text(props, "status", "Status", obs.OBS_TEXT_INFO)
-    obs.obs_properties_add_button(props, "refresh_status", "Refresh status", _on_refresh)
-    obs.obs_properties_add_bool(props, "use_local_websocket",
-                                "Use this OBS's WebSocket server settings (ignore the three fields below)")
-    obs.obs_properties_add_text(props, "host", "WebSocket host", obs.OBS_TEXT_DEFAULT)
-    obs.obs_properties_add_int(props, "port", "WebSocket port", 1, 65535, 1)
-    obs.obs_properties_add_text(props, "password", "WebSocket password", obs.OBS_TEXT_PASSWORD)
+    _S.group_children = {}
+    obs.obs_properties_add_text(props, "status", "Dreamcam", obs.OBS_TEXT_INFO)
+    obs.obs_properties_add_button(props, "refresh_status", "Refresh", _on_refresh)
+    boxes = _boxes(props)
+    children: Dict[str, List[Any]] = {title: [] for title in boxes}
     for group in GROUPS:
-        box = _group(props, group)
         for name, spec in FIELDS.items():
             if spec["group"] == group:
-                _add_field(box, name, spec)
-    lst = obs.obs_properties_add_list(props, "preset_pick", "Preset", obs.OBS_COMBO_TYPE_LIST,
-                                      obs.OBS_COMBO_FORMAT_STRING)
-    raw = obs.obs_data_get_string(_S.settings, "presets_json") if _S.settings is not None else ""
-    for name in sorted(load_presets(raw)):
-        obs.obs_property_list_add_string(lst, name, name)
-    obs.obs_properties_add_button(props, "preset_load", "Load preset", _on_preset_load)
-    obs.obs_properties_add_text(props, "preset_name", "Save current as", obs.OBS_TEXT_DEFAULT)
-    obs.obs_properties_add_button(props, "preset_save", "Save preset", _on_preset_save)
-    obs.obs_properties_add_button(props, "preset_delete", "Delete picked preset", _on_preset_delete)
+                children[group] += _add_field(boxes[group], name, spec)
+    presets = boxes["Presets"]
+    pick = obs.obs_properties_add_list(presets, "preset_pick", "App preset", obs.OBS_COMBO_TYPE_LIST,
+                                       obs.OBS_COMBO_FORMAT_STRING)
+    for name in _S.panel.presets:
+        obs.obs_property_list_add_string(pick, name, name)
+    children["Presets"] += [
+        pick,
+        obs.obs_properties_add_button(presets, "preset_load", "Apply preset", _on_preset_load),
+        obs.obs_properties_add_text(presets, "preset_name", "Save as", obs.OBS_TEXT_DEFAULT),
+        obs.obs_properties_add_button(presets, "preset_save", "Save settings in force", _on_preset_save),
+        obs.obs_properties_add_button(presets, "preset_delete", "Delete picked preset", _on_preset_delete)]
+    conn = boxes["Connection"]
+    use_local = obs.obs_properties_add_bool(conn, "use_local_websocket", "Use this OBS's WebSocket settings")
+    obs.obs_property_set_modified_callback(use_local, _on_discrete_modified)
+    children["Connection"] += [
+        use_local,
+        obs.obs_properties_add_text(conn, "host", "Host", obs.OBS_TEXT_DEFAULT),
+        obs.obs_properties_add_int(conn, "port", "Port", 1, 65535, 1),
+        obs.obs_properties_add_text(conn, "password", "Password", obs.OBS_TEXT_PASSWORD)]
+    details = obs.obs_properties_add_text(boxes["Details"], "details", "", obs.OBS_TEXT_INFO)
+    if hasattr(obs, "obs_property_text_set_info_word_wrap"):  # OBS 28+: long text wraps, never widens
+        obs.obs_property_text_set_info_word_wrap(details, True)
+    children["Details"].append(details)
+    if obsws_python is None:
+        hint = obs.obs_properties_add_text(props, "install_hint", install_hint(), obs.OBS_TEXT_INFO)
+        if hasattr(obs, "obs_property_text_set_info_word_wrap"):
+            obs.obs_property_text_set_info_word_wrap(hint, True)
+    for title, props_of in children.items():
+        key = group_setting(title)
+        _S.group_children[key] = [obs.obs_property_name(p) for p in props_of]
+        _fold(props, key, _S.settings is None or obs.obs_data_get_bool(_S.settings, key))
     return props
+
+
+def _fold(props: Any, group: str, expanded: bool) -> None:
+    for name in _S.group_children.get(group, []):
+        prop = obs.obs_properties_get(props, name)
+        if prop is not None:
+            obs.obs_property_set_visible(prop, expanded)
 
 
 def script_load(settings: Any) -> None:
@@ -708,7 +935,9 @@ def script_load(settings: Any) -> None:
         _log("[dreamcam] " + install_hint())
     _S.link = Link(_S.panel, log=_log)
     _S.link.start()
-    obs.timer_add(_refresh_status, 500)
+    _load_hotkeys(settings)
+    _show_status(force=True)  # never the text of an earlier session
+    obs.timer_add(_tick, TICK_MS)
     try:  # build the panel once now, so a problem shows in the log at load, not when it is opened
         obs.obs_properties_destroy(script_properties())
     except Exception as exc:
@@ -721,6 +950,16 @@ def script_update(settings: Any) -> None:
     _S.panel.update(read_panel(settings))
 
 
+def script_save(settings: Any) -> None:
+    """OBS saves the scene collection: keep the hotkeys' keys (and the preset names they are for)."""
+    for name, hotkey in _S.hotkeys.items():
+        array = obs.obs_hotkey_save(hotkey)
+        obs.obs_data_set_array(settings, "hotkey:" + name, array)
+        obs.obs_data_array_release(array)
+    names = [n[len(PRESET_HOTKEY):] for n in _S.hotkeys if n.startswith(PRESET_HOTKEY)]
+    obs.obs_data_set_string(settings, "hotkey_presets", json.dumps(names))
+
+
 def _configure_link(settings: Any) -> None:
     if _S.link is not None:
         _S.link.configure(*connection_settings(
@@ -730,88 +969,195 @@ def _configure_link(settings: Any) -> None:
 
 
 def script_unload() -> None:
-    obs.timer_remove(_refresh_status)
+    obs.timer_remove(_tick)
+    for hotkey in _S.hotkeys.values():
+        obs.obs_hotkey_unregister(hotkey)
+    _S.hotkeys = {}
     if _S.link is not None:
         _S.link.stop()
         _S.link = None
 
 
-def _refresh_status() -> None:
-    """OBS timer: copy the latest status line into the panel (and the optional status file)."""
+# ---- hotkeys (Settings > Hotkeys) ------------------------------------------------------------
+def toggle_pause() -> None:
+    paused = _S.panel.app_value("paused")
+    if paused is None and _S.settings is not None:
+        paused = obs.obs_data_get_bool(_S.settings, "paused")
+    _S.panel.command("settings", paused=not bool(paused))
+
+
+def step_preset(step: int) -> None:
+    name = _S.panel.preset_after(step)
+    if name is not None:
+        _S.panel.command("settings", preset=name)
+
+
+def new_seed() -> None:
+    spec = FIELDS.get("seed", {"min": 0, "max": 2 ** 31 - 1})
+    _S.panel.command("settings", seed=random.randint(spec["min"], spec["max"]))
+
+
+HOTKEYS = (  # name, what Settings > Hotkeys shows, action
+    (HOTKEY_PREFIX + "pause", "Dreamcam: pause / resume", toggle_pause),
+    (HOTKEY_PREFIX + "next_preset", "Dreamcam: next preset", lambda: step_preset(1)),
+    (HOTKEY_PREFIX + "previous_preset", "Dreamcam: previous preset", lambda: step_preset(-1)),
+    (HOTKEY_PREFIX + "new_seed", "Dreamcam: new random seed", new_seed),
+)
+
+
+def _register_hotkey(name: str, description: str, action: Callable[[], None]) -> None:
+    def on_key(pressed: bool) -> None:  # called on press and on release
+        if pressed:
+            action()
+
+    hotkey = obs.obs_hotkey_register_frontend(name, description, on_key)
+    if _S.settings is not None:  # the keys the user bound, saved by script_save
+        array = obs.obs_data_get_array(_S.settings, "hotkey:" + name)
+        if array is not None:
+            obs.obs_hotkey_load(hotkey, array)
+            obs.obs_data_array_release(array)
+    _S.hotkeys[name] = hotkey
+
+
+def _load_hotkeys(settings: Any) -> None:
+    for name, description, action in HOTKEYS:
+        _register_hotkey(name, description, action)
+    try:
+        known = json.loads(obs.obs_data_get_string(settings, "hotkey_presets") or "[]")
+    except ValueError:
+        known = []
+    _sync_preset_hotkeys([str(n) for n in known if isinstance(n, str)])
+
+
+def _sync_preset_hotkeys(names: List[str]) -> None:
+    """One hotkey per app preset; a preset's hotkey stays until the app no longer has it."""
+    wanted = {PRESET_HOTKEY + n: n for n in names}
+    for name in [n for n in _S.hotkeys if n.startswith(PRESET_HOTKEY) and n not in wanted]:
+        obs.obs_hotkey_unregister(_S.hotkeys.pop(name))
+    for name, preset in wanted.items():
+        if name not in _S.hotkeys:
+            _register_hotkey(name, "Dreamcam preset: " + preset,
+                             (lambda p: lambda: _S.panel.command("settings", preset=p))(preset))
+
+
+# ---- the timer: app values into the controls, status, hotkeys of new presets ----------------
+def _tick() -> None:
     if _S.settings is None:
         return
     _S.ticks += 1
-    if _S.ticks % 10 == 0:  # follow changes made in Tools > WebSocket Server Settings
+    if _S.ticks % 20 == 0:  # follow changes made in Tools > WebSocket Server Settings
         _configure_link(_S.settings)
-    line = _S.panel.status_line()
-    if line == _S.shown_line:
+    shown = _S.panel.take_shown()
+    if shown:
+        write_panel(_S.settings, shown)
+    if _S.panel.state_changes and sorted(n[len(PRESET_HOTKEY):] for n in _S.hotkeys
+                                         if n.startswith(PRESET_HOTKEY)) != sorted(_S.panel.presets):
+        _sync_preset_hotkeys(list(_S.panel.presets))
+    _show_status(force=bool(shown))
+
+
+def _show_status(force: bool = False) -> None:
+    """Status and details into the panel's settings (shown at the panel's next redraw), and the
+    optional status file (for monitoring tools and tests)."""
+    if _S.settings is None:
         return
-    _S.shown_line = line
-    obs.obs_data_set_string(_S.settings, "status", line)
-    path = obs.obs_data_get_string(_S.settings, "status_file")  # for monitoring tools and tests
+    shown = (_S.panel.short_line(), _S.panel.details(), _S.panel.status_line())
+    if shown == _S.shown and not force:
+        return
+    _S.shown = shown
+    obs.obs_data_set_string(_S.settings, "status", shown[0])
+    obs.obs_data_set_string(_S.settings, "details", shown[1])
+    path = obs.obs_data_get_string(_S.settings, "status_file")
     if path:
-        try:
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(line + "\n")
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        values = {"values": read_panel(_S.settings), "in_force": _S.panel.app_settings,
+                  "drafts": _S.panel.drafts(), "presets": list(_S.panel.presets),
+                  "hotkeys": sorted(_S.hotkeys), "short": shown[0]}
+        _write_file(path, shown[2] + "\n")
+        _write_file(path + ".json", json.dumps(values, sort_keys=True))
+
+
+def _write_file(path: str, text: str) -> None:
+    try:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# ---- callbacks (OBS's UI thread); returning True redraws the panel from its settings --------
+def _redraw() -> bool:
+    """Bring the controls and the status up to date before OBS redraws the panel."""
+    shown = _S.panel.take_shown()
+    if shown and _S.settings is not None:
+        write_panel(_S.settings, shown)
+    _show_status(force=True)
+    return True
 
 
 def _on_refresh(props: Any, prop: Any) -> bool:
-    _refresh_status()
+    return _redraw()
+
+
+def _on_discrete_modified(props: Any, prop: Any, settings: Any) -> bool:
+    """A tick box or a list: the click is over, so a redraw disturbs nothing and shows the news."""
+    script_update(settings)
+    return _redraw()
+
+
+def _on_text_modified(props: Any, prop: Any, settings: Any) -> bool:
+    """Typing changes nothing in the app. Enter (a newline in the box) applies the prompts; Tab
+    and newlines are no part of a prompt: they are taken out (a redraw shows that)."""
+    name = obs.obs_property_name(prop)
+    raw = obs.obs_data_get_string(settings, name)
+    if "\n" not in raw and "\t" not in raw and "\r" not in raw:
+        return False
+    obs.obs_data_set_string(settings, name, clean_text(raw))
+    script_update(settings)
+    if "\n" in raw or "\r" in raw:
+        _S.panel.apply()
+    return _redraw()
+
+
+def _on_group_toggled(props: Any, prop: Any, settings: Any) -> bool:
+    name = obs.obs_property_name(prop)
+    _fold(props, name, obs.obs_data_get_bool(settings, name))
     return True
+
+
+def _on_apply_prompts(props: Any, prop: Any) -> bool:
+    if _S.settings is not None:
+        script_update(_S.settings)
+    _S.panel.apply()
+    return _redraw()
 
 
 def _on_randomize_seed(props: Any, prop: Any) -> bool:
-    if _S.settings is None:
-        return False
-    seed = FIELDS["seed"]
-    obs.obs_data_set_int(_S.settings, "seed", random.randint(seed["min"], seed["max"]))
-    script_update(_S.settings)
-    return True
+    new_seed()
+    return _redraw()
 
 
 def _on_preset_load(props: Any, prop: Any) -> bool:
-    if _S.settings is None:
+    name = obs.obs_data_get_string(_S.settings, "preset_pick") if _S.settings is not None else ""
+    if not name:
         return False
-    name = obs.obs_data_get_string(_S.settings, "preset_pick")
-    preset = load_presets(obs.obs_data_get_string(_S.settings, "presets_json")).get(name)
-    if not preset:
-        return False
-    write_panel(_S.settings, preset)
-    _S.panel.update(read_panel(_S.settings), preset=name)
-    return True
+    _S.panel.command("settings", preset=name)
+    return _redraw()
 
 
 def _on_preset_save(props: Any, prop: Any) -> bool:
-    if _S.settings is None:
-        return False
-    name = obs.obs_data_get_string(_S.settings, "preset_name").strip()
+    name = obs.obs_data_get_string(_S.settings, "preset_name").strip() if _S.settings is not None else ""
     if not name:
         return False
-    raw = save_preset(obs.obs_data_get_string(_S.settings, "presets_json"), name, read_panel(_S.settings))
-    obs.obs_data_set_string(_S.settings, "presets_json", raw)
+    _S.panel.command("preset_save", name=name)
     obs.obs_data_set_string(_S.settings, "preset_pick", name)
-    _refill_presets(props)
-    return True
+    return _redraw()
 
 
 def _on_preset_delete(props: Any, prop: Any) -> bool:
-    if _S.settings is None:
+    name = obs.obs_data_get_string(_S.settings, "preset_pick") if _S.settings is not None else ""
+    if not name:
         return False
-    name = obs.obs_data_get_string(_S.settings, "preset_pick")
-    raw = delete_preset(obs.obs_data_get_string(_S.settings, "presets_json"), name)
-    obs.obs_data_set_string(_S.settings, "presets_json", raw)
-    _refill_presets(props)
-    return True
-
-
-def _refill_presets(props: Any) -> None:
-    lst = obs.obs_properties_get(props, "preset_pick")
-    if lst is None:
-        return
-    obs.obs_property_list_clear(lst)
-    for name in sorted(load_presets(obs.obs_data_get_string(_S.settings, "presets_json"))):
-        obs.obs_property_list_add_string(lst, name, name)
+    _S.panel.command("preset_delete", name=name)
+    return _redraw()

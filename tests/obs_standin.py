@@ -1,5 +1,8 @@
 """A stand-in for OBS's `obspython` module, just big enough to run obs_scripts/dreamcam_obs.py's
-OBS glue outside OBS: settings objects with defaults, a properties tree, timers and a log."""
+OBS glue outside OBS: settings objects with defaults, a properties tree (modified callbacks,
+visibility), hotkeys, timers and a log; `user_sets` and `press` act as a user of the Scripts
+dialog does (OBS's properties view: set the value, call script_update, then the modified
+callback, and rebuild the panel when a callback returns True)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "obs_scripts" / "dreamcam_obs.py"
 
 OBS_TEXT_DEFAULT, OBS_TEXT_PASSWORD, OBS_TEXT_MULTILINE, OBS_TEXT_INFO = 0, 1, 2, 3
 OBS_COMBO_TYPE_LIST, OBS_COMBO_FORMAT_STRING = 2, 3
-OBS_GROUP_NORMAL = 1
+OBS_GROUP_NORMAL, OBS_GROUP_CHECKABLE = 1, 2
 LOG_ERROR, LOG_WARNING, LOG_INFO = 100, 200, 300
 
 
@@ -30,6 +33,7 @@ class Prop:
     def __init__(self, name: str, desc: str, kind: str, **extra: Any) -> None:
         self.name, self.desc, self.kind, self.extra = name, desc, kind, extra
         self.items: list[tuple[str, str]] = []
+        self.visible = True
 
 
 class Props:
@@ -92,9 +96,27 @@ def make_module() -> types.ModuleType:
     m.obs_properties_add_bool = lambda p, n, d: p.add(Prop(n, d, "bool"))
     m.obs_properties_add_list = lambda p, n, d, t, f: p.add(Prop(n, d, "list"))
     m.obs_properties_add_button = lambda p, n, d, cb: p.add(Prop(n, d, "button", callback=cb))
+    m.obs_property_set_modified_callback = lambda prop, cb: prop.extra.__setitem__("modified", cb)
+    m.obs_property_name = lambda prop: prop.name
+    m.obs_property_set_visible = lambda prop, v: setattr(prop, "visible", bool(v))
+    m.obs_property_text_set_info_word_wrap = lambda prop, v: prop.extra.__setitem__("word_wrap", bool(v))
     m.obs_property_list_add_string = lambda prop, label, value: prop.items.append((label, value))
     m.obs_property_list_clear = lambda prop: prop.items.clear()
 
+    m.obs_data_get_array = lambda d, n: d.values.get(n)
+    m.obs_data_set_array = lambda d, n, a: d.values.__setitem__(n, list(a))
+    m.obs_data_array_release = lambda a: None
+    m.hotkeys = {}  # id -> [name, description, callback, bound keys]
+
+    def register_hotkey(name, description, callback):
+        hotkey = len(m.hotkeys) + 1
+        m.hotkeys[hotkey] = [name, description, callback, []]
+        return hotkey
+
+    m.obs_hotkey_register_frontend = register_hotkey
+    m.obs_hotkey_unregister = lambda hotkey: m.hotkeys.pop(hotkey, None)
+    m.obs_hotkey_save = lambda hotkey: list(m.hotkeys[hotkey][3])
+    m.obs_hotkey_load = lambda hotkey, array: m.hotkeys[hotkey].__setitem__(3, list(array))
     m.timer_add = lambda cb, ms: m.timers.append(cb)
     m.timer_remove = lambda cb: m.timers.remove(cb) if cb in m.timers else None
     m.script_log = lambda level, msg: m.log.append(msg)
@@ -121,3 +143,53 @@ def load_script(*, block_obsws: bool = False, path: Path = SCRIPT) -> tuple[type
             else:
                 sys.modules[k] = v
     return module, obs
+
+
+def press_hotkey(obs: types.ModuleType, name: str) -> None:
+    """A key bound in Settings > Hotkeys goes down and up (obs-websocket's TriggerHotkeyByName
+    sends the press only)."""
+    (callback,) = [entry[2] for entry in obs.hotkeys.values() if entry[0] == name]
+    callback(True)
+    callback(False)
+
+
+class Dialog:
+    """The Scripts dialog showing the script's panel, as OBS's properties view runs it."""
+
+    def __init__(self, module: types.ModuleType, obs: types.ModuleType, settings: Data) -> None:
+        self.module, self.obs, self.settings = module, obs, settings
+        self.redraws = 0
+        self.props = module.script_properties()
+
+    def redraw(self) -> None:
+        self.redraws += 1
+        self.props = self.module.script_properties()
+
+    def user_sets(self, name: str, value: Any) -> None:
+        """Type, drag, tick or pick: the value lands in the settings, then script_update, then
+        the property's modified callback (True: the panel is rebuilt)."""
+        prop = self.props.props[name]
+        assert prop.visible, f"{name} is folded away"
+        if isinstance(value, bool):
+            self.obs.obs_data_set_bool(self.settings, name, value)
+        elif isinstance(value, str):
+            self.obs.obs_data_set_string(self.settings, name, value)
+        elif prop.kind in ("int", "int_slider"):
+            self.obs.obs_data_set_int(self.settings, name, value)
+        else:
+            self.obs.obs_data_set_double(self.settings, name, value)
+        self.module.script_update(self.settings)
+        modified = prop.extra.get("modified")
+        if modified is not None and modified(self.props, prop, self.settings):
+            self.redraw()
+
+    def press(self, name: str) -> None:
+        prop = self.props.props[name]
+        assert prop.kind == "button" and prop.visible, name
+        if prop.extra["callback"](self.props, prop):
+            self.redraw()
+
+    def shown(self, name: str) -> Any:
+        """What the control shows: its value in the settings as of the last redraw is what OBS
+        draws; the stand-in reads the settings now (tests redraw first where it matters)."""
+        return self.settings.get(name, None)

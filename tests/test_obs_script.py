@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import time
 
 import pytest
 
@@ -108,37 +110,106 @@ def test_debouncer_waits_for_quiet_but_not_forever():
     assert d.due(t)
 
 
-def test_panel_sends_everything_once_then_only_debounced_changes():
+def state(module, sender_origin="control:dreamcam set", version=1, presets=(), **settings):
+    """A `state` message as the app broadcasts it (plugin.messages.state_event)."""
+    values = {name: spec["default"] for name, spec in module.FIELDS.items()}
+    values.update(settings)
+    return module.encode("state", settings=values, version=version, origin=sender_origin, presets=list(presets))
+
+
+def test_the_app_state_is_shown_and_nothing_is_sent_back():
     module, _ = load_script()
     clock = Clock()
     panel = module.Panel(clock=clock)
-    assert panel.outgoing() is None  # nothing read from OBS yet
+    stored = {name: spec["default"] for name, spec in module.FIELDS.items()}
+    stored.update(prompt="an old panel prompt", strength=0.9)
+    panel.update(stored)  # what OBS kept from the last session
+    assert panel.outgoing() is None  # never pushed to the app
+    panel.on_event(state(module, prompt="X from the app", strength=0.2, presets=["Ink", "Neon"]))
+    assert panel.take_shown() == {"prompt": "X from the app", "strength": 0.2}
+    assert panel.take_shown() == {}
+    clock.t += 5
+    assert panel.outgoing() is None
+    assert panel.presets == ["Ink", "Neon"] and panel.app_origin == "control:dreamcam set"
+    # a later change from anywhere else follows
+    panel.on_event(state(module, "tray", version=2, prompt="X from the app", strength=0.2, paused=True))
+    assert panel.take_shown() == {"paused": True}
+
+
+def test_sliders_go_out_debounced_and_prompts_only_when_applied():
+    module, _ = load_script()
+    clock = Clock()
+    panel = module.Panel(clock=clock, sender="obs-panel-test")
     values = {name: spec["default"] for name, spec in module.FIELDS.items()}
     panel.update(values)
-    first = panel.outgoing()[module.NAMESPACE]
-    assert set(first) == {"v", "kind", *module.FIELDS}
-    assert panel.outgoing() is None
-    for i, text in enumerate(["a", "a c", "a ca", "a cat"]):  # typing
-        clock.t += 0.1
+    panel.on_event(state(module))
+    panel.take_shown()
+    for text in ["a", "a c", "a ca", "a cat"]:  # typing a prompt: nothing goes out, however long
+        clock.t += 0.3
         panel.update(dict(values, prompt=text))
         assert panel.outgoing() is None
-    clock.t += 0.5
-    msg = panel.outgoing()[module.NAMESPACE]
-    assert msg == {"v": 1, "kind": "settings", "prompt": "a cat"}
-    clock.t += 5
-    assert panel.outgoing() is None  # unchanged values send nothing
-    panel.update(dict(values, prompt="a cat"))
-    clock.t += 5
+    clock.t += 10
+    assert panel.outgoing() is None and panel.drafts() == ["prompt"]
+    for strength in (0.51, 0.55, 0.6):  # dragging a slider: one message once it settles
+        clock.t += 0.1
+        panel.update(dict(values, prompt="a cat", strength=strength))
+        assert panel.outgoing() is None
+    clock.t += module.DEBOUNCE_S
+    assert panel.outgoing()[module.NAMESPACE] == {"v": 1, "kind": "settings", "strength": 0.6,
+                                                   "from": "obs-panel-test"}
+    assert panel.apply() == ["prompt"]  # Apply (or Enter)
+    assert panel.outgoing()[module.NAMESPACE] == {"v": 1, "kind": "settings", "prompt": "a cat",
+                                                   "from": "obs-panel-test"}
     assert panel.outgoing() is None
-    panel.on_event(module.encode("hello", role="app"))  # a restarted app gets the whole panel
-    assert set(panel.outgoing()[module.NAMESPACE]) == {"v", "kind", *module.FIELDS}
+
+
+def test_a_state_never_undoes_what_the_user_is_changing():
+    module, _ = load_script()
+    clock = Clock()
+    panel = module.Panel(clock=clock, sender="obs-panel-me")
+    values = {name: spec["default"] for name, spec in module.FIELDS.items()}
+    panel.update(values)
+    panel.on_event(state(module))
+    panel.take_shown()
+    panel.update(dict(values, strength=0.7, prompt="my draft"))  # dragging; a prompt typed
+    panel.on_event(state(module, "tray", version=2, strength=0.1, prompt="from the tray", seed=9))
+    assert panel.take_shown() == {"seed": 9}  # the drag and the draft stay
+    clock.t += 1
+    assert panel.outgoing()[module.NAMESPACE]["strength"] == 0.7
+    # a state that predates our change keeps it; the app's echo of it confirms it
+    panel.on_event(state(module, "tray", version=3, strength=0.1, prompt="from the tray", seed=9))
+    assert panel.take_shown() == {}
+    panel.on_event(state(module, "obs:obs-panel-me", version=4, strength=0.7, prompt="from the tray", seed=9))
+    assert panel.take_shown() == {}
+    # a change the app never confirms (it refused it) falls back to the app's value
+    panel.update(dict(values, strength=0.3, prompt="my draft", seed=9))
+    clock.t += 1
+    assert panel.outgoing() is not None
+    clock.t += module.IN_FLIGHT_S + 0.1
+    assert panel.take_shown() == {"strength": 0.7}
+
+
+def test_presets_pause_and_seed_are_commands_to_the_app():
+    module, _ = load_script()
+    panel = module.Panel(sender="obs-panel-x")
+    panel.on_event(state(module, presets=["Ink", "Neon", "Sea"], preset="Neon"))
+    assert panel.preset_after(1) == "Sea" and panel.preset_after(-1) == "Ink"
+    panel.on_event(state(module, version=2, presets=["Ink", "Neon", "Sea"], preset="Sea"))
+    assert panel.preset_after(1) == "Ink"
+    panel.command("preset_save", name="Mine")
+    assert panel.outgoing()[module.NAMESPACE] == {"v": 1, "kind": "preset_save", "name": "Mine",
+                                                   "from": "obs-panel-x"}
+    store = SettingsStore()
+    panel.command("settings", paused=True)
+    assert messages.handle(store, panel.outgoing(), "obs").error is None
+    assert store.current.paused and store.origin == "obs:obs-panel-x"
 
 
 def test_normalize_and_diff():
     module, _ = load_script()
     assert module.normalize({"steps": 2.0, "strength": 0.1 + 0.2, "paused": 1, "bogus": 3}) == {
         "steps": 2, "strength": 0.3, "paused": True}
-    assert module.diff_settings({"a": 1, "b": 2}, {"a": 1}) == {"b": 2}
+    assert module.normalize({"prompt": "a cat\t on\na mat\n"}) == {"prompt": "a cat  on a mat"}
     assert module.check_values({"prompt": "x" * 5000}).startswith("prompt is 5000 characters")
 
 
@@ -159,30 +230,190 @@ def test_connection_errors_are_explained():
 
 
 # ---- OBS glue with the stand-in ------------------------------------------------------------
-def test_properties_panel_has_every_control(script):
+def pump(module, store, presets=None):
+    """The network between the panel and a real app store: what the panel sends is handled by
+    plugin.messages, and the app's answer (its state) comes back, as over OBS."""
+    panel = module._S.panel
+    while True:
+        message = panel.outgoing()
+        if message is None:
+            return
+        handled = messages.handle(store, message, "obs", presets)
+        if handled.wants_state or handled.kind == "settings":
+            panel.on_event(messages.state_event(store, presets))
+
+
+class Presets:
+    """The app's preset store, in memory (plugin.messages.PresetStore)."""
+
+    def __init__(self, **saved):
+        self.saved = dict(saved)
+
+    def list_presets(self):
+        return sorted(self.saved)
+
+    def load_preset(self, name):
+        return {**self.saved[name], "preset": name}
+
+    def save_preset(self, name, settings):
+        self.saved[name] = {k: v for k, v in settings.as_dict().items() if k != "preset"}
+
+    def delete_preset(self, name):
+        return self.saved.pop(name, None) is not None
+
+
+@pytest.fixture()
+def dialog(script):
+    from obs_standin import Dialog
+
     module, obs = script
     settings = obs.obs_data_create()
     module.script_defaults(settings)
-    module._S.settings = settings
-    props = module.script_properties().props
+    obs.obs_data_set_bool(settings, "use_local_websocket", False)
+    obs.obs_data_set_int(settings, "port", free_port())  # nothing listens there
+    obs.obs_data_set_string(settings, "status", "obsws-python is not installed")  # an old session's text
+    obs.obs_data_set_string(settings, "prompt", "the panel's old prompt")
+    module.script_load(settings)
+    module.script_update(settings)
+    return module, obs, settings, Dialog(module, obs, settings)
+
+
+def test_properties_panel_has_every_control_in_folding_sections(dialog):
+    module, obs, settings, view = dialog
+    props = view.props.props
     for name in module.FIELDS:
         assert name in props, name
     assert props["password"].extra["text_type"] == obs.OBS_TEXT_PASSWORD
     assert props["status"].extra["text_type"] == obs.OBS_TEXT_INFO
+    assert props["details"].extra["word_wrap"] is True  # long text wraps instead of widening the panel
     assert [v for _, v in props["cfg_type"].items] == module.FIELDS["cfg_type"]["choices"]
     groups = [p for p in props.values() if p.kind == "group"]
-    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Output"]
-    assert set(groups[0].extra["box"].props) == {"prompt", "negative_prompt", "transition_frames"}
+    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Output", "Presets",
+                                        "Connection", "Details"]
+    assert all(g.extra["group_type"] == obs.OBS_GROUP_CHECKABLE for g in groups)
+    assert set(groups[0].extra["box"].props) == {"prompt", "negative_prompt", "apply_prompts", "transition_frames"}
     assert props["guidance_scale"].kind == "float_slider" and props["guidance_scale"].extra["high"] == 20.0
     assert props["seed"].kind == "int" and props["seed"].extra["high"] == 2**31 - 1
-    assert props["strength"].desc == "Strength (0 keeps the input, 1 ignores it)"
-    for button in ("randomize_seed", "preset_load", "preset_save", "preset_delete"):
+    for button in ("refresh_status", "apply_prompts", "randomize_seed", "preset_load", "preset_save", "preset_delete"):
         assert props[button].kind == "button"
-    assert {"Watercolor", "Anime"} <= {v for _, v in props["preset_pick"].items}
     assert "install_hint" not in props
-    assert obs.obs_data_get_string(settings, "host") == "127.0.0.1"
-    assert obs.obs_data_get_int(settings, "port") == 4455
-    assert obs.obs_data_get_double(settings, "strength") == StreamSettings().strength
+    # folded at first: similarity filter, presets, connection, details; open: prompt, diffusion, output
+    assert props["prompt"].visible and props["strength"].visible and props["paused"].visible
+    assert not props["similarity_threshold"].visible and not props["host"].visible
+    view.user_sets("group_connection", True)  # tick the section's title: it unfolds
+    assert view.props.props["host"].visible and view.redraws == 1
+    view.user_sets("group_diffusion", False)
+    assert not view.props.props["strength"].visible
+    # the status at the top is one short line, never the text of an earlier session
+    status = obs.obs_data_get_string(settings, "status")
+    assert status and "obsws-python" not in status and len(status) <= module.SHORT_STATUS_CHARS
+
+
+def test_panel_shows_the_app_settings_sends_only_changes_and_prompts_on_apply(dialog):
+    module, obs, settings, view = dialog
+    store = SettingsStore(StreamSettings(prompt="X", strength=0.2))
+    module._S.panel.on_event(messages.state_event(store))  # the app's answer to the panel's hello
+    module._tick()
+    assert obs.obs_data_get_string(settings, "prompt") == "X"  # the app's values, not the panel's
+    assert obs.obs_data_get_double(settings, "strength") == 0.2
+    pump(module, store)
+    assert store.version == 0  # nothing went back to the app
+    view.user_sets("prompt", "a neon cyberpunk city at")  # half typed
+    time.sleep(module.DEBOUNCE_S + 0.1)
+    pump(module, store)
+    assert store.current.prompt == "X"
+    view.user_sets("prompt", "a neon cyberpunk city at\tnight")  # Tab: taken out, not sent
+    assert obs.obs_data_get_string(settings, "prompt") == "a neon cyberpunk city at night"
+    pump(module, store)
+    assert store.current.prompt == "X"
+    view.user_sets("prompt", "a neon cyberpunk city at night\n")  # Enter applies it
+    assert obs.obs_data_get_string(settings, "prompt") == "a neon cyberpunk city at night"
+    pump(module, store)
+    assert store.current.prompt == "a neon cyberpunk city at night"
+    assert store.origin == "obs:" + module._S.panel.sender
+    view.user_sets("negative_prompt", "blurry, text")
+    view.press("apply_prompts")
+    pump(module, store)
+    assert store.current.negative_prompt == "blurry, text"
+    view.user_sets("strength", 0.45)  # sliders act without Apply
+    time.sleep(module.DEBOUNCE_S + 0.1)
+    pump(module, store)
+    assert store.current.strength == 0.45 and store.current.prompt == "a neon cyberpunk city at night"
+    # a change made elsewhere (dreamcam set, the tray) shows in the panel
+    store.apply({"guidance_scale": 3.5, "seed": 77}, origin="control:dreamcam set")
+    module._S.panel.on_event(messages.state_event(store))
+    module._tick()
+    assert obs.obs_data_get_double(settings, "guidance_scale") == 3.5
+    assert obs.obs_data_get_int(settings, "seed") == 77
+    assert "last change from control:dreamcam set" in obs.obs_data_get_string(settings, "details")
+
+
+def test_hotkeys_pause_step_presets_and_new_seed(dialog):
+    from obs_standin import press_hotkey
+
+    module, obs, settings, view = dialog
+    presets = Presets(Ink={"prompt": "black ink", "strength": 0.7}, Neon={"prompt": "neon city"})
+    store = SettingsStore()
+    names = {entry[0] for entry in obs.hotkeys.values()}
+    assert {"dreamcam.pause", "dreamcam.next_preset", "dreamcam.previous_preset", "dreamcam.new_seed"} <= names
+    module._S.panel.on_event(messages.state_event(store, presets))
+    module._tick()  # one hotkey per app preset appears
+    assert {"dreamcam.preset.Ink", "dreamcam.preset.Neon"} <= {e[0] for e in obs.hotkeys.values()}
+    press_hotkey(obs, "dreamcam.pause")
+    pump(module, store, presets)
+    assert store.current.paused is True
+    press_hotkey(obs, "dreamcam.pause")
+    pump(module, store, presets)
+    assert store.current.paused is False
+    press_hotkey(obs, "dreamcam.next_preset")
+    pump(module, store, presets)
+    assert store.current.preset == "Ink" and store.current.prompt == "black ink"
+    press_hotkey(obs, "dreamcam.next_preset")
+    pump(module, store, presets)
+    assert store.current.preset == "Neon"
+    press_hotkey(obs, "dreamcam.previous_preset")
+    pump(module, store, presets)
+    assert store.current.preset == "Ink"
+    press_hotkey(obs, "dreamcam.preset.Neon")
+    pump(module, store, presets)
+    assert store.current.prompt == "neon city"
+    seed = store.current.seed
+    press_hotkey(obs, "dreamcam.new_seed")
+    pump(module, store, presets)
+    assert store.current.seed != seed
+    # the keys the user bound are saved with the script's settings and loaded next time
+    (pause_id,) = [i for i, e in obs.hotkeys.items() if e[0] == "dreamcam.pause"]
+    obs.hotkeys[pause_id][3] = [{"key": "OBS_KEY_F9"}]
+    module.script_save(settings)
+    module.script_unload()
+    assert obs.hotkeys == {}
+    module.script_load(settings)
+    bound = {e[0]: e[3] for e in obs.hotkeys.values()}
+    assert bound["dreamcam.pause"] == [{"key": "OBS_KEY_F9"}]
+    assert "dreamcam.preset.Neon" in bound  # registered at load, before the app is reached
+
+
+def test_the_app_preset_store_is_the_panels(dialog):
+    module, obs, settings, view = dialog
+    presets = Presets(Ink={"prompt": "black ink"})
+    store = SettingsStore(StreamSettings(prompt="my look", strength=0.66))
+    module._S.panel.on_event(messages.state_event(store, presets))
+    view.press("refresh_status")
+    assert [v for _, v in view.props.props["preset_pick"].items] == ["Ink"]
+    view.user_sets("group_presets", True)
+    view.user_sets("preset_name", "Mine")
+    view.press("preset_save")
+    pump(module, store, presets)
+    assert presets.saved["Mine"]["prompt"] == "my look" and store.current.preset == "Mine"
+    view.press("refresh_status")
+    assert [v for _, v in view.props.props["preset_pick"].items] == ["Ink", "Mine"]
+    view.user_sets("preset_pick", "Ink")
+    view.press("preset_load")
+    pump(module, store, presets)
+    assert store.current.prompt == "black ink" and store.current.preset == "Ink"
+    view.press("preset_delete")
+    pump(module, store, presets)
+    assert "Ink" not in presets.saved
 
 
 def test_missing_obsws_python_shows_how_to_install():
@@ -191,7 +422,10 @@ def test_missing_obsws_python_shows_how_to_install():
     props = module.script_properties().props
     hint = props["install_hint"].desc
     assert "Tools > Scripts > Python Settings" in hint and "-m pip install obsws-python" in hint
-    assert "pip install obsws-python" in module.script_description()
+    assert "--target" in hint and "dreamcam_vendor" in hint and "pip install --user" not in hint  # PEP 668
+    description = module.script_description()
+    assert "&lt;that folder&gt;" in description  # the pane is HTML: placeholders must not vanish
+    assert "<that folder>" not in description
     settings = obs.obs_data_create()
     module.script_defaults(settings)
     module.script_load(settings)
@@ -203,52 +437,20 @@ def test_missing_obsws_python_shows_how_to_install():
         module.script_unload()
 
 
-def test_buttons_randomize_seed_and_manage_presets(script):
-    module, obs = script
-    settings = obs.obs_data_create()
-    module.script_defaults(settings)
-    obs.obs_data_set_bool(settings, "use_local_websocket", False)
-    obs.obs_data_set_int(settings, "port", free_port())  # nothing listens there
-    module.script_load(settings)
-    module.script_update(settings)
-    props = module.script_properties()
-    seeds = set()
-    for _ in range(3):
-        assert props.props["randomize_seed"].extra["callback"](props, None) is True
-        seeds.add(obs.obs_data_get_int(settings, "seed"))
-    assert len(seeds) > 1 and module._S.panel._values["seed"] in seeds
-
-    obs.obs_data_set_string(settings, "prompt", "my own look")
-    obs.obs_data_set_double(settings, "strength", 0.8)
-    obs.obs_data_set_string(settings, "preset_name", "Mine")
-    assert props.props["preset_save"].extra["callback"](props, None) is True
-    assert ("Mine", "Mine") in props.props["preset_pick"].items
-    assert json.loads(obs.obs_data_get_string(settings, "presets_json"))["Mine"]["prompt"] == "my own look"
-
-    obs.obs_data_set_string(settings, "preset_pick", "Anime")
-    assert props.props["preset_load"].extra["callback"](props, None) is True
-    assert obs.obs_data_get_string(settings, "prompt").startswith("anime style")
-    obs.obs_data_set_string(settings, "preset_pick", "Mine")
-    props.props["preset_load"].extra["callback"](props, None)
-    assert obs.obs_data_get_string(settings, "prompt") == "my own look"
-    assert obs.obs_data_get_double(settings, "strength") == 0.8
-    assert module._S.panel._extra == {"preset": "Mine"}  # sent with the next message
-    assert props.props["preset_delete"].extra["callback"](props, None) is True
-    assert ("Mine", "Mine") not in props.props["preset_pick"].items
-
-    # the status timer writes the line into the panel and the optional status file
-    assert wait_for(lambda: "no OBS WebSocket server" in module._S.panel.status_line(), 5)
-    module._refresh_status()
-    assert "no OBS WebSocket server" in obs.obs_data_get_string(settings, "status")
-    assert obs.log.count(next(line for line in obs.log if "no OBS WebSocket server" in line)) == 1
-
-
-def test_presets_json_survives_bad_content():
+def test_status_line_tells_an_app_that_cannot_reach_obs_from_no_app():
     module, _ = load_script()
-    assert "Watercolor" in module.load_presets("{not json")
-    raw = module.save_preset("[1, 2]", "A", {"prompt": "p", "paused": True, "junk": 1})
-    assert json.loads(raw) == {"A": {"prompt": "p"}}
-    assert json.loads(module.delete_preset(raw, "A")) == {}
+    panel = module.Panel()
+    panel.connection = "connected"
+    assert "waiting for the Dreamcam app" in panel.status_line()
+    assert panel.wants_app_probe()
+    with socket.socket() as listener:  # an app's control port on this computer
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        assert module.app_listens(listener.getsockname()[1])
+        panel.app_elsewhere = module.app_listens(listener.getsockname()[1])
+    assert "is not: check the OBS WebSocket password" in panel.status_line()
+    assert panel.short_line() == "app runs but is not on OBS: see Details"
+    assert not module.app_listens(free_port())
 
 
 def test_status_messages_of_the_app_have_the_fields_the_panel_reads():
@@ -339,10 +541,18 @@ def test_a_missing_schema_is_reported_and_the_panel_still_loads(tmp_path):
     assert "dreamcam obs-script --copy-to" in module._S.panel.status_line()
 
 
-def test_bad_preset_values_are_dropped_not_sent():
+def test_bad_values_are_dropped_not_sent():
     module, _ = load_script()
-    raw = json.dumps({"Odd": {"prompt": "fine", "guidance_scale": float("nan"), "seed": 2**40, "steps": "x",
-                              "strength": 0.4, "delta": float("inf")}})
-    assert module.load_presets(raw)["Odd"] == {"prompt": "fine", "strength": 0.4}
     assert module.normalize({"steps": float("nan"), "guidance_scale": float("inf")}) == {}
     assert module.check_values({"guidance_scale": 25.0}).startswith("guidance_scale must be a number from 0.0 to 20.0")
+
+
+def test_the_apps_state_message_is_read_by_the_script():
+    module, _ = load_script()
+    store = SettingsStore(StreamSettings(prompt="from the app", seed=5))
+    store.apply({"strength": 0.3}, origin="tray")
+    panel = module.Panel()
+    panel.on_event(messages.state_event(store, Presets(A={})))
+    assert panel.app_settings == module.normalize(store.current.as_dict())
+    assert (panel.app_version, panel.app_origin, panel.presets) == (1, "tray", ["A"])
+    assert set(module.KINDS_SENT) <= set(messages.KINDS)
