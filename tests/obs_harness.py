@@ -187,6 +187,24 @@ class ObsInstance:
         except OSError:
             return ""
 
+    def panel_values(self) -> dict[str, Any]:
+        """What the panel inside OBS holds: `values` (its controls' settings), `in_force` (the
+        app's state as it last heard it), `drafts`, `presets`, `hotkeys`, `short` (its top line)."""
+        try:
+            return json.loads(self.status_file.with_name(self.status_file.name + ".json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def trigger_hotkey(self, name: str) -> None:
+        """Press an OBS hotkey through obs-websocket (TriggerHotkeyByName: the press only)."""
+        import obsws_python
+
+        client = obsws_python.ReqClient(host="127.0.0.1", port=self.port, password=self.password, timeout=5)
+        try:
+            client.send("TriggerHotkeyByName", {"hotkeyName": name})
+        finally:
+            client.disconnect()
+
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout

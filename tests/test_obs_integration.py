@@ -10,6 +10,7 @@ import pytest
 from dreamcam.plugin.control import SettingsStore, Status, StatusBoard
 from dreamcam.plugin.messages import MAX_MESSAGE_BYTES, encode
 from dreamcam.plugin.obs_bridge import ObsBridge
+from dreamcam.plugin.settings import StreamSettings
 from obs_harness import ObsInstance, free_port, have_obs, wait_for
 
 pytestmark = [pytest.mark.obs, pytest.mark.timeout(180)]
@@ -46,21 +47,36 @@ def external_client(inst: ObsInstance):
     return obsws_python.ReqClient(host="127.0.0.1", port=inst.port, password=inst.password, timeout=5)
 
 
-def test_panel_settings_reach_the_app_and_app_status_reaches_the_panel(obs_studio):
-    store, board = SettingsStore(), StatusBoard()
+def panel_shows(inst: ObsInstance, **expected) -> bool:
+    """The panel inside OBS holds these values in its controls' settings."""
+    values = inst.panel_values().get("values") or {}
+    return all(values.get(k) == v for k, v in expected.items())
+
+
+def test_app_settings_show_in_the_panel_and_app_status_reaches_it(obs_studio):
+    store, board = SettingsStore(StreamSettings(prompt="the app's own prompt", strength=0.3)), StatusBoard()
     board.publish(Status(running=True, fps_out=21.5, infer_fps=9.25, skip_ratio=0.5, latency_ms=123,
                          model="tiny-sd", engine="eager"))
     bridge = make_bridge(obs_studio, store, board)
     bridge.start()
     try:
         assert bridge.wait_connected(10), bridge.state
-        # the panel sends its whole state when the app says hello
-        assert wait_for(lambda: store.current.prompt == PANEL_PROMPT, 10), store.current
-        assert store.current.strength == 0.65
+        # the panel (which holds PANEL_PROMPT from its last session) shows the app's values ...
+        assert wait_for(lambda: panel_shows(obs_studio, prompt="the app's own prompt", strength=0.3), 10), \
+            obs_studio.panel_values()
+        # ... and never pushes its own: the app is the source of truth
+        assert store.version == 0 and store.current.prompt == "the app's own prompt"
         assert wait_for(lambda: "21.5 fps out" in obs_studio.panel_status(), 10), obs_studio.panel_status()
         line = obs_studio.panel_status()
         assert "app running" in line and "skip 50%" in line and "latency 123 ms" in line
         assert "tiny-sd (eager)" in line
+        short = obs_studio.panel_values()["short"]
+        assert short.startswith("running | 21.5 fps | 123 ms") and len(short) <= 64
+        # a change made elsewhere (here: the tray's path) shows in the panel
+        store.apply({"seed": 4321, "guidance_scale": 2.5}, origin="tray")
+        assert wait_for(lambda: panel_shows(obs_studio, seed=4321, guidance_scale=2.5), 10), \
+            obs_studio.panel_values()
+        assert obs_studio.panel_values()["in_force"]["seed"] == 4321
         # OBS loaded the script, built its panel and ran it without a single Python error
         log_text = obs_studio.script_log()
         assert "Loaded python script: dreamcam_obs.py" in log_text
@@ -70,6 +86,35 @@ def test_panel_settings_reach_the_app_and_app_status_reaches_the_panel(obs_studi
     assert bridge.state == "stopped"
     # the bridge said bye: the panel stops showing numbers at once
     assert wait_for(lambda: "waiting for the Dreamcam app" in obs_studio.panel_status(), 10)
+
+
+def test_a_hotkey_toggles_pause(obs_studio, tmp_path, monkeypatch):
+    """Settings > Hotkeys of the real OBS: the panel's pause hotkey, and one per app preset."""
+    from dreamcam.plugin import config as cfg
+
+    monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))
+    cfg.save_preset("Paper", StreamSettings(prompt="paper cut-out", strength=0.45))
+    store = SettingsStore(StreamSettings(prompt="hotkeys"))
+    bridge = make_bridge(obs_studio, store, StatusBoard())
+    bridge.start()
+    try:
+        assert bridge.wait_connected(10), bridge.state
+        assert wait_for(lambda: panel_shows(obs_studio, prompt="hotkeys"), 10), obs_studio.panel_values()
+        obs_studio.trigger_hotkey("dreamcam.pause")
+        assert wait_for(lambda: store.current.paused, 10), store.current
+        assert store.origin.startswith("obs:obs-panel-")
+        obs_studio.trigger_hotkey("dreamcam.pause")
+        assert wait_for(lambda: not store.current.paused, 10)
+        assert wait_for(lambda: "dreamcam.preset.Paper" in obs_studio.panel_values().get("hotkeys", []), 10), \
+            obs_studio.panel_values()
+        obs_studio.trigger_hotkey("dreamcam.preset.Paper")
+        assert wait_for(lambda: store.current.preset == "Paper", 10)
+        assert (store.current.prompt, store.current.strength) == ("paper cut-out", 0.45)
+        seed = store.current.seed
+        obs_studio.trigger_hotkey("dreamcam.new_seed")
+        assert wait_for(lambda: store.current.seed != seed, 10)
+    finally:
+        bridge.stop()
 
 
 def test_wrong_password_is_reported_once_and_never_logged(obs_studio, caplog):
@@ -118,7 +163,7 @@ def test_bad_events_change_nothing_and_are_logged_once(obs_studio, caplog):
     client = None
     try:
         assert bridge.wait_connected(10), bridge.state
-        assert wait_for(lambda: store.current.prompt == PANEL_PROMPT, 10)
+        assert wait_for(lambda: panel_shows(obs_studio, prompt=store.current.prompt), 10)
         before, version = store.current, store.version
         client = external_client(obs_studio)
         bad = {
@@ -130,23 +175,24 @@ def test_bad_events_change_nothing_and_are_logged_once(obs_studio, caplog):
             "prompt too long": encode("settings", prompt="x" * 5000),
             "oversized": encode("settings", prompt="big", blob="y" * (MAX_MESSAGE_BYTES + 10)),
             "wrong type": encode("settings", seed="abc"),
+            "unknown field": encode("settings", seed=1, unknown_field=1),
         }
         for data in bad.values():
             client.broadcast_custom_event({"eventData": data})
         client.broadcast_custom_event({"eventData": {"some_other_tool": {"x": 1}}})  # passes by quietly
         # events arrive in order: once this one is applied, all the bad ones were handled
-        client.broadcast_custom_event({"eventData": encode("settings", seed=4242, unknown_field=1)})
+        client.broadcast_custom_event({"eventData": encode("settings", seed=4242)})
         assert wait_for(lambda: store.current.seed == 4242, 10)
         assert store.version == version + 1
         assert store.current == type(before)(**{**before.__dict__, "seed": 4242})
         # each bad event: one log line, no traceback
         dreamcam_lines = [r.getMessage() for r in caplog.records if r.name.startswith("dreamcam")]
         rejected = [m for m in dreamcam_lines if "rejected dreamcam message" in m]
-        assert len(rejected) == 7, dreamcam_lines
+        assert len(rejected) == 8, dreamcam_lines
         assert sum("unknown kind 'explode'" in m for m in dreamcam_lines) == 1
         assert sum("unknown_field" in m for m in dreamcam_lines) == 1
         assert "Traceback" not in caplog.text
-        assert bridge.rejected == 7
+        assert bridge.rejected == 8
         # the last rejection reaches the panel, then a good update clears it
         client.broadcast_custom_event({"eventData": encode("settings", strength=-1)})
         assert wait_for(lambda: "error: rejected update: strength" in obs_studio.panel_status(), 10), \
@@ -195,19 +241,22 @@ def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog, tiny_model
         app.start()  # before OBS: the bridge waits for it
         assert wait_for(lambda: "No OBS WebSocket server" in bridge.state, 10), bridge.state
         inst.start_obs()
-        assert wait_for(lambda: store.current.prompt == "before", 20), bridge.state
+        assert wait_for(lambda: panel_shows(inst, prompt=store.current.prompt), 20), inst.panel_values()
         assert wait_for(lambda: "app running" in inst.panel_status(), 10), inst.panel_status()
+        assert store.version == 0  # the panel's stored "before" never reached the app
 
         inst.kill_obs()  # SIGKILL: no goodbye from OBS
         assert wait_for(lambda: not bridge.state.startswith("connected"), 10), bridge.state
         frames = sink.count()
         assert wait_for(lambda: sink.count() > frames + 2, 20)  # the stream runs on without OBS
         inst.status_file.unlink(missing_ok=True)
-        inst.script_settings["prompt"] = "after the restart"
+        store.apply({"prompt": "changed while OBS was down"}, origin="control:dreamcam set")
+        inst.script_settings["prompt"] = "a stale panel value"
         inst.start_obs()
-        assert wait_for(lambda: store.current.prompt == "after the restart", 20), bridge.state
-        assert bridge.connections == 2
-        assert wait_for(lambda: app.runner.active_settings.prompt == "after the restart", 20)
+        assert wait_for(lambda: bridge.connections == 2, 20), bridge.state
+        assert wait_for(lambda: panel_shows(inst, prompt="changed while OBS was down"), 20), inst.panel_values()
+        assert store.current.prompt == "changed while OBS was down"
+        assert wait_for(lambda: app.runner.active_settings.prompt == "changed while OBS was down", 20)
         assert wait_for(lambda: "app running" in inst.panel_status(), 10), inst.panel_status()
         client = external_client(inst)
         try:
@@ -226,11 +275,15 @@ def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog, tiny_model
     assert sum("No OBS WebSocket server" in m for m in messages_) <= 2  # once before start, once while down
 
 
-def test_panel_prompt_changes_the_next_frame_of_the_running_app(obs_studio, tiny_model_dir):
-    """End to end: the real app (tiny model, CPU) runs; the OBS bridge joins; the prompt set in the
-    OBS panel reaches the app and the frames that follow differ; the app's status shows in OBS."""
+def test_a_preset_hotkey_in_obs_changes_the_next_frame_of_the_running_app(obs_studio, tiny_model_dir,
+                                                                           tmp_path, monkeypatch):
+    """End to end: the real app (tiny model, CPU) runs; the OBS bridge joins and the panel keeps
+    the app's settings; an OBS hotkey of the panel applies one of the app's presets, and the
+    frames that follow differ; the app's status shows in OBS."""
     import dataclasses
     import time
+
+    from dreamcam.plugin import config as cfg
 
     import numpy as np
 
@@ -242,6 +295,8 @@ def test_panel_prompt_changes_the_next_frame_of_the_running_app(obs_studio, tiny
     app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
                                device="cpu", dtype="float32", width=64, height=64, engine="eager")
     initial = StreamSettings(prompt="a grey stone wall", strength=0.65, similarity_filter=False, seed=3)
+    monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))
+    cfg.save_preset("Fox", dataclasses.replace(initial, prompt=PANEL_PROMPT))
     sink = RecordingSink()
     app = DreamcamApp(app_settings, initial, source=StillCamera(64, 64, fps=15), sink=sink,
                       processor=build_processor(app_settings, initial, local_files_only=True))
@@ -255,9 +310,13 @@ def test_panel_prompt_changes_the_next_frame_of_the_running_app(obs_studio, tiny
 
         bridge = make_bridge(obs_studio, app.store, app.board)
         app.add_service(bridge)  # started at once: the app is running
+        assert wait_for(lambda: panel_shows(obs_studio, prompt="a grey stone wall"), 15), obs_studio.panel_values()
+        assert app.store.version == 0  # joining changed nothing
+        assert wait_for(lambda: "dreamcam.preset.Fox" in obs_studio.panel_values().get("hotkeys", []), 10)
+        obs_studio.trigger_hotkey("dreamcam.preset.Fox")
         assert wait_for(lambda: app.store.current.prompt == PANEL_PROMPT, 15), bridge.state
-        # the panel's other fields equal the app's, so the prompt is the only change
-        assert app.store.current == dataclasses.replace(initial, prompt=PANEL_PROMPT)
+        # the preset's other fields equal the app's, so the prompt is the only change
+        assert app.store.current == dataclasses.replace(initial, prompt=PANEL_PROMPT, preset="Fox")
         changed_at = time.monotonic()
         assert wait_for(lambda: len(sink.since(changed_at)) >= 3, 30)
         after = sink.since(changed_at)[-1]
@@ -312,7 +371,7 @@ def test_bridge_option_to_add_the_camera_reports_a_missing_device_once(obs_studi
         assert bridge.wait_connected(10), bridge.state
         assert wait_for(lambda: bridge.camera_result, 10)
         assert "no video device named like 'Dreamcam'" in bridge.camera_result
-        assert wait_for(lambda: store.current.prompt == PANEL_PROMPT, 10)  # the bridge works on
+        assert wait_for(lambda: panel_shows(obs_studio, prompt=store.current.prompt), 10)  # the bridge works on
     finally:
         bridge.stop()
     assert sum("could not add the camera source" in r.getMessage() for r in caplog.records) == 1
@@ -338,37 +397,41 @@ def load_panel_outside_obs(inst: ObsInstance, **values):
     return module, obs, settings
 
 
-def test_typing_in_the_panel_is_debounced(obs_studio):
+def test_a_prompt_does_not_go_out_until_applied(obs_studio):
+    """The script's real network code through the real OBS, typed into like a user: a half-typed
+    prompt never reaches the app; Apply (or Enter) sends it; a slider acts at once."""
     import time
 
-    store = SettingsStore()
-    received: list[dict] = []
-    store.subscribe(lambda settings, origin: received.append(settings.prompt))
+    from obs_standin import Dialog
+
+    store = SettingsStore(StreamSettings(prompt="the app's prompt"))
+    received: list[tuple] = []
+    store.subscribe(lambda settings, origin: received.append((settings.prompt, origin)))
     bridge = make_bridge(obs_studio, store, StatusBoard())
     bridge.start()
-    module, obs, settings = load_panel_outside_obs(obs_studio, prompt="start")
+    module, obs, settings = load_panel_outside_obs(obs_studio, prompt="an old panel prompt")
+    view = Dialog(module, obs, settings)
     try:
         assert bridge.wait_connected(10)
-        # both panels (this one and the one inside OBS) send their whole state once
-        assert wait_for(lambda: bridge.applied >= 2, 10), module._S.panel.status_line()
-        time.sleep(0.5)
-        received.clear()
-        applied = bridge.applied
-        text = "a cat floating in space, oil painting"
+        panel = module._S.panel
+        assert wait_for(lambda: panel.app_value("prompt") == "the app's prompt", 10), panel.status_line()
+        module._tick()  # OBS's timer puts the app's values into the controls
+        assert obs.obs_data_get_string(settings, "prompt") == "the app's prompt"
+        text = "a neon cyberpunk city at night"
         for i in range(1, len(text) + 1):  # ~20 keystrokes a second
-            obs.obs_data_set_string(settings, "prompt", text[:i])
-            module.script_update(settings)
+            view.user_sets("prompt", text[:i])
             time.sleep(0.05)
+        time.sleep(2.0)
+        assert store.current.prompt == "the app's prompt" and received == []  # nothing went out
+        assert "Not applied yet: prompt" in module._S.panel.details()
+        view.press("apply_prompts")
         assert wait_for(lambda: store.current.prompt == text, 5)
-        time.sleep(module.DEBOUNCE_S + 0.3)
-        sent = bridge.applied - applied
-        # one message per 1.5 s of typing at most (and one at the end), not one per keystroke
-        assert 1 <= sent <= 3, (sent, received)
-        assert received[-1] == text
-        obs.obs_data_set_double(settings, "strength", 0.9)
-        module.script_update(settings)
+        assert received == [(text, "obs:" + panel.sender)]  # one update, with who sent it
+        view.user_sets("prompt", "a calm sea\n")  # Enter applies too, without the newline
+        assert wait_for(lambda: store.current.prompt == "a calm sea", 5)
+        view.user_sets("strength", 0.9)  # a slider needs no Apply
         assert wait_for(lambda: store.current.strength == 0.9, 5)
-        assert store.current.prompt == text
+        assert store.current.prompt == "a calm sea" and len(received) == 3
     finally:
         module.script_unload()
         bridge.stop()
@@ -425,20 +488,30 @@ def test_script_without_obsws_python_tells_how_to_install_it(tmp_path):
         inst.stop()
 
 
-def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp_path):
-    """The user's command line: `dreamcam run --obs` (password from the environment) in its own
-    process; its status shows in the OBS panel, an update sent through OBS reaches it."""
+def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp_path, monkeypatch):
+    """The user's command line: `dreamcam run --obs --prompt X --strength 0.2` (password from the
+    environment) in its own process: the panel (which holds other values) shows X and 0.2 and the
+    app keeps running them; `dreamcam set` changes show in the panel; its status shows in the
+    panel; an update sent through OBS reaches it; without -v it says when OBS control connects
+    and logs each applied change."""
     import os
     import signal
     import subprocess
     import sys
 
+    from dreamcam.plugin import config as cfg
+    from dreamcam.plugin.control_server import get_state
+
+    monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))  # this test reads the app's control token
+    control_port = free_port()
     env = dict(os.environ, DREAMCAM_OBS_PASSWORD=obs_studio.password, HF_HUB_OFFLINE="1",
                DREAMCAM_CONFIG_DIR=str(tmp_path / "cfg"))
+    prompt = "X: a lighthouse in a storm"
     cmd = [sys.executable, "-m", "dreamcam.plugin.cli", "run", "--obs", "--obs-port", str(obs_studio.port),
            "--source", "pattern", "--sink", "null", "--model", str(tiny_model_dir),
            "--tiny-vae", str(tiny_model_dir / "taesd"), "--device", "cpu", "--size", "64", "--engine", "eager",
-           "--control-port", "0", "--verbose", "--obs-camera", "No Such Camera"]
+           "--control-port", str(control_port), "--obs-camera", "No Such Camera",
+           "--prompt", prompt, "--strength", "0.2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = None
     try:
@@ -446,6 +519,16 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
             obs_studio.panel_status()
         assert proc.poll() is None, proc.stdout.read()
         assert f"| {tiny_model_dir.name} (" in obs_studio.panel_status()
+        # the app's values show in the panel, and the app still runs them
+        assert wait_for(lambda: panel_shows(obs_studio, prompt=prompt, strength=0.2), 10), obs_studio.panel_values()
+        in_force = get_state(port=control_port)
+        assert (in_force["settings"]["prompt"], in_force["settings"]["strength"]) == (prompt, 0.2)
+        assert in_force["version"] == 0
+        # a `dreamcam set` change appears in the panel
+        done = subprocess.run([sys.executable, "-m", "dreamcam.plugin.cli", "set", "strength=0.35",
+                               "--port", str(control_port)], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert wait_for(lambda: panel_shows(obs_studio, strength=0.35, prompt=prompt), 10), obs_studio.panel_values()
         client = external_client(obs_studio)
         for _ in range(30):  # repeat until the app has connected (the panel may still show an earlier app)
             client.broadcast_custom_event({"eventData": encode("settings", steps=99)})
@@ -459,7 +542,8 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert obs_studio.password not in out  # the password is never printed or logged
-        assert "connected to OBS" in out
+        assert "connected to OBS" in out  # shown without --verbose
+        assert "settings from control:dreamcam set: strength 0.2 -> 0.35" in out
         assert "no video device named like 'No Such Camera'" in out  # --obs-camera reports, never stops the app
         assert wait_for(lambda: "waiting for the Dreamcam app" in obs_studio.panel_status(), 10)
     finally:
