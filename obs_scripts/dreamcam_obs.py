@@ -86,6 +86,12 @@ FIELDS: Dict[str, Dict[str, Any]] = {
 GROUPS = [g for g in SCHEMA["groups"] if any(f["group"] == g for f in FIELDS.values())]
 # Text fields (prompts) go out only when applied (Apply button or Enter), never while typing.
 APPLIED_FIELDS = tuple(name for name, spec in FIELDS.items() if spec["type"] == "text")
+# The panel's own connection fields (host, port, password) mirror the app's obs_* settings.
+CONNECTION = {f["name"]: f for f in SCHEMA["fields"] if f["name"] in ("obs_host", "obs_port", "obs_password")}
+if len(CONNECTION) < 3:  # no schema: enough to show the connection fields and the error
+    CONNECTION = {"obs_host": {"default": "127.0.0.1", "label": "OBS WebSocket host"},
+                  "obs_port": {"default": 4455, "min": 1, "max": 65535, "label": "OBS WebSocket port"},
+                  "obs_password": {"default": "", "label": "OBS WebSocket password"}}
 
 
 def schema_default(name: str, fallback: Any) -> Any:
@@ -820,8 +826,8 @@ def script_description() -> str:
 
 def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_bool(settings, "use_local_websocket", True)
-    obs.obs_data_set_default_string(settings, "host", "127.0.0.1")
-    obs.obs_data_set_default_int(settings, "port", 4455)
+    obs.obs_data_set_default_string(settings, "host", CONNECTION["obs_host"]["default"])
+    obs.obs_data_set_default_int(settings, "port", CONNECTION["obs_port"]["default"])
     for name, spec in FIELDS.items():
         _data_fn("set_default", spec["type"])(settings, name, spec["default"])
     for title in list(GROUPS) + list(PANEL_GROUPS):
@@ -901,11 +907,12 @@ def script_properties() -> Any:
     conn = boxes["Connection"]
     use_local = obs.obs_properties_add_bool(conn, "use_local_websocket", "Use this OBS's WebSocket settings")
     obs.obs_property_set_modified_callback(use_local, _on_discrete_modified)
+    host, port, password = CONNECTION["obs_host"], CONNECTION["obs_port"], CONNECTION["obs_password"]
     children["Connection"] += [
         use_local,
-        obs.obs_properties_add_text(conn, "host", "Host", obs.OBS_TEXT_DEFAULT),
-        obs.obs_properties_add_int(conn, "port", "Port", 1, 65535, 1),
-        obs.obs_properties_add_text(conn, "password", "Password", obs.OBS_TEXT_PASSWORD)]
+        obs.obs_properties_add_text(conn, "host", host["label"], obs.OBS_TEXT_DEFAULT),
+        obs.obs_properties_add_int(conn, "port", port["label"], port["min"], port["max"], 1),
+        obs.obs_properties_add_text(conn, "password", password["label"], obs.OBS_TEXT_PASSWORD)]
     details = obs.obs_properties_add_text(boxes["Details"], "details", "", obs.OBS_TEXT_INFO)
     if hasattr(obs, "obs_property_text_set_info_word_wrap"):  # OBS 28+: long text wraps, never widens
         obs.obs_property_text_set_info_word_wrap(details, True)
