@@ -245,14 +245,16 @@ def doctor(obs_host: Optional[str] = typer.Option(None, help="OBS WebSocket host
            obs_port: Optional[int] = typer.Option(None, help="OBS WebSocket port (default 4455 or DREAMCAM_OBS_PORT)."),
            obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD).")) -> None:
     """Check GPU, torch CUDA, TensorRT, virtual camera and OBS: what works and what to fix."""
-    from .doctor import run_checks
+    from .doctor import fix_lines, run_checks
 
     checks = run_checks(obs_host, obs_port, obs_password)
     for check in checks:
         mark = "[green]ok[/green]  " if check.ok else ("[yellow]--[/yellow]  " if check.optional else "[red]FIX[/red] ")
-        console.print(f"{mark}{escape(check.name)}: {escape(check.detail)}", highlight=False)
+        console.print(f"{mark}{escape(check.name)}: {escape(check.detail)}", highlight=False, soft_wrap=True)
         if not check.ok and check.fix:
-            console.print(f"      -> {escape(check.fix)}", highlight=False)
+            for line in fix_lines(check.fix):  # commands alone on their lines, never wrapped
+                console.print(f"    {'  ' if line.startswith('  ') else '-> '}{escape(line.strip())}",
+                              highlight=False, soft_wrap=True)
     if any(not c.ok and not c.optional for c in checks):
         raise typer.Exit(1)
 
@@ -361,8 +363,9 @@ def status(
     port: int = typer.Option(field("control_port").default, help="Control port of the running app."),
     host: str = typer.Option("127.0.0.1", help="Host of the running app."),
 ) -> None:
-    """Print the settings in force in a running app and its status (same as `dreamcam set`
-    with no arguments)."""
+    """Print the settings in force and the status of a running app.
+
+    `dreamcam set` with no arguments prints the same."""
     _print_state(port, host)
 
 
@@ -488,6 +491,21 @@ def obs_script(
             _fail(f"the OBS script's {needed.name} is missing from this installation ({needed})", 1)
     path = copy_obs_script(copy_to) if copy_to else obs_script_path()
     console.print(str(path), highlight=False, markup=False)
+
+
+def _unwrap_docstrings(*typers: typer.Typer) -> None:
+    """Command help from docstrings as flowing paragraphs: rich help keeps a docstring's line
+    breaks, which cut sentences and commands at odd places in an 80-column terminal."""
+    import inspect
+
+    for group in typers:
+        for command in group.registered_commands:
+            if command.help is None and command.callback is not None:
+                doc = inspect.getdoc(command.callback) or ""
+                command.help = "\n\n".join(" ".join(part.split()) for part in doc.split("\n\n"))
+
+
+_unwrap_docstrings(app, presets_app)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""`dreamcam doctor`: what works on this machine and what to fix, one check per line."""
+"""`dreamcam doctor`: what works on this machine and what to fix, one check per line; commands
+in a fix (between backticks) are printed on lines of their own, whole (`fix_lines`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ class Check:
     optional: bool = False  # a failure here limits a feature but does not stop `dreamcam run`
 
 
+def fix_lines(fix: str) -> list[str]:
+    """A fix as printed lines: the prose, then each `command` alone on its line (never cut by
+    the terminal's width, so it can be copied)."""
+    parts = fix.split("`")
+    joiners = ("", "then", "and", "or", ",")  # between two commands in a one-line fix
+    prose = " ".join(p.strip() for p in parts[0::2] if p.strip() not in joiners)
+    commands = [p.strip() for p in parts[1::2] if p.strip()]
+    return ([prose] if prose else []) + [f"  {command}" for command in commands]
+
+
 def check_python() -> Check:
     ok = sys.version_info >= (3, 10)
     return Check("python", ok, sys.version.split()[0], "" if ok else "install Python 3.10 or newer")
@@ -25,7 +36,7 @@ def check_torch() -> list[Check]:
     try:
         import torch
     except ImportError:
-        return [Check("torch", False, "not installed", "pip install torch (a CUDA build from pytorch.org for GPUs)")]
+        return [Check("torch", False, "not installed", "a CUDA build from pytorch.org for GPUs: `pip install torch`")]
     checks = [Check("torch", True, torch.__version__)]
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
@@ -33,8 +44,8 @@ def check_torch() -> list[Check]:
     else:
         why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU visible to CUDA"
         checks.append(Check("CUDA GPU", False, why,
-                            "install an NVIDIA driver and a CUDA build of torch, e.g. pip install torch "
-                            "--index-url https://download.pytorch.org/whl/cu128 (the CPU works for the demo only)"))
+                            "install an NVIDIA driver and a CUDA build of torch (the CPU works for the demo "
+                            "only), e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu128`"))
     return checks
 
 
@@ -43,7 +54,7 @@ def check_tensorrt() -> Check:
         import tensorrt
     except Exception as exc:
         return Check("TensorRT", False, f"not importable ({type(exc).__name__})",
-                     'pip install "dreamcam[tensorrt]" (optional: the fastest engine)', optional=True)
+                     'optional, the fastest engine: `pip install "dreamcam[tensorrt]"`', optional=True)
     return Check("TensorRT", True, tensorrt.__version__, optional=True)
 
 
@@ -53,7 +64,7 @@ def check_vcam() -> Check:
 
     backends, error = vcam_backends(probe=True)
     if error:
-        return Check("virtual camera", False, error, "pip install pyvirtualcam")
+        return Check("virtual camera", False, error, "`pip install pyvirtualcam`")
     working = [b["backend"] for b in backends if b["works"]]
     if working:
         return Check("virtual camera", True, "backend " + ", ".join(working))
@@ -66,14 +77,14 @@ def check_capture() -> list[Check]:
 
     found, error = monitors()
     checks = [Check("screen capture", not error, error or f"{max(0, len(found) - 1)} monitor(s)",
-                    "" if not error else "needs a desktop session (DISPLAY on Linux) and pip install mss",
+                    "" if not error else "needs a desktop session (DISPLAY on Linux) and `pip install mss`",
                     optional=True)]
     try:
         import cv2
 
         checks.append(Check("OpenCV (cameras)", True, cv2.__version__, optional=True))
     except ImportError:
-        checks.append(Check("OpenCV (cameras)", False, "not installed", "pip install opencv-python", optional=True))
+        checks.append(Check("OpenCV (cameras)", False, "not installed", "`pip install opencv-python`", optional=True))
     return checks
 
 
@@ -82,7 +93,7 @@ def check_obs(host: str | None = None, port: int | None = None, password: str | 
     try:
         import obsws_python
     except ImportError:
-        return Check("OBS WebSocket", False, "obsws-python is missing", 'pip install "dreamcam[obs]"', optional=True)
+        return Check("OBS WebSocket", False, "obsws-python is missing", '`pip install "dreamcam[obs]"`', optional=True)
     from .obs_bridge import connection_from_env, describe_connect_error, quiet_obsws_logging
 
     host, port, password = connection_from_env(host, port, password)
@@ -108,8 +119,73 @@ def check_obs(host: str | None = None, port: int | None = None, password: str | 
                  f"{version.obs_web_socket_version} at {host}:{port}", optional=True)
 
 
+def check_obs_panel(platform: str = sys.platform) -> list[Check]:
+    """Is the Dreamcam panel in OBS's scene collection, and can OBS's Python import obsws-python?
+    (From OBS's config folder: what the files can tell.)"""
+    from . import obs_setup
+
+    folder = obs_setup.config_dir(platform)
+    if not folder.is_dir():
+        return [Check("OBS panel", False, f"no OBS config folder at {folder} (OBS never ran as this user)",
+                      "install OBS Studio 28 or newer and start it once (needed for --obs only)", optional=True)]
+    install = obs_setup.panel_install(folder)
+    copy = "`dreamcam obs-script --copy-to FOLDER` then in OBS: Tools > Scripts > + and pick FOLDER/dreamcam_obs.py"
+    if install is None or install.script is None:
+        where = f"the scene collection {install.collection!r}" if install else "OBS (no scene collection yet)"
+        return [Check("OBS panel", False, f"not loaded in {where}", copy, optional=True),
+                check_obs_python(folder, None, platform)]
+    if not install.script.is_file():
+        panel = Check("OBS panel", False, f"OBS loads {install.script}, which is missing", copy, optional=True)
+    elif not install.schema_beside:
+        panel = Check("OBS panel", False, f"{obs_setup.SCHEMA_NAME} is missing beside {install.script}", copy,
+                      optional=True)
+    else:
+        panel = Check("OBS panel", True, f"{install.script} in the scene collection {install.collection!r}",
+                      optional=True)
+    return [panel, check_obs_python(folder, install, platform)]
+
+
+def check_obs_python(folder, install, platform: str = sys.platform) -> Check:
+    from . import obs_setup
+
+    script_dir = install.script.parent if install is not None and install.script is not None else None
+    vendor_cmd = (f'`python3 -m pip install --target "{script_dir / obs_setup.VENDOR_DIR}" obsws-python`'
+                  if script_dir is not None else
+                  "`python3 -m pip install --target FOLDER/dreamcam_vendor obsws-python` (FOLDER: the panel's)")
+    if install is not None and install.vendor is not None:
+        return Check("OBS's Python", True, f"obsws-python in {install.vendor}", optional=True)
+    if not (platform.startswith("win") or platform == "darwin"):
+        has = obs_setup.system_python_has_obsws()
+        if has:
+            return Check("OBS's Python", True, "the system python3 (OBS's on Linux) has obsws-python", optional=True)
+        return Check("OBS's Python", False, "OBS's Python (the system python3) cannot import obsws-python"
+                     if has is False else "no /usr/bin/python3 found (OBS's Python on Linux)",
+                     f"put it next to the panel (works on Debian 12, in venvs and with Flatpak): {vendor_cmd}",
+                     optional=True)
+    version = obs_setup.obs_version(folder)
+    low, high = obs_setup.python_range(version)
+    allowed = f"64-bit Python {low[0]}.{low[1]} to {high[0]}.{high[1]}"
+    obs_name = "this OBS" if version is None else f"OBS {version[0]}.{version[1]}"
+    python = obs_setup.windows_python(folder)
+    if python is None:
+        return Check("OBS's Python", False, "Tools > Scripts > Python Settings is empty: OBS loads no Python",
+                     f"install {allowed} (what {obs_name} loads and obsws-python needs) from python.org and set "
+                     "its folder there", optional=True)
+    found = obs_setup.python_version_of(python)
+    if found is not None and not low <= found <= high:
+        return Check("OBS's Python", False, f"{python} is Python {found[0]}.{found[1]}",
+                     f"{obs_name} with obsws-python needs {allowed}: install one and set its folder in Tools > "
+                     "Scripts > Python Settings", optional=True)
+    exe = python / ("python.exe" if platform.startswith("win") else "bin/python3")
+    sites = list(python.glob("Lib/site-packages/obsws_python")) + list(python.glob("lib/python3*/site-packages/obsws_python"))
+    if sites:
+        return Check("OBS's Python", True, f"{python} has obsws-python", optional=True)
+    return Check("OBS's Python", False, f"{python} has no obsws-python", f'`"{exe}" -m pip install obsws-python`',
+                 optional=True)
+
+
 def run_checks(obs_host: str | None = None, obs_port: int | None = None,
                obs_password: str | None = None) -> list[Check]:
     checks = [check_python(), *check_torch(), check_tensorrt(), check_vcam(), *check_capture(),
-              check_obs(obs_host, obs_port, obs_password)]
+              check_obs(obs_host, obs_port, obs_password), *check_obs_panel()]
     return checks
