@@ -198,7 +198,7 @@ class Runner:
             if pending and len(pending) >= self._depth():
                 self._finish(pending.popleft())
                 continue
-            frame = self.in_box.get(timeout=0.002 if pending else 0.1)
+            frame = self.in_box.get(timeout=self._wait_s(pending))
             if frame is None:
                 if pending:
                     self._finish(pending.popleft())
@@ -206,6 +206,14 @@ class Runner:
             job = self._start(frame)
             if job is not None:
                 pending.append(job)
+
+    def _wait_s(self, pending: "collections.deque[_Job]") -> float:
+        """How long to wait for a new frame: with frames in flight, until the oldest is expected
+        to be done (its submit time + the mean submit-to-result time), then it is published."""
+        if not pending or pending[0].t0 is None:
+            return 0.0 if pending else 0.1
+        expected = pending[0].t0 + self._infer_ms.mean() / 1000.0
+        return min(0.1, max(0.0, expected - time.perf_counter()))
 
     def _ready(self, job: "_Job") -> bool:
         """Finished (or failed: `_finish` then reports it), without waiting."""
