@@ -54,6 +54,13 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError("config", f"file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError("config", f"{path} is a folder; give the path of a .toml file") from None
+    except UnicodeDecodeError:
+        raise SettingsError("config", f"{path} is not a text file; give a .toml file with [app] and [stream] "
+                                      "tables") from None
+    except OSError as exc:
+        raise SettingsError("config", f"cannot read {path} ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError("config", f"{path} is not valid TOML ({exc})") from None
     unknown = sorted(set(data) - {"app", "stream"})
