@@ -223,6 +223,7 @@ def _build_with_progress(build, app_settings, stream_settings):
         done = [0]
 
         def step(text: str) -> None:
+            logging.getLogger("dreamcam.plugin.cli").info("%s", text)  # with --verbose: each stage in the log
             bar.update(task, description=text, completed=min(done[0], stages - 1))
             done[0] += 1
 

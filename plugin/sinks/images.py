@@ -27,6 +27,7 @@ class ImageSequenceSink(FrameLimit):
         self.overwrite = overwrite
         self.frames_written = 0
         self._open = False
+        self._remaking = False
 
     def open(self) -> None:
         if not self.overwrite and any(self.folder.glob("frame_*.png")):
@@ -46,13 +47,16 @@ class ImageSequenceSink(FrameLimit):
             return
         path = self.folder / PATTERN.format(self.frames_written)
         if not self.folder.is_dir():
-            log.warning("image folder %s is gone; making it again", self.folder)
+            if not self._remaking:  # once per outage; the runner's guard reports a lasting failure
+                log.warning("image folder %s is gone; making it again", self.folder)
+            self._remaking = True
             self._make_folder()
         try:
             self._save(image, path)
         except OSError as exc:
             raise SinkError(f"image folder {self.folder}: cannot write {path.name} ({describe_os_error(exc)})") from exc
         self.frames_written += 1
+        self._remaking = False
 
     @staticmethod
     def _save(image: np.ndarray, path: Path) -> None:
