@@ -79,8 +79,8 @@ class SinkGuard:
         self.dropped += 1
 
     def _fail_for_good(self, text: str) -> None:
-        if not self.failed:
-            log.error("%s", text)
+        if not self.failed:  # the run's owner says it (the CLI's last line, the status): info here
+            log.info("%s", text)
         with self._lock:
             self.error, self.failed = text, True
         self.dropped += 1
