@@ -327,6 +327,9 @@ def run_tray(config: Optional[Path] = None, obs: bool = False, autostart: bool =
     quiet_dock_errors()
     for line in describe(backend):
         log.warning("tray: %s", line)
+    if not backend.has_menu and not autostart:
+        log.warning("tray: no menu to press Start in, so the stream starts now (--no-autostart ignored)")
+        autostart = True
     make_app, initial = app_factory(config, obs)
     controller = TrayController(make_app, initial)
     stop = threading.Event()

@@ -72,8 +72,8 @@ def choose_backend(platform: str = sys.platform) -> TrayBackend:
 
 def _xorg(reason: str) -> TrayBackend:
     return TrayBackend("xorg", False, f"the tray icon has no menu here ({reason}); {LINUX_MENU_FIX}. "
-                                      "A click on the icon starts or stops the stream; `dreamcam set` and "
-                                      "the OBS panel change the settings")
+                                      "The plain X11 icon also ignores clicks (pystray's xorg backend): "
+                                      "`dreamcam set`, `dreamcam status` and the OBS panel work, Ctrl+C stops")
 
 
 def x11_tray_host_missing() -> bool:

@@ -54,7 +54,8 @@ def _python_path_without_obsws(root: Path) -> Path:
     return blocker.parent
 
 
-def write_config(config_home: Path, port: int, password: str, script_settings: dict[str, Any]) -> None:
+def write_config(config_home: Path, port: int, password: str, script_settings: dict[str, Any],
+                 script: Path = SCRIPT) -> None:
     root = config_home / "obs-studio"
     for sub in ("basic/profiles/" + COLLECTION, "basic/scenes", "plugin_config/obs-websocket"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ def write_config(config_home: Path, port: int, password: str, script_settings: d
         "scene_order": [{"name": "Scene"}], "groups": [], "transitions": [], "quick_transitions": [],
         "sources": [{"id": "scene", "versioned_id": "scene", "name": "Scene",
                      "settings": {"id_counter": 0, "items": [], "custom_size": False}}],
-        "modules": {"scripts-tool": [{"path": str(SCRIPT), "settings": script_settings}]},
+        "modules": {"scripts-tool": [{"path": str(script), "settings": script_settings}]},
     }))
 
 
@@ -89,6 +90,7 @@ class ObsInstance:
     xvfb: subprocess.Popen | None = None
     obs: subprocess.Popen | None = None
     give_obsws: bool = True  # False: OBS's Python cannot import obsws_python
+    script: Path = SCRIPT  # the panel script the scene collection loads
 
     @property
     def status_file(self) -> Path:
@@ -113,7 +115,7 @@ class ObsInstance:
     def start_obs(self, wait: float = 60.0) -> None:
         """(Re)start OBS on the same config and wait until its websocket accepts our password."""
         self.script_settings.setdefault("status_file", str(self.status_file))
-        write_config(self.config_home, self.port, self.password, self.script_settings)
+        write_config(self.config_home, self.port, self.password, self.script_settings, self.script)
         env = dict(os.environ, DISPLAY=self.display, XDG_CONFIG_HOME=str(self.config_home),
                    HOME=str(self.workdir / "home"),
                    PYTHONPATH=str(_python_path_for_obs(self.workdir) if self.give_obsws

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 
 import pytest
 
@@ -484,6 +485,33 @@ def test_script_without_obsws_python_tells_how_to_install_it(tmp_path):
         log_text = inst.script_log()
         assert "-m pip install obsws-python" in log_text and "Python Settings" in log_text
         assert wait_for(lambda: "obsws-python is not installed" in inst.panel_status(), 10)
+    finally:
+        inst.stop()
+
+
+def test_a_dreamcam_vendor_folder_beside_the_script_gives_obs_its_obsws(tmp_path):
+    """Debian 12 / venv set-up of docs/obs.md: `dreamcam obs-script --copy-to FOLDER`, then
+    `pip install --target FOLDER/dreamcam_vendor obsws-python` (here: the same two pure-Python
+    packages put there); OBS's own Python has no obsws-python, and the panel works."""
+    import shutil
+
+    import obsws_python
+    import websocket
+
+    from dreamcam.plugin.obs_scene import copy_obs_script
+
+    script = copy_obs_script(tmp_path / "obs-scripts")
+    vendor = script.parent / "dreamcam_vendor"
+    for module in (obsws_python, websocket):
+        shutil.copytree(Path(module.__file__).parent, vendor / Path(module.__file__).parent.name)
+    inst = ObsInstance(tmp_path / "obs", free_port(), "pw-" + secrets.token_hex(4), give_obsws=False, script=script)
+    inst.workdir.mkdir()
+    try:
+        inst.start_xvfb()
+        inst.start_obs()
+        assert wait_for(lambda: "waiting for the Dreamcam app" in inst.panel_status(), 20), \
+            (inst.panel_status(), inst.script_log()[-2000:])
+        assert "obsws-python is missing" not in inst.script_log()
     finally:
         inst.stop()
 

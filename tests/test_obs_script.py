@@ -492,6 +492,7 @@ def test_script_imports_only_stdlib_obspython_and_obsws_python():
     outside = {m for m in imported if m not in sys.stdlib_module_names} - {"obspython", "obsws_python"}
     assert outside == set(), outside
     assert "__future__" not in imported  # OBS may run Python 3.9; keep the syntax plain
+    ast.parse(SCRIPT.read_text(), feature_version=(3, 6))  # the syntax of Windows OBS 28/29's oldest Python
 
 
 def test_local_model_paths_are_shortened_in_the_status_line():
