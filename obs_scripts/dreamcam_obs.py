@@ -476,9 +476,11 @@ class Panel:
                 if not mine and self._in_flight[name][0] != value:
                     continue  # our change is on its way; this state predates it
                 del self._in_flight[name]
-            if name in APPLIED_FIELDS and old is not None and self._local.get(name, value) != old.get(name):
+            # what the control will hold: an app value not yet written into OBS counts as written
+            current = self._shown.get(name, self._local.get(name, value))
+            if name in APPLIED_FIELDS and old is not None and current != old.get(name):
                 continue  # a draft the user typed stays; the prompt in force shows in Details
-            if self._local.get(name) != value:
+            if current != value or name in self._shown:
                 self._shown[name] = value
         self._app = new
         preset = settings.get("preset")

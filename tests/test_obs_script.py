@@ -134,6 +134,11 @@ def test_the_app_state_is_shown_and_nothing_is_sent_back():
     # a later change from anywhere else follows
     panel.on_event(state(module, "tray", version=2, prompt="X from the app", strength=0.2, paused=True))
     assert panel.take_shown() == {"paused": True}
+    # two states before OBS's timer writes the first: the second wins, no prompt counts as a draft
+    panel.on_event(state(module, "tray", version=3, prompt="Y", strength=0.3))
+    panel.on_event(state(module, "tray", version=4, prompt="Z", strength=0.3))
+    assert panel.take_shown() == {"prompt": "Z", "strength": 0.3, "paused": False}
+    assert panel.drafts() == []
 
 
 def test_sliders_go_out_debounced_and_prompts_only_when_applied():
