@@ -227,8 +227,9 @@ def demo(
     from .pipeline import resolve_device
     from .sinks import SinkError
 
-    if size % 8 or not 64 <= size <= 2048:
-        _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
+    problem = field("width").range.problem(size)
+    if problem:
+        _fail(f"--size: {problem}")
     try:
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
                           side_by_side=side_by_side,
