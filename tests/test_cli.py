@@ -297,3 +297,38 @@ def test_ctrl_c_during_the_model_load_says_so_and_exits_130(tiny_model_dir, caps
     stderr = " ".join(capsys.readouterr().err.split())
     assert "interrupted while loading the model; nothing was started." in stderr
     assert "Traceback" not in stderr
+
+
+def test_the_control_port_answers_during_the_load_and_is_given_back_after_a_failed_start(tmp_path, monkeypatch):
+    """`dreamcam run`'s own start-up (`_run_app`, in this process): `set`-style changes sent while the
+    model loads are applied to what the stream starts with; a load that fails stops the server."""
+    import pytest
+    import typer
+
+    from dreamcam.plugin.cli import _run_app
+    from dreamcam.plugin.control_server import bind_listener, send_settings
+    from dreamcam.plugin.processor import PassThrough
+    from dreamcam.plugin.settings import AppSettings, StreamSettings
+    from plugin_helpers import dreamcam_threads
+
+    monkeypatch.setenv("DREAMCAM_CONFIG_DIR", str(tmp_path / "cfg"))
+    port = free_port()
+    app_settings = AppSettings(source="pattern", sink="null", width=64, height=64, control_port=port)
+    replies = []
+
+    def loading(app_settings, stream_settings, progress):
+        replies.append(send_settings({"prompt": "sent during the load"}, port=port))
+        return PassThrough()
+
+    _run_app(app_settings, StreamSettings(prompt="start"), obs=False, frames=3, build=loading)
+    assert replies[0]["ok"] and replies[0]["status"]["running"] is False
+    assert replies[0]["settings"]["prompt"] == "sent during the load"
+
+    def failing(app_settings, stream_settings, progress):
+        assert send_settings({"prompt": "x"}, port=port)["ok"]  # served while loading
+        raise RuntimeError("no model here")
+
+    with pytest.raises(typer.Exit):
+        _run_app(app_settings, StreamSettings(), obs=False, frames=3, build=failing)
+    assert dreamcam_threads() == []
+    bind_listener("127.0.0.1", port).close()  # the port is free again
