@@ -253,19 +253,41 @@ RAW_LINES = [
 ]
 
 
+CLOSING = ("not JSON", "nested too deeply", "protocol version")  # bad lines, not bad values: the port hangs up
+
+
 def test_the_control_socket_answers_every_bad_number_on_the_same_connection(control_app):
+    """Bad values keep the connection; a line that is not a valid message is answered, then closed
+    (docs/control-protocol.md), and the next line goes on a new connection."""
+    from dreamcam.plugin import secret
+
     app, port = control_app
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        reader = conn.makefile("rb")
+    token = secret.load_or_create()
+    conn = None
+    try:
         for line, words in RAW_LINES:
-            conn.sendall(line.encode() + b"\n")
+            if conn is None:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                reader = conn.makefile("rb")
+            conn.sendall(line.replace('{"dreamcam"', '{"token": "%s", "dreamcam"' % token, 1).encode() + b"\n")
             reply = reader.readline()
             assert reply, f"no reply to {line[:80]}"
             reply = json.loads(reply)
             assert reply["ok"] is False and words in reply["error"], (line[:80], reply.get("error"))
             assert "\n" not in reply["error"] and len(reply["error"]) < 400
-        conn.sendall(json.dumps(messages.settings_event({"prompt": "after", "seed": 2**31 - 1})).encode() + b"\n")
+            if words in CLOSING:
+                assert reader.readline() == b"", line[:80]
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            reader = conn.makefile("rb")
+        event = {"token": token, **messages.settings_event({"prompt": "after", "seed": 2**31 - 1})}
+        conn.sendall(json.dumps(event).encode() + b"\n")
         assert json.loads(reader.readline())["ok"] is True
+    finally:
+        if conn is not None:
+            conn.close()
     assert (app.store.current.prompt, app.store.current.seed) == ("after", 2**31 - 1)
     assert app.store.version == 1  # none of the bad lines changed anything
 
