@@ -275,7 +275,7 @@ class ControlServer:
             self._authenticate(envelope)
             kind, fields = _message(envelope)
         except ProtocolError as exc:
-            log.info("control server: refused a line: %s", exc)
+            log.info("control server: refused a line: %.200s", exc)
             return Answer(_error(str(exc)), close=True)
         except secret.SecretError as exc:
             return Answer(_error(f"the app cannot read its control token: {exc}"), close=True)
