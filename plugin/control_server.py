@@ -7,8 +7,9 @@ secret is the per-install one of `secret.py`. A line that is not a valid message
 wrong token, an HTTP request line, an unknown kind) gets an error reply and the connection is
 closed; a settings update that is refused (a bad value, an unknown field) gets an error reply and
 the connection stays open. One asyncio loop on one thread serves every connection: at most
-`MAX_CONNECTIONS` at once (more are answered "busy" and closed), each closed after
-`IDLE_TIMEOUT_S` without a complete line, each line at most `MAX_MESSAGE_BYTES`.
+`MAX_CONNECTIONS` at once (up to `MAX_WAITING` more wait `WAIT_FOR_SLOT_S` for a slot; the others
+are answered "busy" and closed), each closed after `IDLE_TIMEOUT_S` without a complete line, each
+line at most `MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
