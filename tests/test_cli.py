@@ -222,14 +222,14 @@ def test_doctor_and_devices_explain_what_is_missing():
 
 def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path):
     start = time.monotonic()
-    result = run_cli("run", "--sink", "vcam", "--model", str(tmp_path / "no-model"))
+    result = run_cli("run", "--sink", "vcam", "--model", str(tmp_path / "no-model"), "--control-port", "0")
     assert result.returncode == 1
     assert "virtual camera" in result.stderr and "modprobe v4l2loopback" in result.stderr
     assert time.monotonic() - start < 20
-    result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--device", "cpu")
+    result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--device", "cpu", "--control-port", "0")
     assert result.returncode == 1
     assert "could not build the pipeline" in result.stderr and "no-model" in result.stderr
-    result = run_cli("run", "--source", "camera:9", "--sink", "null")
+    result = run_cli("run", "--source", "camera:9", "--sink", "null", "--control-port", "0")
     assert result.returncode == 1 and "camera:9: cannot open" in result.stderr
     import socket
 
