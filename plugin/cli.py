@@ -121,6 +121,7 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
     from .sinks import SinkError
     from .sources import SourceError
 
+    dream = None
     try:
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames, overwrite=overwrite)
         if app_settings.control_port:  # serves from now: a second app fails here, not after the load
@@ -128,9 +129,11 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
 
             control = ControlServer(dream.store, dream.board, app_settings.control_port)
             control.start()  # changes sent during the load apply to the store the stream starts from
-            dream.add_service(control)
+            dream.add_service(control, started=True)
         dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
     except (SourceError, SinkError, OSError) as exc:
+        if dream is not None:
+            dream.stop()
         _fail(str(exc), 1)
         return
     try:
