@@ -155,7 +155,7 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
         return
     sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
-                  f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
+                  f"({app_settings.width}x{app_settings.height}, engine {processor.engine_name}). "
                   "Ctrl+C stops.")
     try:
         with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:
@@ -227,8 +227,9 @@ def demo(
     from .pipeline import resolve_device
     from .sinks import SinkError
 
-    if size % 8 or not 64 <= size <= 2048:
-        _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
+    problem = field("width").range.problem(size)
+    if problem:
+        _fail(f"--size: {problem}")
     try:
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
                           side_by_side=side_by_side,
