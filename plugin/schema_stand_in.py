@@ -25,6 +25,21 @@ class Field:
     range: Optional[Range] = None
     choices: Tuple[str, ...] = ()
     nullable: bool = False
+    max_chars: int = 4000
+
+    def allowed(self) -> str:
+        if self.type == "choice":
+            text = "one of " + ", ".join(self.choices)
+        elif self.type in ("int", "float"):
+            kind = "a whole number" if self.range.integer else "a number"
+            text = f"{kind} from {self.range.low} to {self.range.high}"
+        elif self.type == "int_list":
+            text = f"1 to 8 increasing whole numbers from {self.range.low} to {self.range.high}"
+        elif self.type == "bool":
+            text = "true or false"
+        else:
+            text = f"text of at most {self.max_chars} characters"
+        return text + (" or none" if self.nullable else "")
 
 
 def _f(name, type, default, label, help, **extra) -> Field:
