@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
-from .schema_stand_in import Field, live_fields  # -> .schema when branch `schema` lands
+from .schema import Field, live_fields
 from .settings import SettingsError
 
 NUMBER_TYPES = ("int", "float")
