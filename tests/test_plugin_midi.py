@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,10 +29,10 @@ from dreamcam.plugin.midi_service import MidiInput, MidiUnavailable, input_names
 from dreamcam.plugin.processor import PassThrough
 from dreamcam.plugin.settings import AppSettings, SettingsError, StreamSettings
 from dreamcam.plugin.sinks import NullSink
+from midi_helpers import JACK, jack, virtual_controller  # noqa: F401 (jack: a fixture)
 from plugin_helpers import wait_for
 from test_cli import dreamcam
 
-JACK = "UNIX_JACK"
 CC, NOTE = "control_change", "note_on"
 
 
@@ -42,37 +41,6 @@ def presets(tmp_path, monkeypatch):
     monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))
     cfg.save_preset("Ink", StreamSettings(prompt="black ink", strength=0.7))
     cfg.save_preset("Oil", StreamSettings(prompt="oil paint", strength=0.4))
-
-
-@pytest.fixture
-def jack(monkeypatch):
-    """A JACK server of its own (dummy driver), the default server for this test's MIDI clients."""
-    if shutil.which("jackd") is None:
-        pytest.fail("jackd is not installed (scripts/dev-setup.sh installs jackd2)")
-    name = f"dreamcam-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
-    monkeypatch.setenv("JACK_NO_START_SERVER", "1")  # a client must never start a stray server
-    proc = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "256"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: proc.poll() is not None or _jack_answers(), 15), "jackd did not start"
-        assert proc.poll() is None, "jackd exited at once"
-        yield name
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _jack_answers() -> bool:
-    try:
-        input_names(JACK)
-        return True
-    except MidiUnavailable:
-        return False
-
-
-def virtual_controller(name: str):
-    return mido.Backend("mido.backends.rtmidi", api=JACK, load=True).open_output(name, virtual=True)
 
 
 MAPPING = {

@@ -1,13 +1,16 @@
 """The OSC service: a real python-osc client over loopback UDP against a running app's service;
-the values land in the app's SettingsStore, refusals come back on /dreamcam/error."""
+the values land in the app's SettingsStore, refusals come back on /dreamcam/error. And the real
+`dreamcam run` with OSC, MIDI (a JACK virtual port, see test_plugin_midi) and the control port."""
 
 from __future__ import annotations
 
 import math
 import socket
+import subprocess
 import time
 from pathlib import Path
 
+import mido
 import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.udp_client import SimpleUDPClient
@@ -15,11 +18,15 @@ from pythonosc.udp_client import SimpleUDPClient
 from dreamcam.plugin import config as cfg
 from dreamcam.plugin import osc_map
 from dreamcam.plugin.app import DreamcamApp
+from dreamcam.plugin.control_server import send_event
+from dreamcam.plugin.messages import encode
 from dreamcam.plugin.osc_server import OscServer, parse_target
 from dreamcam.plugin.processor import PassThrough
 from dreamcam.plugin.settings import AppSettings, SettingsError, StreamSettings
 from dreamcam.plugin.sinks import NullSink
+from midi_helpers import jack, virtual_controller  # noqa: F401 (jack: a fixture)
 from plugin_helpers import dreamcam_threads, wait_for
+from test_cli import dreamcam, free_port, run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "control.md"
 
@@ -208,3 +215,57 @@ def test_the_docs_list_every_address_of_the_schema():
     for address in ("/dreamcam/prompt", "/dreamcam/strength", "/dreamcam/preset", "/dreamcam/paused",
                     "/dreamcam/seed/random", "/dreamcam/norm/strength"):
         assert f"`{address}`" in text
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_dreamcam_run_with_osc_midi_and_the_control_port(tmp_path, tiny_model_dir, jack):
+    """The real command on the tiny model: OSC and MIDI in, `dreamcam set` (the control port) seen
+    on OSC's feedback target."""
+    control, osc = free_port(), free_udp_port()
+    midi_map = tmp_path / "midi.toml"
+    midi_map.write_text('[midi]\ndevice = "dreamcam-run-ctl"\napi = "jack"\ncc.7 = "guidance_scale"\n',
+                        encoding="utf-8")
+    controller = virtual_controller("dreamcam-run-ctl")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    feedback = f"127.0.0.1:{listener.getsockname()[1]}"
+    proc = subprocess.Popen(
+        dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"), "--device", "cpu",
+                 "--engine", "eager", "--size", "64", "--sink", "null", "--control-port", str(control),
+                 "--osc-port", str(osc), "--osc-feedback", feedback, "--midi-map", str(midi_map)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def answers() -> bool:
+            try:
+                return send_event(encode("hello"), port=control, timeout=1)["ok"]
+            except ConnectionError:
+                return False
+        assert wait_for(answers, timeout=90, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
+        client = SimpleUDPClient("127.0.0.1", osc)
+        client.send_message("/dreamcam/prompt", "a paper boat")
+        assert replies(listener, "/dreamcam/prompt")["/dreamcam/prompt"] == ["a paper boat"]
+        assert send_event(encode("hello"), port=control)["settings"]["prompt"] == "a paper boat"
+        client.send_message("/dreamcam/norm/strength", float("nan"))
+        assert replies(listener, osc_map.ERROR_ADDRESS)[osc_map.ERROR_ADDRESS][0].startswith("strength:")
+        assert run_cli("set", "strength=0.35", "--port", str(control)).returncode == 0
+        assert replies(listener, "/dreamcam/strength")["/dreamcam/strength"] == [pytest.approx(0.35)]
+        controller.send(mido.Message("control_change", control=7, value=127))  # MIDI, seen on OSC
+        assert replies(listener, "/dreamcam/guidance_scale")["/dreamcam/guidance_scale"] == [20.0]
+        got = replies(listener, "/dreamcam/status/fps_out", timeout=5)
+        assert got["/dreamcam/status/running"] == [True]
+        client.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert f"OSC: udp 127.0.0.1:{osc}" in out
+    finally:
+        listener.close()
+        controller.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
