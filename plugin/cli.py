@@ -148,12 +148,14 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     from .sources import SourceError
 
     try:
-        if app_settings.control_port:
-            from .control_server import check_port_free
-
-            check_port_free(app_settings.control_port)  # a second app fails now, not after the model load
-        osc_feedback = _osc_checks(app_settings)
+        osc_feedback = _osc_checks(app_settings)  # a taken OSC port fails now, not after the model load
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
+        if app_settings.control_port:  # serves from now: a second app fails here, not after the load
+            from .control_server import ControlServer
+
+            control = ControlServer(dream.store, dream.board, app_settings.control_port)
+            control.start()  # changes sent during the load apply to the store the stream starts from
+            dream.add_service(control)
         dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
     except (SourceError, SinkError, OSError) as exc:
         _fail(str(exc), 1)
@@ -220,10 +222,6 @@ def _build_with_progress(build, app_settings, stream_settings):
 
 
 def _add_services(dream, app_settings, obs: bool, obs_camera: Optional[str] = None) -> None:
-    if app_settings.control_port:
-        from .control_server import ControlServer
-
-        dream.add_service(ControlServer(dream.store, dream.board, app_settings.control_port))
     if obs:
         try:
             from .obs_bridge import ObsBridge
@@ -321,7 +319,7 @@ def devices(probe: bool = typer.Option(True, help="Try to start each virtual cam
         state = "works" if b["works"] else ("not checked" if b["works"] is None else "unavailable")
         console.print(f"  {b['backend']}: {state} {b['detail']}", highlight=False, markup=False)
     if not error and not any(b["works"] for b in backends) and probe:
-        from .sink_vcam import install_hint
+        from .sinks.vcam import install_hint
 
         console.print(f"  to fix: {install_hint()}", highlight=False, markup=False)
 
@@ -413,6 +411,7 @@ def set_(
 ) -> None:
     """Send a settings update to a running app (its control server)."""
     from .control_server import send_settings
+    from .secret import SecretError
 
     update: dict[str, Any] = {}
     for item in changes or []:
@@ -428,13 +427,36 @@ def set_(
     if unknown:  # the app would ignore them; say so instead of reporting them "applied"
         _fail(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(STREAM_FIELDS))})")
     try:
-        reply = send_settings(update, port=port, host=host)
-    except ConnectionError as exc:
+        reply = send_settings(update, port=port, host=host)  # with this install's control token
+    except (ConnectionError, SecretError) as exc:
         _fail(str(exc), 1)
         return
     if not reply.get("ok"):
         _fail(reply.get("error", "rejected"), 1)
     console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False, markup=False)
+
+
+@app.command("token")
+def token(
+    rotate: bool = typer.Option(False, "--rotate", help="Make a new token (the old one stops working at once)."),
+    path: bool = typer.Option(False, "--path", help="Print where the token file is instead."),
+) -> None:
+    """Print the control token that `dreamcam set`, Stream Deck plugins and scripts send to the
+    control port (docs/control-protocol.md); it is made on first use."""
+    from . import secret
+
+    if path:
+        console.print(str(secret.secret_path()), highlight=False, markup=False, soft_wrap=True)
+        return
+    try:
+        value = secret.rotate() if rotate else secret.load_or_create()
+    except OSError as exc:
+        _fail(str(exc), 1)
+        return
+    print(value)
+    if rotate:
+        err.print("made a new control token; a running app uses it from its next message: "
+                  "update the controllers that hold the old one.", highlight=False, markup=False)
 
 
 # ---- presets ---------------------------------------------------------------------------------
