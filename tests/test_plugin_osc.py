@@ -240,13 +240,16 @@ def test_dreamcam_run_with_osc_midi_and_the_control_port(tmp_path, tiny_model_di
                  "--osc-port", str(osc), "--osc-feedback", feedback, "--midi-map", str(midi_map)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        def answers() -> bool:
-            try:
-                return send_event(encode("hello"), port=control, timeout=1)["ok"]
-            except ConnectionError:
-                return False
-        assert wait_for(answers, timeout=90, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
         client = SimpleUDPClient("127.0.0.1", osc)
+
+        def answers() -> bool:  # OSC starts with the stream, after the model load
+            client.send_message("/dreamcam/seed", [])
+            listener.settimeout(0.5)
+            try:
+                return OscMessage(listener.recv(65536)).address == "/dreamcam/seed"
+            except socket.timeout:
+                return proc.poll() is None and False
+        assert wait_for(answers, timeout=90, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
         client.send_message("/dreamcam/prompt", "a paper boat")
         assert replies(listener, "/dreamcam/prompt")["/dreamcam/prompt"] == ["a paper boat"]
         assert send_event(encode("hello"), port=control)["settings"]["prompt"] == "a paper boat"
