@@ -14,6 +14,7 @@ the connection stays open. One asyncio loop on one thread serves every connectio
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
@@ -60,8 +61,11 @@ class Answer:
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> OSError:
-    return OSError(f"control server: cannot listen on {host}:{port} ({exc.strerror or exc}): another "
-                   "Dreamcam is running there; stop it or pick another port with --control-port")
+    if exc.errno == errno.EADDRINUSE or getattr(exc, "winerror", None) in (10048, 10013):
+        return OSError(f"control port {host}:{port} is in use: another Dreamcam is running (or another "
+                       "program has the port); stop it or pick another port with --control-port")
+    return OSError(f"control port {host}:{port}: cannot listen ({exc.strerror or exc}); pick another port "
+                   "with --control-port")
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -365,16 +369,25 @@ def send_settings(changes: Mapping[str, Any], port: int = DEFAULT_PORT, host: st
 
 def send_event(event: Mapping[str, Any], port: int = DEFAULT_PORT, host: str = HOST,
                timeout: float = 5.0, token: str | None = None) -> dict[str, Any]:
-    """Send one protocol event with the secret (default: this install's, `secret.load_or_create`)
-    and return the reply; a "busy" reply is retried a few times with a short back-off.
+    """Send one protocol event with the secret (default: this install's, read from its file) and
+    return the reply; a "busy" reply is retried a few times with a short back-off.
     Raises ConnectionError when nothing answers, SecretError when the secret cannot be read."""
-    line = (json.dumps({TOKEN_KEY: secret.load_or_create() if token is None else token, **event}) + "\n").encode()
+    line = (json.dumps({TOKEN_KEY: _installed_token() if token is None else token, **event}) + "\n").encode()
     for attempt in range(BUSY_RETRIES + 1):
         reply = _exchange(line, host, port, timeout)
         if not reply.get("busy") or attempt == BUSY_RETRIES:
             return reply
         time.sleep(0.05 * 2 ** attempt)
     return reply
+
+
+def _installed_token() -> str:
+    """A client reads the secret and never makes one: only an app (or `dreamcam token`) does."""
+    try:
+        return secret.read()
+    except FileNotFoundError:
+        raise secret.SecretError(f"no control token at {secret.secret_path()}: no Dreamcam app has run with "
+                                 "this config folder yet; start one with `dreamcam run`") from None
 
 
 def _exchange(line: bytes, host: str, port: int, timeout: float) -> dict[str, Any]:

@@ -106,6 +106,9 @@ SCHEMA: Tuple[Field, ...] = (
     _stream("negative_prompt", "text", "blurry, low quality, deformed", "Negative prompt",
             "What to avoid (used by the full and initialize guidance types, and above guidance 1).",
             "Prompt", "multiline"),
+    _stream("transition_frames", "int", 0, "Prompt transition (frames)",
+            "Blend a new prompt in over this many frames (0: at once).", "Prompt", "slider",
+            range=RANGES["transition_frames"], step=1),
     _stream("strength", "float", 0.5, "Strength (0 keeps the input, 1 ignores it)",
             "How far the output may move away from the input: 0 keeps it, 1 ignores it.",
             "Diffusion", "slider", range=RANGES["strength"], step=0.01),
@@ -126,9 +129,6 @@ SCHEMA: Tuple[Field, ...] = (
             range=RANGES["delta"], step=0.05),
     _stream("seed", "int", 2, "Seed", "Noise seed: the same seed gives the same look.", "Diffusion",
             "number", range=RANGES["seed"], step=1),
-    _stream("transition_frames", "int", 0, "Prompt transition (frames)",
-            "Blend a new prompt in over this many frames (0: at once).", "Prompt", "slider",
-            range=RANGES["transition_frames"], step=1),
     _stream("similarity_filter", "bool", True, "Skip near-identical frames (similarity filter)",
             "Skip frames that barely changed (saves GPU time on still scenes).", "Similarity filter",
             "toggle"),
@@ -301,7 +301,9 @@ def _number_from_text(f: Field, part: str, text: str) -> Any:
     try:
         return int(part)
     except ValueError:
-        pass
+        if part.lstrip("+-").isdigit():  # more digits than Python reads (4300): surely out of range
+            raise SettingsError(f.name, f"must be from {f.range.low} to {f.range.high}, got a number of "
+                                        f"{len(part.lstrip('+-'))} digits") from None
     try:
         return float(part)  # "nan" and "inf" parse; validate() refuses them
     except ValueError:

@@ -352,7 +352,7 @@ def test_a_taken_port_is_one_clear_error(config_dir):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}.*another Dreamcam.*--control-port"):
+        with pytest.raises(OSError, match=f"control port 127.0.0.1:{port} is in use: another Dreamcam.*--control-port"):
             bind_listener("127.0.0.1", port)
     listener = bind_listener("127.0.0.1", 0)  # reuse of the address is set on this socket only
     listener.close()
