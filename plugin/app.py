@@ -117,7 +117,7 @@ class DreamcamApp:
             if self._runner is not None:
                 raise RuntimeError("this app was already started; make a new DreamcamApp")
             self._open_devices()
-            engine = getattr(self._processor, "engine_name", None) or self.settings.engine
+            engine = self._processor.engine_name if self._processor is not None else self.settings.engine
             config = RunnerConfig(self.settings.width, self.settings.height, self.settings.resize,
                                   model=self.settings.model, engine=engine)
             self._runner = Runner(self.source, self.sink, self.store, self.board, config,
@@ -150,6 +150,8 @@ class DreamcamApp:
             except Exception:
                 log.exception("service %s failed to stop", type(service).__name__)
         clean = self._runner.stop(timeout)
+        if self._runner.processor is not None:
+            self._runner.processor.close()  # its GPU graphs go now, not at some later garbage collection
         self._close_devices()
         return clean
 

@@ -132,7 +132,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     signal.signal(signal.SIGTERM, on_signal)
     sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
-                  f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
+                  f"({app_settings.width}x{app_settings.height}, engine {processor.engine_name}). "
                   "Ctrl+C stops.")
     try:
         with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .processor import Processor, Ready, Work
 from .settings import AppSettings, StreamSettings
 
 CACHE_ENV = "DREAMCAM_CACHE_DIR"
@@ -45,20 +46,30 @@ def tiny_model(folder: Path | None = None, say: Callable[[str], None] = print) -
     return folder
 
 
-class SideBySide:
+class SideBySide(Processor):
     """Shows the input next to the output (a random-weight model's output alone says little)."""
 
-    def __init__(self, processor: Any) -> None:
+    def __init__(self, processor: Processor) -> None:
         self.processor = processor
+        self.engine_name = processor.engine_name
+        self.fits_frames = processor.fits_frames
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return np.concatenate([image, self.processor(image)], axis=1)
+    def submit(self, image: np.ndarray) -> Work:
+        return Ready(np.concatenate([image, self.processor(image)], axis=1))
 
     def update(self, **changes: Any) -> None:
         self.processor.update(**changes)
 
-    def __getattr__(self, name: str) -> Any:  # frames_skipped, engine_name, config, ...
-        return getattr(self.processor, name)
+    @property
+    def frames_skipped(self) -> int:
+        return self.processor.frames_skipped
+
+    @property
+    def graph_warning(self) -> str:
+        return self.processor.graph_warning
+
+    def close(self) -> None:
+        self.processor.close()
 
 
 def demo_settings(model: Path, out: Path, size: int, device: str) -> AppSettings:

@@ -12,14 +12,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from .control import SettingsStore, Status, StatusBoard
 from .frames import Frame, fit
 from .mailbox import Mailbox
-from .processor import Processor, accepted_kwargs, core_update, fits_frames
+from .processor import Processor, Ready, Work, core_update
 from .settings import StreamSettings
 from .sinks import Sink
 from .sources import Pacer, Source
@@ -43,19 +43,6 @@ class RunnerConfig:
     engine: str = ""
 
 
-class _Ready:
-    """A frame computed at once (processors without `submit`, paused passthrough)."""
-
-    def __init__(self, out: np.ndarray) -> None:
-        self._out = out
-
-    def done(self) -> bool:
-        return True
-
-    def result(self) -> np.ndarray:
-        return self._out
-
-
 @dataclass
 class _Job:
     """A frame started on the processor, published when its result is collected."""
@@ -64,9 +51,8 @@ class _Job:
     t_start: float
     settings: StreamSettings
     version: int
-    work: Any  # .done() -> bool, .result() -> image
+    work: Work
     t0: float | None = None  # perf_counter at submit; None: not inferred (paused)
-    counts_skips: bool = False
     skipped: bool = False
 
 
@@ -106,6 +92,7 @@ class Runner:
         self.last_published: Frame | None = None
         self.history: collections.deque[tuple[int, dict]] = collections.deque(maxlen=512)  # processed frames
         self._last_status = 0.0
+        self._last_graph = ""
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -228,8 +215,7 @@ class Runner:
             return True
 
     def _depth(self) -> int:
-        processor = self.processor
-        return max(1, int(getattr(processor, "lanes", 1))) if hasattr(processor, "submit") else 1
+        return self.processor.lanes if self.processor is not None else 1
 
     def _start(self, frame: Frame) -> "_Job | None":
         t_start = time.monotonic()
@@ -237,18 +223,17 @@ class Runner:
         width, height, policy = self.config.width, self.config.height, self.config.resize
         processor = self.processor
         if settings.paused or processor is None:
-            return _Job(frame, t_start, settings, version, _Ready(fit(frame.image, width, height, policy)))
+            return _Job(frame, t_start, settings, version, Ready(fit(frame.image, width, height, policy)))
         # the core fits frames itself, on the GPU; anything else gets them fitted here
-        image = frame.image if fits_frames(processor) else fit(frame.image, width, height, policy)
-        skipped_before = getattr(processor, "frames_skipped", None)
+        image = frame.image if processor.fits_frames else fit(frame.image, width, height, policy)
+        skipped_before = processor.frames_skipped
         t0 = time.perf_counter()
         try:
-            work = processor.submit(image) if hasattr(processor, "submit") else _Ready(processor(image))
+            work = processor.submit(image)
         except Exception as exc:
             self._frame_failed(exc)
             return None
-        skipped = skipped_before is not None and processor.frames_skipped != skipped_before
-        return _Job(frame, t_start, settings, version, work, t0, skipped_before is not None, skipped)
+        return _Job(frame, t_start, settings, version, work, t0, processor.frames_skipped != skipped_before)
 
     def _finish(self, job: "_Job") -> None:
         try:
@@ -259,8 +244,7 @@ class Runner:
         if job.t0 is not None:
             self._infer_ms.add((time.perf_counter() - job.t0) * 1000)
             self._fps_infer.tick()
-            if job.counts_skips:  # the core counts frames its similarity filter skipped
-                self._skips.add(1.0 if job.skipped else 0.0)
+            self._skips.add(1.0 if job.skipped else 0.0)  # frames the processor's similarity filter skipped
         frame = job.frame
         meta = dict(frame.meta, settings_version=job.version, t_start=job.t_start, paused=job.settings.paused,
                     t_processed=time.monotonic())
@@ -296,7 +280,7 @@ class Runner:
             return self.active_settings, version
         self._applied_version = version
         try:
-            processor.update(**accepted_kwargs(processor.update, core_update(settings)))
+            processor.update(**core_update(settings))
         except ValueError as exc:
             log.warning("settings rejected by the pipeline: %s", exc)
             self._set_error("settings", f"rejected update: {exc}")
@@ -352,13 +336,17 @@ class Runner:
         if t - self._last_status >= STATUS_PERIOD_S:
             self._last_status = t
             status = self._publish_status(running=True)
+            if status.graph != self._last_graph:  # said once when it appears (and when it clears)
+                self._last_graph = status.graph
+                log.warning("%s", status.graph or "the stream runs as CUDA graphs again")
             log.info(
-                "in %.1f fps | infer %.1f fps %.0f ms | out %.1f fps | latency %.0f ms | dropped %d%s",
+                "in %.1f fps | infer %.1f fps %.0f ms | out %.1f fps | latency %.0f ms | dropped %d%s%s",
                 status.fps_in, status.infer_fps, status.infer_ms, status.fps_out, status.latency_ms,
-                status.dropped, f" | {status.error}" if status.error else "",
+                status.dropped, f" | {status.error}" if status.error else "", f" | {status.graph}" if status.graph else "",
             )
 
     def status(self, running: bool = True) -> Status:
+        processor = self.processor
         return Status(
             running=running,
             fps_in=round(self._fps_in.rate(), 2),
@@ -369,8 +357,9 @@ class Runner:
             latency_ms=round(self._latency_ms.mean(), 1),
             dropped=self.in_box.dropped + self.out_box.dropped,
             model=self.config.model,
-            engine=self.config.engine,
+            engine=processor.engine_name if processor is not None else self.config.engine,
             error=self.error_text(),
+            graph=processor.graph_warning if processor is not None else "",
             extra={"frames_out": self.frames_published, "source": getattr(self.source, "name", "")},
         )
 
