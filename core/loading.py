@@ -149,6 +149,14 @@ def _explain(what: str, name: str, exc: BaseException, local_only: bool) -> Mode
     return ModelLoadError(f"cannot load the {what} {name!r}: {hint}")
 
 
+def source_name(source: str) -> str:
+    """A short identifier for a hub id, folder or file: its last path part without '.safetensors',
+    other characters than letters, digits and '_' replaced by '_' (LoRA and ControlNet names)."""
+    stem = Path(source.rstrip("/\\")).name
+    stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
+    return re.sub(r"[^A-Za-z0-9_]", "_", stem)
+
+
 def _is_pathlike(name: str) -> bool:
     return (name.startswith((".", "/", "~")) or "\\" in name or name.lower().endswith(CHECKPOINT_SUFFIXES)
             or not _HUB_ID.match(name) or Path(name).exists())

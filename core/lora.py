@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
-from .loading import FAMILY_CROSS_ATTENTION, FAMILY_LABELS, Components, ModelLoadError, _check_source, _explain
+from .loading import (FAMILY_CROSS_ATTENTION, FAMILY_LABELS, Components, ModelLoadError, _check_source, _explain,
+                      source_name)
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -50,11 +50,7 @@ class LoraSpec:
 
     @property
     def adapter_name(self) -> str:
-        if self.name:
-            return self.name
-        stem = Path(self.source.rstrip("/\\")).name
-        stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
-        return re.sub(r"[^A-Za-z0-9_]", "_", stem) or "lora"
+        return self.name or source_name(self.source) or "lora"
 
 
 @dataclass

@@ -301,3 +301,23 @@ def make_tiny_kohya_lora(model_dir: str | Path, path: str | Path, *, rank: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def make_tiny_controlnet(model_dir: str | Path, folder: str | Path, *, seed: int = 0) -> Path:
+    """Save a ControlNetModel made from the tiny model's UNet (`from_unet`, its architecture and
+    weights) to `folder` with save_pretrained. The layers a fresh ControlNet starts at zero (the
+    condition embedding's last conv and the residual projections) get random weights, so its
+    residuals are not zero and a test sees the net act."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    zero_started = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block]
+    with torch.no_grad():
+        for layer in zero_started:
+            torch.nn.init.normal_(layer.weight, std=0.2)
+            torch.nn.init.normal_(layer.bias, std=0.05)
+    folder = Path(folder)
+    net.save_pretrained(folder)
+    return folder
