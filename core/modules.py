@@ -9,6 +9,8 @@ the stream makes every model call through them.
   `unet_conditions(components)` declares the names and per-row shapes (SDXL: `text_embeds`
   (B,1280) and `time_ids` (B,6); ControlNet residuals and IP-Adapter image embeddings join this
   list the same way). Engines take them as ordinary call inputs (traced, exported, captured).
+  ControlNet residuals are `control_down_0..N-1` (the UNet's skip order) and `control_mid`
+  (computed by core/controlnet.py; their shapes depend on the latent size: `residual_shapes`).
 - `encode(images (B,3,H,W) in [-1,1]) -> latents (B,4,H/8,W/8)`, already multiplied by the
   VAE scaling factor; deterministic (the full VAE returns the mean, never a sample).
 - `decode(latents (scaled as above)) -> images (B,3,H,W) in [-1,1]`.
