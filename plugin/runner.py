@@ -22,6 +22,7 @@ from .mailbox import Mailbox
 from .processor import Processor, Ready, Work, core_update
 from .settings import StreamSettings
 from .sinks import Sink
+from .sinks.guard import SinkGuard
 from .sources import Pacer, Source
 from .stats import Average, RateMeter
 
@@ -73,6 +74,7 @@ class Runner:
         load_processor: Callable[[], Processor] | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.board, self.config = source, sink, store, board, config
+        self.sink_guard = SinkGuard(sink)  # the failure policy: report once, retry, or stop for good
         self.processor = processor
         self._load_processor = load_processor
         self.in_box: Mailbox[Frame] = Mailbox()
@@ -198,7 +200,7 @@ class Runner:
             if pending and len(pending) >= self._depth():
                 self._finish(pending.popleft())
                 continue
-            frame = self.in_box.get(timeout=0.002 if pending else 0.1)
+            frame = self.in_box.get(timeout=self._wait_s(pending))
             if frame is None:
                 if pending:
                     self._finish(pending.popleft())
@@ -206,6 +208,14 @@ class Runner:
             job = self._start(frame)
             if job is not None:
                 pending.append(job)
+
+    def _wait_s(self, pending: "collections.deque[_Job]") -> float:
+        """How long to wait for a new frame: with frames in flight, until the oldest is expected
+        to be done (its submit time + the mean submit-to-result time), then it is published."""
+        if not pending or pending[0].t0 is None:
+            return 0.0 if pending else 0.1
+        expected = pending[0].t0 + self._infer_ms.mean() / 1000.0
+        return min(0.1, max(0.0, expected - time.perf_counter()))
 
     def _ready(self, job: "_Job") -> bool:
         """Finished (or failed: `_finish` then reports it), without waiting."""
@@ -317,11 +327,14 @@ class Runner:
     def _write(self, frame: Frame, fresh: bool) -> None:
         if self._stop.is_set():
             return
-        try:
-            self.sink.write(frame.image)
-        except Exception as exc:
-            log.warning("sink %s failed: %s", getattr(self.sink, "name", "?"), exc)
-            self._set_error("sink", f"output failed: {exc}", hold=ERROR_HOLD_S)
+        written = self.sink_guard.write(frame.image)
+        if self.sink_guard.error:
+            self._set_error("sink", self.sink_guard.error)
+            if self.sink_guard.failed:
+                self.finished.set()  # nothing more can be written: the run ends (and exits non-zero)
+        elif written and "sink" in self._errors:
+            self._clear_error("sink")
+        if not written:
             return
         self._fps_out.tick()
         self.frames_published += 1
