@@ -9,8 +9,9 @@ secret is the per-install one of `secret.py`. A line that is not a valid message
 wrong token, an HTTP request line, an unknown kind) gets an error reply and the connection is
 closed; a settings update that is refused (a bad value, an unknown field) gets an error reply and
 the connection stays open. One asyncio loop on one thread serves every connection: at most
-`MAX_CONNECTIONS` at once (more are answered "busy" and closed), each closed after
-`IDLE_TIMEOUT_S` without a complete line, each line at most `MAX_MESSAGE_BYTES`.
+`MAX_CONNECTIONS` at once (up to `MAX_WAITING` more wait `WAIT_FOR_SLOT_S` for a slot; the others
+are answered "busy" and closed), each closed after `IDLE_TIMEOUT_S` without a complete line, each
+line at most `MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class ControlServer:
             self._authenticate(envelope)
             kind, fields = _message(envelope)
         except ProtocolError as exc:
-            log.info("control server: refused a line: %s", exc)
+            log.info("control server: refused a line: %.200s", exc)
             return Answer(_error(str(exc)), close=True)
         except secret.SecretError as exc:
             return Answer(_error(f"the app cannot read its control token: {exc}"), close=True)
@@ -311,18 +312,15 @@ def _parse(line: bytes) -> dict[str, Any]:
     if HTTP_REQUEST_LINE.match(line):
         raise ProtocolError("an HTTP request: this port speaks JSON lines, not HTTP "
                             "(see docs/control-protocol.md)")
-    try:
-        data = json.loads(line)  # NaN, Infinity and long integers parse: the settings checks name the field
+    try:  # NaN and Infinity parse, and are then refused by the schema like any bad value
+        data = json.loads(line)
     except RecursionError:
         raise ProtocolError("not JSON we accept: nested too deeply") from None
-    except ProtocolError:
-        raise
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"not a message: expected a JSON object, got {type(data).__name__}")
     return data
-
 
 
 def _message(envelope: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
