@@ -158,7 +158,7 @@ def test_icon_images_show_the_state():
 
 @pytest.mark.obs  # needs Xvfb (installed with OBS by scripts/dev-setup.sh)
 @pytest.mark.timeout(300)
-def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_model_dir, tmp_path, monkeypatch):
     """`dreamcam tray` on pystray's xorg backend under Xvfb: starts the stream, exits cleanly."""
     import signal
     import subprocess
@@ -173,6 +173,7 @@ def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_m
     x = ObsInstance(tmp_path, 0, "")
     x.start_xvfb()
     port = free_port()
+    monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))  # the tray's control token is read from there
     config = tmp_path / "dreamcam.toml"
     config.write_text(
         f'[app]\nmodel = "{tiny_model_dir}"\ntiny_vae = "{tiny_model_dir / "taesd"}"\ndevice = "cpu"\n'
