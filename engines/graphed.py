@@ -316,7 +316,7 @@ def capture_check(device: torch.device | str = "cuda") -> str:
         torch.cuda.synchronize(device)
         if graphed.capture_error:
             return graphed.capture_error
-        if not torch.equal(got, want):
+        if (got.int() - want.int()).abs().max() > 1:  # library kernels may round differently, not more
             return "a captured graph gave other values than the same step uncaptured"
         graphed.close()
         return ""

@@ -79,6 +79,8 @@ def test_graphed_streams_created_run_and_dropped_in_one_process_never_fail_to_ca
                     holder["self"] = holder  # a cycle: only the garbage collector frees these graphs
                     del holder
                 del driver, graphed
+            print(f"round {round_ + 1}: {captures} captures, {len(failures)} failures, {len(mismatches)} mismatches",
+                  flush=True)
     finally:
         gc.unfreeze()
     assert failures == [], failures[:5]
