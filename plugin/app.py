@@ -38,13 +38,14 @@ class DreamcamApp:
         processor: Processor | None = None,
         load_processor: Callable[[], Processor] | None = None,
         max_frames: int | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.settings = app
         self.store = SettingsStore(initial)
         self.board = StatusBoard()
         self.source = source or make_source(app.source, width=app.width, height=app.height, fps=app.fps)
         self.sink = sink or make_sink(app.sink, width=app.width, height=app.height, fps=app.fps,
-                                      max_frames=max_frames)
+                                      max_frames=max_frames, overwrite=overwrite)
         self._processor = processor
         self._load_processor = load_processor
         if processor is None and load_processor is None:
@@ -156,7 +157,9 @@ class DreamcamApp:
         return clean
 
     def _close_devices(self) -> None:
-        for part in (self.sink, self.source):
+        # through the runner's guard: a recording that fails to finish is reported as its failure
+        sink = self._runner.sink_guard if self._runner is not None else self.sink
+        for part in (sink, self.source):
             try:
                 part.close()
             except Exception:

@@ -85,14 +85,15 @@ def run_demo(out: Path, frames: int = 60, size: int = 256, device: str = "cpu", 
              side_by_side: bool = True) -> DemoResult:
     from .app import DreamcamApp
     from .pipeline import build_processor
-    from .sink_video import VideoFileSink
+    from .sinks.video import VideoFileSink
 
     model = tiny_model(model_dir, say)
     app_settings = demo_settings(model, out, size, device)
     stream = StreamSettings(prompt=prompt) if prompt else StreamSettings()
     processor = build_processor(app_settings, stream, progress=say, local_files_only=True)
     width = size * 2 if side_by_side else size
-    sink = VideoFileSink(out, width, size, app_settings.fps, max_frames=frames)
+    # the demo replaces its own file and plays at a fixed rate (it renders slower than real time)
+    sink = VideoFileSink(out, width, size, app_settings.fps, max_frames=frames, overwrite=True, realtime=False)
     app = DreamcamApp(app_settings, stream, processor=SideBySide(processor) if side_by_side else processor,
                       sink=sink, max_frames=frames)
     say(f"running {frames} frames of {size}x{size} through the pipeline on {device}")

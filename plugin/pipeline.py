@@ -57,7 +57,7 @@ def model_spec(app: AppSettings, device: str, dtype: str, local_files_only: bool
 
     tiny_vae = "auto" if app.tiny_vae == DEFAULT_TAESD else app.tiny_vae
     return ModelSpec(model=app.model, tiny_vae=tiny_vae, lcm_lora=app.lcm_lora, device=device,
-                     dtype=dtype, local_files_only=local_files_only)
+                     dtype=dtype, local_files_only=local_files_only, config=app.model_config)
 
 
 def build_engine(app: AppSettings, components: Any, settings: StreamSettings, device: str, dtype: str,

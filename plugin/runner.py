@@ -22,6 +22,7 @@ from .mailbox import Mailbox
 from .processor import Processor, Ready, Work, core_update
 from .settings import StreamSettings
 from .sinks import Sink
+from .sinks.guard import SinkGuard
 from .sources import Pacer, Source
 from .stats import Average, RateMeter
 
@@ -73,6 +74,7 @@ class Runner:
         load_processor: Callable[[], Processor] | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.board, self.config = source, sink, store, board, config
+        self.sink_guard = SinkGuard(sink)  # the failure policy: report once, retry, or stop for good
         self.processor = processor
         self._load_processor = load_processor
         self.in_box: Mailbox[Frame] = Mailbox()
@@ -325,11 +327,14 @@ class Runner:
     def _write(self, frame: Frame, fresh: bool) -> None:
         if self._stop.is_set():
             return
-        try:
-            self.sink.write(frame.image)
-        except Exception as exc:
-            log.warning("sink %s failed: %s", getattr(self.sink, "name", "?"), exc)
-            self._set_error("sink", f"output failed: {exc}", hold=ERROR_HOLD_S)
+        written = self.sink_guard.write(frame.image)
+        if self.sink_guard.error:
+            self._set_error("sink", self.sink_guard.error)
+            if self.sink_guard.failed:
+                self.finished.set()  # nothing more can be written: the run ends (and exits non-zero)
+        elif written and "sink" in self._errors:
+            self._clear_error("sink")
+        if not written:
             return
         self._fps_out.tick()
         self.frames_published += 1
