@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 FAMILY_TINY_VAE = {"sd15": "madebyollin/taesd", "sd21": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+FAMILY_CROSS_ATTENTION = {"sd15": 768, "sd21": 1024, "sdxl": 2048}  # width of the text embeddings the UNet takes
+FAMILY_LABELS = {"sd15": "SD 1.5", "sd21": "SD 2.1 / SD-Turbo", "sdxl": "SDXL"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 EXAMPLE_IDS = {"model": "stabilityai/sd-turbo", "tiny VAE": "madebyollin/taesd",
                "LoRA": "latent-consistency/lcm-lora-sdv1-5"}
@@ -119,10 +121,9 @@ def detect_family(unet_config: Any) -> str:
     dim = cfg.get("cross_attention_dim")
     if isinstance(dim, (list, tuple)):
         dim = dim[0]
-    if dim == 768:
-        return "sd15"
-    if dim == 1024:
-        return "sd21"
+    for family in ("sd15", "sd21"):
+        if dim == FAMILY_CROSS_ATTENTION[family]:
+            return family
     raise ModelLoadError(f"unsupported model: UNet cross_attention_dim {dim!r} is neither SD 1.5 (768), "
                          "SD 2.1 / SD-Turbo (1024) nor SDXL (text_time)")
 
@@ -156,6 +157,14 @@ def _explain(what: str, name: str, exc: BaseException, local_only: bool) -> Mode
     else:
         hint = f"{text.splitlines()[0][:300]}"
     return ModelLoadError(f"cannot load the {what} {name!r}: {hint}")
+
+
+def source_name(source: str) -> str:
+    """A short identifier for a hub id, folder or file: its last path part without '.safetensors',
+    other characters than letters, digits and '_' replaced by '_' (LoRA and ControlNet names)."""
+    stem = Path(source.rstrip("/\\")).name
+    stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
+    return re.sub(r"[^A-Za-z0-9_]", "_", stem)
 
 
 def _is_pathlike(name: str) -> bool:

@@ -9,6 +9,8 @@ the stream makes every model call through them.
   `unet_conditions(components)` declares the names and per-row shapes (SDXL: `text_embeds`
   (B,1280) and `time_ids` (B,6); ControlNet residuals and IP-Adapter image embeddings join this
   list the same way). Engines take them as ordinary call inputs (traced, exported, captured).
+  ControlNet residuals are `control_down_0..N-1` (the UNet's skip order) and `control_mid`
+  (computed by core/controlnet.py; their shapes depend on the latent size: `residual_shapes`).
 - `encode(images (B,3,H,W) in [-1,1]) -> latents (B,4,H/8,W/8)`, already multiplied by the
   VAE scaling factor; deterministic (the full VAE returns the mean, never a sample).
 - `decode(latents (scaled as above)) -> images (B,3,H,W) in [-1,1]`.
@@ -29,6 +31,13 @@ UNetCall = Callable[..., Tensor]  # unet(sample, timestep, encoder_hidden_states
 SDXL_TIME_IDS = 6  # (original h, w, crop top, left, target h, w)
 # conditioning names that diffusers' UNet2DConditionModel takes inside `added_cond_kwargs`
 ADDED_COND_NAMES = ("text_embeds", "time_ids", "image_embeds")
+# ControlNet residuals (core/controlnet.py): control_down_0..N-1 in the UNet's order, then control_mid
+CONTROL_DOWN_PREFIX = "control_down_"
+CONTROL_MID = "control_mid"
+
+
+def control_residual_names(down_count: int) -> tuple[str, ...]:
+    return tuple(f"{CONTROL_DOWN_PREFIX}{i}" for i in range(down_count)) + (CONTROL_MID,)
 
 
 @dataclass(frozen=True)
@@ -69,10 +78,17 @@ class EagerUNet:
         self.model = unet
 
     def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
-        unknown = [name for name in cond if name not in ADDED_COND_NAMES]
+        added = {name: value for name, value in cond.items() if name in ADDED_COND_NAMES}
+        down = sorted((name for name in cond if name.startswith(CONTROL_DOWN_PREFIX)),
+                      key=lambda name: int(name[len(CONTROL_DOWN_PREFIX):]))
+        unknown = [name for name in cond if name not in added and name not in down and name != CONTROL_MID]
         if unknown:
-            raise TypeError(f"unet: unknown conditioning input(s) {unknown}; known: {', '.join(ADDED_COND_NAMES)}")
-        kwargs = {"added_cond_kwargs": cond} if cond else {}
+            raise TypeError(f"unet: unknown conditioning input(s) {unknown}; known: {', '.join(ADDED_COND_NAMES)}, "
+                            f"{CONTROL_DOWN_PREFIX}<i>, {CONTROL_MID}")
+        kwargs: dict = {"added_cond_kwargs": added} if added else {}
+        if down:
+            kwargs["down_block_additional_residuals"] = tuple(cond[name] for name in down)
+            kwargs["mid_block_additional_residual"] = cond[CONTROL_MID]
         return self.model(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                           return_dict=False, **kwargs)[0]
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import blending
 from . import frames as fr
 from .config import StreamConfig
 from .loading import Components
@@ -140,8 +141,7 @@ class StreamDiffusion:
         self._write_scalars()
 
     def _write_noise(self, seed: int) -> None:
-        gen = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn(self.init_noise.shape, generator=gen, dtype=torch.float32)
+        noise = blending.seed_noise(seed, self.init_noise.shape)
         self.init_noise.copy_(noise)
         self.noise_next.copy_(torch.roll(noise, -self.fbs, dims=0))
 
@@ -307,10 +307,10 @@ class StreamDiffusion:
             return
         tr.done += 1
         weight = tr.done / tr.frames
-        cond = torch.lerp(tr.start.float(), tr.target.float(), weight).to(self.dtype)
+        cond = blending.transition(tr.start, tr.target, weight).to(self.dtype)
         pooled = None
         if tr.target_pooled is not None:
-            pooled = torch.lerp(tr.start_pooled.float(), tr.target_pooled.float(), weight).to(self.dtype)
+            pooled = blending.transition(tr.start_pooled, tr.target_pooled, weight).to(self.dtype)
         self._write_embeds(cond, pooled)
         if tr.done >= tr.frames:
             self._transition = None

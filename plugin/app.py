@@ -63,12 +63,16 @@ class DreamcamApp:
         return build_processor(self.settings)
 
     # ---- services --------------------------------------------------------------------------
-    def add_service(self, service: Service) -> None:
-        """Started after the frame loop starts and stopped before it stops (in reverse order)."""
+    def add_service(self, service: Service, *, started: bool = False) -> None:
+        """Started after the frame loop starts and stopped before it stops (in reverse order).
+        `started=True`: the caller started it already (the control port serves during the model
+        load); the app only stops it, also when the app itself never starts."""
         with self._lock:
             self._services.append(service)
+            if started:
+                self._started_services.append(service)
             running = self._runner is not None and not self._stopped.is_set()
-        if running:
+        if running and not started:
             self._start_service(service)
 
     def _start_service(self, service: Service) -> None:
@@ -124,7 +128,7 @@ class DreamcamApp:
             self._runner = Runner(self.source, self.sink, self.store, self.board, config,
                                   processor=self._processor, load_processor=self._load_processor)
             self._runner.start()
-            services = list(self._services)
+            services = [s for s in self._services if s not in self._started_services]
         try:
             for service in services:
                 self._start_service(service)
@@ -137,9 +141,13 @@ class DreamcamApp:
         True when everything ended within `timeout`."""
         with self._lock:
             if self._runner is None:
+                services, self._started_services = self._started_services[::-1], []
+                self._services = [s for s in self._services if s not in services]
                 if self._devices_open:  # opened, never started
                     self._devices_open = False
                     self._close_devices()
+                for service in services:  # handed over running
+                    service.stop()
                 return True
             if self._stopped.is_set():
                 return True

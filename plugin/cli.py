@@ -22,9 +22,12 @@ app = typer.Typer(
     help="Dreamcam: real-time diffusion on your screen or camera, published as a virtual webcam.",
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
 )
+midi_app = typer.Typer(help="MIDI controllers: list the input ports, learn a mapping (docs/control.md).",
+                       no_args_is_help=True)
 presets_app = typer.Typer(help="Save, list, show and delete named presets (prompt + parameters).",
                           no_args_is_help=True)
 app.add_typer(presets_app, name="preset")
+app.add_typer(midi_app, name="midi")
 console = Console(emoji=False)  # user text such as camera:abc: must print as typed, not as an emoji
 err = Console(stderr=True, emoji=False)
 
@@ -82,15 +85,29 @@ def run(
         file_app, file_stream = cfg.load_file(config) if config else ({}, {})
         app_settings = cfg.build_app_settings(file_app, cli_app)
         stream_settings = cfg.build_stream_settings(file_stream, cli_stream)
+        midi = _midi_mapping(app_settings.midi_map, config)
     except SettingsError as exc:
         _fail(str(exc))
         return
     _run_app(app_settings, stream_settings, obs=app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
-             overwrite=overwrite, stop=stop)
+             overwrite=overwrite, stop=stop, midi=midi)
+
+
+def _midi_mapping(midi_map: str, config: Optional[Path]):
+    """The MIDI mapping of --midi-map, else of the config file's [midi] table, else None."""
+    if not midi_map and not config:
+        return None
+    from .midi_map import load_mapping, parse_mapping, read_table
+
+    if midi_map:
+        return load_mapping(midi_map)
+    table = read_table(config)
+    return None if table is None else parse_mapping(table, f"{config.name}: midi")
 
 
 def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
-             obs_camera: Optional[str] = None, build=None, overwrite: bool = False, stop=None) -> None:
+             obs_camera: Optional[str] = None, build=None, overwrite: bool = False, stop=None,
+             midi=None) -> None:
     """`build(app_settings, stream_settings, progress=...)` makes the processor (default: the
     pipeline's build_processor). `stop`: the StopSignals installed by the caller (else installed
     here for the call)."""
@@ -100,7 +117,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     stop = stop or StopSignals().install()
     try:
         _run_stoppable(app_settings, stream_settings, obs=obs, frames=frames, obs_camera=obs_camera, build=build,
-                       overwrite=overwrite, stop=stop)
+                       overwrite=overwrite, stop=stop, midi=midi)
     finally:
         if own:
             stop.restore()
@@ -112,7 +129,7 @@ def _interrupted(stop) -> None:
 
 
 def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional[int], obs_camera: Optional[str],
-                   build, overwrite: bool, stop) -> None:
+                   build, overwrite: bool, stop, midi=None) -> None:
     from rich.live import Live
 
     from .app import DreamcamApp
@@ -121,16 +138,20 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
     from .sinks import SinkError
     from .sources import SourceError
 
+    dream = None
     try:
+        osc_feedback = _osc_checks(app_settings)  # a taken OSC port fails now, not after the model load
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames, overwrite=overwrite)
         if app_settings.control_port:  # serves from now: a second app fails here, not after the load
             from .control_server import ControlServer
 
             control = ControlServer(dream.store, dream.board, app_settings.control_port)
             control.start()  # changes sent during the load apply to the store the stream starts from
-            dream.add_service(control)
+            dream.add_service(control, started=True)
         dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
     except (SourceError, SinkError, OSError) as exc:
+        if dream is not None:
+            dream.stop()
         _fail(str(exc), 1)
         return
     try:
@@ -148,6 +169,7 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
     try:
         dream.use_processor(processor)
         _add_services(dream, app_settings, obs, obs_camera)
+        _add_controllers(dream, app_settings, osc_feedback, midi)
         dream.start()
     except (SourceError, SinkError, OSError, RuntimeError) as exc:
         dream.stop()
@@ -208,6 +230,38 @@ def _add_services(dream, app_settings, obs: bool, obs_camera: Optional[str] = No
             return
         dream.add_service(ObsBridge(dream.store, dream.board, app_settings.obs_host, app_settings.obs_port,
                                     app_settings.obs_password or None, add_camera=obs_camera))
+
+
+def _osc_checks(app_settings):
+    """The OSC feedback target, after checking (before the model load) that OSC can start."""
+    if not app_settings.osc_port:
+        return None
+    try:
+        from .osc_server import check_port_free, parse_target
+    except ImportError:
+        _fail("--osc-port: OSC is not available in this installation (pip install \"dreamcam[osc]\")")
+        return None
+    check_port_free(app_settings.osc_port, app_settings.osc_host)
+    try:
+        return parse_target(app_settings.osc_feedback) if app_settings.osc_feedback else None
+    except SettingsError as exc:
+        _fail(str(exc))
+        return None
+
+
+def _add_controllers(dream, app_settings, osc_feedback, midi) -> None:
+    """The OSC server and the MIDI input (docs/control.md)."""
+    if app_settings.osc_port:
+        from .osc_server import OscServer
+
+        dream.add_service(OscServer(dream.store, dream.board, app_settings.osc_port, app_settings.osc_host,
+                                    feedback=osc_feedback))
+        console.print(f"OSC: udp {escape(app_settings.osc_host)}:{app_settings.osc_port} "
+                      "(addresses in docs/control.md)", highlight=False)
+    if midi is not None:
+        from .midi_service import MidiInput
+
+        dream.add_service(MidiInput(dream.store, midi))
 
 
 # ---- demo ------------------------------------------------------------------------------------
@@ -462,6 +516,58 @@ def preset_delete(name: str) -> None:
     if not deleted:
         _fail(f"no preset named {name!r}")
     console.print(f"deleted preset {name!r}", markup=False)
+
+
+# ---- midi ------------------------------------------------------------------------------------
+def _midi_api(api: Optional[str]) -> Optional[str]:
+    from .midi_map import APIS
+
+    if api and api not in APIS:
+        _fail(f"--api: must be one of {', '.join(APIS)}, got {api!r}")
+    return APIS[api] if api else None
+
+
+@midi_app.command("list")
+def midi_list(api: Optional[str] = typer.Option(None, help="alsa | jack | coremidi | windows (default: the system's).")) -> None:
+    """List the MIDI input ports (use a part of a name as `device` in the \\[midi] table)."""
+    from .midi_service import MidiUnavailable, input_names
+
+    try:
+        names = input_names(_midi_api(api))
+    except MidiUnavailable as exc:
+        _fail(str(exc), 1)
+        return
+    console.print("\n".join(names) if names else "no MIDI input ports (is the controller plugged in?)",
+                  highlight=False, markup=False)
+
+
+@midi_app.command("learn")
+def midi_learn(
+    target: str = typer.Argument(..., help='What the control should do: a setting (strength, paused, ...) or an action '
+                                           '(preset:NAME, preset:next, preset:previous, seed:random, FIELD=VALUE).'),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="Mapping file to write (default: midi.toml in the config folder)."),
+    device: str = typer.Option("", help="Part of the input port's name (default: the first port)."),
+    api: Optional[str] = typer.Option(None, help="alsa | jack | coremidi | windows (default: the system's)."),
+    timeout: float = typer.Option(60.0, help="Give up after this many seconds."),
+) -> None:
+    """Move a knob, fader or pad: its CC or note is printed and mapped to TARGET in the file."""
+    from . import config as cfg
+    from .midi_map import check_learn_target, learn, write_entry
+    from .midi_service import MidiUnavailable, listen
+
+    path = map_file or cfg.config_dir() / "midi.toml"
+    try:
+        check_learn_target(target)
+        name, messages = listen(device, _midi_api(api), timeout)
+        console.print(f"listening to {name}: move the control for {target} (Ctrl+C stops)", highlight=False,
+                      markup=False)
+        kind, number = learn(messages, target)
+        write_entry(path, kind, number, target, device=device or None)
+    except (MidiUnavailable, SettingsError) as exc:
+        _fail(str(exc), 1)
+        return
+    console.print(f"{kind} {number} -> {target}: written to {path} (use it: dreamcam run --midi-map {path})",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 # ---- tray ------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ secret is the per-install one of `secret.py`. A line that is not a valid message
 wrong token, an HTTP request line, an unknown kind) gets an error reply and the connection is
 closed; a settings update that is refused (a bad value, an unknown field) gets an error reply and
 the connection stays open. One asyncio loop on one thread serves every connection: at most
-`MAX_CONNECTIONS` at once (more are answered "busy" and closed), each closed after
-`IDLE_TIMEOUT_S` without a complete line, each line at most `MAX_MESSAGE_BYTES`.
+`MAX_CONNECTIONS` at once (up to `MAX_WAITING` more wait `WAIT_FOR_SLOT_S` for a slot; the others
+are answered "busy" and closed), each closed after `IDLE_TIMEOUT_S` without a complete line, each
+line at most `MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from typing import Any, Mapping
 
 from . import secret
 from .control import SettingsStore, StatusBoard
-from .messages import MAX_MESSAGE_BYTES, NAMESPACE, MessageError, decode, settings_event
-from .settings import STREAM_FIELDS, SettingsError
+from .messages import (MAX_MESSAGE_BYTES, NAMESPACE, Message, MessageError, apply_settings_message, decode,
+                       settings_event)
+from .settings import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +276,7 @@ class ControlServer:
             self._authenticate(envelope)
             kind, fields = _message(envelope)
         except ProtocolError as exc:
-            log.info("control server: refused a line: %s", exc)
+            log.info("control server: refused a line: %.200s", exc)
             return Answer(_error(str(exc)), close=True)
         except secret.SecretError as exc:
             return Answer(_error(f"the app cannot read its control token: {exc}"), close=True)
@@ -291,14 +293,12 @@ class ControlServer:
             raise ProtocolError(f"unauthorized: {what} \"{TOKEN_KEY}\"; {secret.where()}")
 
     def _apply(self, fields: dict[str, Any]) -> None:
-        unknown = sorted(set(fields) - STREAM_FIELDS)
-        if unknown:
-            raise SettingsError(unknown[0], f"unknown setting; known: {', '.join(sorted(STREAM_FIELDS))}")
-        if fields.get("preset"):  # a preset's saved values, the explicit fields winning
+        """One update; an unknown field is refused (by `apply_settings_message`), not ignored."""
+        if fields.get("preset") and isinstance(fields["preset"], str):  # its saved values, explicit fields winning
             from .config import load_preset
 
             fields = {**load_preset(fields["preset"]), **fields}
-        self.store.apply(fields, origin="control")
+        apply_settings_message(self.store, Message("settings", fields), origin="control")
 
     def _state(self) -> dict[str, Any]:
         return {"ok": True, "status": self.board.latest().as_dict(), "settings": self.store.current.as_dict()}
@@ -312,18 +312,15 @@ def _parse(line: bytes) -> dict[str, Any]:
     if HTTP_REQUEST_LINE.match(line):
         raise ProtocolError("an HTTP request: this port speaks JSON lines, not HTTP "
                             "(see docs/control-protocol.md)")
-    try:
-        data = json.loads(line)  # NaN, Infinity and long integers parse: the settings checks name the field
+    try:  # NaN and Infinity parse, and are then refused by the schema like any bad value
+        data = json.loads(line)
     except RecursionError:
         raise ProtocolError("not JSON we accept: nested too deeply") from None
-    except ProtocolError:
-        raise
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"not a message: expected a JSON object, got {type(data).__name__}")
     return data
-
 
 
 def _message(envelope: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

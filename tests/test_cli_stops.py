@@ -177,3 +177,36 @@ def test_checks_made_before_the_model_loads(tmp_path):
     stderr = " ".join(result.stderr.split())
     assert "DREAMCAM_OBS_PASSWORD" in stderr and "process list" in stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_an_interrupt_swallowed_during_the_load_still_stops(tiny_model_dir, capsys):
+    """A real SIGINT during the real tiny model's load, whose KeyboardInterrupt a library swallows
+    (what lost 2 of 37 timed interrupts before): the stop request still counts after the load."""
+    import typer
+
+    from dreamcam.plugin.cli import _run_app
+    from dreamcam.plugin.pipeline import build_processor
+    from dreamcam.plugin.settings import AppSettings, StreamSettings
+
+    swallowed = []
+
+    def build_swallowing(app_settings, stream_settings, progress):
+        def step(text: str) -> None:
+            progress(text)
+            if not swallowed:
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt:  # a careless library
+                    swallowed.append(text)
+
+        return build_processor(app_settings, stream_settings, progress=step)
+
+    app_settings = AppSettings(source="pattern", sink="null", model=str(tiny_model_dir), device="cpu",
+                               dtype="float32", engine="eager", width=64, height=64, control_port=0)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(typer.Exit) as stopped:
+        _run_app(app_settings, StreamSettings(), obs=False, frames=2, build=build_swallowing)
+    assert signal.getsignal(signal.SIGINT) is previous  # given back
+    assert swallowed and stopped.value.exit_code == 130
+    stderr = " ".join(capsys.readouterr().err.split())
+    assert "interrupted while loading the model; nothing was started." in stderr

@@ -213,7 +213,7 @@ def test_refused_updates_change_nothing_name_the_field_and_keep_the_connection(r
                                + line(encode("settings", prompt="z" * 5000), token)
                                + line(encode("settings", prompt="applied"), token) + line(encode("bye"), token))
     assert closed and [r["ok"] for r in replies] == [False, False, False, True, True]
-    assert replies[0]["error"].startswith("rejected update: colour: unknown setting; known: ")
+    assert replies[0]["error"].startswith("rejected update: colour: unknown setting (known: ")
     assert "strength" in replies[0]["error"] and "prompt" in replies[0]["error"]
     assert "strength" in replies[1]["error"] and "prompt" in replies[2]["error"]
     assert replies[0]["settings"]["prompt"] == "start"  # the reply shows what is in force
@@ -222,18 +222,23 @@ def test_refused_updates_change_nothing_name_the_field_and_keep_the_connection(r
 
 
 def test_numbers_that_are_not_numbers_get_a_reply_and_no_traceback(running_app, caplog):
-    """NaN and Infinity are refused by the settings checks, naming the field (the connection stays);
-    lines that are not JSON we can read (5000 digits, deep nesting) are answered and closed."""
+    """NaN and Infinity are bad values (refused by the schema, the connection kept); what cannot be
+    read as JSON at all (an integer of 5000 digits, deep nesting) is a bad line (closed)."""
     app, port = running_app
     token = secret.load_or_create()
-    cases = ((b'"seed": NaN', "seed: must be"), (b'"strength": Infinity', "strength: must be"),
-             (b'"guidance_scale": -Infinity', "guidance_scale: must be"), (b'"seed": ' + b"9" * 5000, "not JSON"),
-             (b'"t_index_list": ' + b"[" * 20000 + b"]" * 20000, "not JSON"))
-    for raw, words in cases:
-        payload = b'{"token": "%s", "dreamcam": {"v": 1, "kind": "settings", %s}}\n' % (token.encode(), raw)
-        replies, closed = converse(port, payload[:MAX_MESSAGE_BYTES], timeout=1.5)
-        assert len(replies) == 1 and not replies[0]["ok"], (raw[:40], replies)
-        assert words in replies[0]["error"] or "line longer" in replies[0]["error"], (raw[:40], replies)
+
+    def request(raw: bytes) -> bytes:
+        return b'{"token": "%s", "dreamcam": {"v": 1, "kind": "settings", %s}}\n' % (token.encode(), raw)
+
+    replies, closed = converse(port, request(b'"seed": NaN') + request(b'"strength": Infinity')
+                               + request(b'"guidance_scale": -Infinity') + request(b'"strength": 1e400')
+                               + line(encode("bye"), token))
+    assert closed and [r["ok"] for r in replies] == [False, False, False, False, True], replies
+    assert [r["error"].split(":")[1].strip() for r in replies[:4]] == ["seed", "strength", "guidance_scale", "strength"]
+    for raw, words in ((b'"seed": ' + b"9" * 5000, "not JSON"),
+                       (b'"t_index_list": ' + b"[" * 20000 + b"]" * 20000, "nested too deeply")):
+        replies, closed = converse(port, request(raw) + line(encode("settings", prompt="never"), token))
+        assert closed and len(replies) == 1 and words in replies[0]["error"], (raw[:40], replies)
     assert app.store.version == 0 and "Traceback" not in caplog.text
 
 

@@ -172,7 +172,7 @@ def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_m
     config = tmp_path / "dreamcam.toml"
     config.write_text(
         f'[app]\nmodel = "{tiny_model_dir}"\ntiny_vae = "{tiny_model_dir / "taesd"}"\ndevice = "cpu"\n'
-        'width = 64\nheight = 64\nsource = "pattern"\nsink = "null"\n[stream]\nprompt = "tray test"\n')
+        'width = 64\nheight = 64\nsource = "pattern"\nsink = "null"\ncontrol_port = 0\n[stream]\nprompt = "tray test"\n')
     env = dict(os.environ, DISPLAY=x.display, PYSTRAY_BACKEND="xorg",
                DREAMCAM_CONFIG_DIR=str(tmp_path / "cfg"), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "dreamcam.plugin.cli", "tray", "--config", str(config)],
