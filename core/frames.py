@@ -59,9 +59,10 @@ class HostStager:
         return self._buffer
 
     def mark_uploaded(self) -> None:
-        """Call right after enqueueing the copy out of the staged buffer."""
+        """Call right after enqueueing the copy out of the staged buffer (one event, recorded again)."""
         if self._buffer is not None and torch.cuda.is_available():
-            self._uploaded = torch.cuda.Event()
+            if self._uploaded is None:
+                self._uploaded = torch.cuda.Event()
             self._uploaded.record()
 
 
@@ -144,12 +145,17 @@ def small_copy(frame: np.ndarray | torch.Tensor, side: int = 32) -> torch.Tensor
 
 
 def _small_copy_numpy(frame: np.ndarray, side: int) -> torch.Tensor | None:
-    """`small_copy` of a host frame by block means, or None when the blocks do not divide evenly."""
+    """`small_copy` of a host frame as block means (integer sums of the block's strided picks, so
+    the values equal the area average exactly), or None when the blocks do not divide evenly."""
     a = frame if frame.ndim == 4 else frame[None]
     b, h, w = a.shape[:3]
     x = a[:, :: max(1, h // (side * 4)), :: max(1, w // (side * 4)), :3]
-    ph, pw = x.shape[1], x.shape[2]
-    if ph % side or pw % side:
+    kh, kw = x.shape[1] // side, x.shape[2] // side
+    if x.shape[1] % side or x.shape[2] % side:
         return None
-    means = x.reshape(b, side, ph // side, side, pw // side, 3).mean(axis=(2, 4), dtype=np.float32)
+    total = np.zeros((b, side, side, 3), dtype=np.uint32)
+    for i in range(kh):
+        for j in range(kw):
+            total += x[:, i::kh, j::kw]
+    means = total.astype(np.float32) / np.float32(kh * kw)
     return torch.from_numpy(np.ascontiguousarray(means.transpose(0, 3, 1, 2))).div_(127.5).sub_(1.0).flatten()

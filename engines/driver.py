@@ -40,8 +40,7 @@ class PendingFrame:
         if self._handle is None:
             return self._stream.repeat_last(self._frame)
         out = self._handle.result()
-        if out.device.type == "cpu" and out.is_pinned():
-            # a plain pageable copy: the pinned buffer is reused a few submits later
+        if self._handle.pinned:  # a plain pageable copy: the pinned buffer is reused a few submits later
             out = torch.from_numpy(out.numpy().copy())
         return self._stream.finish(out, self._frame)
 

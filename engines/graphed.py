@@ -74,8 +74,10 @@ class FrameHandle:
     """A frame in flight; `result()` waits for it: pinned host frames (valid until this slot is
     reused, `slots` submits later) or a device tensor ordered on the caller's current stream."""
 
-    def __init__(self, slot: _Slot | None, out: torch.Tensor, lane_stream: torch.cuda.Stream | None) -> None:
+    def __init__(self, slot: _Slot | None, out: torch.Tensor, lane_stream: torch.cuda.Stream | None,
+                 *, pinned: bool = False) -> None:
         self._slot, self._out, self._lane_stream = slot, out, lane_stream
+        self.pinned = pinned  # `result()` is a reused pinned buffer: copy it before the slot comes round again
 
     def done(self) -> bool:
         """True once the output is complete (never waits)."""
@@ -156,9 +158,6 @@ class GraphedStep:
         return GraphStatus(self.device.type == "cuda", len(self._lanes), self.capture_error)
 
     # -- capture ---------------------------------------------------------------------------
-    def _needs_capture(self, shape: tuple[int, ...]) -> bool:
-        return not self._lanes or self._key != (self.shape_key_fn(), shape)
-
     def _capture(self, first: torch.Tensor, n_lanes: int) -> None:
         """Warm up on a side stream (allocations, autotuning, lazy state), then capture each lane."""
         self._release()
@@ -227,10 +226,6 @@ class GraphedStep:
         self.capture_error, self._failed_key = reason, key
         return False
 
-    def _uncaptured(self, shape: tuple[int, ...]) -> bool:
-        """The capture failed for this very shape key and frame shape (a new one is tried again)."""
-        return self.capture_error is not None and self._failed_key == (self.shape_key_fn(), shape)
-
     def _release(self) -> None:
         """Drop the graphs (their memory pools go back to the allocator) outside any capture."""
         self._lanes, self._slots = [], []
@@ -245,32 +240,39 @@ class GraphedStep:
     def submit_device(self, frames: torch.Tensor, *, to_host: bool) -> FrameHandle:
         """Frames already on the device (written on the caller's current stream) in; the output
         lands in pinned host memory (`to_host`) or a device tensor. Collect handles in submit order."""
-        shape = tuple(frames.shape)
-        if not self._uncaptured(shape) and self._needs_capture(shape):
-            self._try_capture(frames)
-        if self._uncaptured(shape):
-            out = self.step_fn(frames)
-            return FrameHandle(None, out.cpu() if to_host else out.clone(), None)
+        key = (self.shape_key_fn(), tuple(frames.shape))  # once per frame: the checks below compare it
+        if self.capture_error is not None and self._failed_key == key:
+            return self._run_uncaptured(frames, to_host)
+        if not self._lanes or self._key != key:
+            if not self._try_capture(frames):
+                return self._run_uncaptured(frames, to_host)
         slot, lane = self._next_slot()
-        if lane.stream is not None:
-            frames.record_stream(lane.stream)  # its memory must outlive the copy on the lane's stream
-        current = torch.cuda.current_stream(self.device)
-        stream = lane.stream or current
-        if lane.stream is not None:
-            lane.stream.wait_stream(current)  # state written before this frame (prompt, settings) is seen
-        with torch.cuda.stream(stream):
-            lane.static_in.copy_(frames, non_blocking=True)
-            lane.graph.replay()
-            if to_host:
-                if slot.host_out is None or slot.host_out.shape != lane.static_out.shape:
-                    slot.host_out = torch.empty(lane.static_out.shape, dtype=torch.uint8, pin_memory=True)
-                slot.host_out.copy_(lane.static_out, non_blocking=True)
-                out = slot.host_out
-            else:
-                out = lane.static_out.clone()  # the graph's output buffer is reused next frame
-            slot.done.record(stream)
+        if lane.stream is None:  # one lane: everything on the caller's stream, no stream switch
+            return self._launch(slot, lane, frames, to_host, None)
+        frames.record_stream(lane.stream)  # its memory must outlive the copy on the lane's stream
+        lane.stream.wait_stream(torch.cuda.current_stream(self.device))  # earlier state writes are seen
+        with torch.cuda.stream(lane.stream):
+            return self._launch(slot, lane, frames, to_host, lane.stream)
+
+    def _run_uncaptured(self, frames: torch.Tensor, to_host: bool) -> FrameHandle:
+        out = self.step_fn(frames)
+        return FrameHandle(None, out.cpu() if to_host else out.clone(), None)
+
+    def _launch(self, slot: _Slot, lane: _Lane, frames: torch.Tensor, to_host: bool,
+                stream: torch.cuda.Stream | None) -> FrameHandle:
+        """Copy in, replay, copy out, mark done, on the current stream (the lane's, when it has one)."""
+        lane.static_in.copy_(frames, non_blocking=True)
+        lane.graph.replay()
+        if to_host:
+            if slot.host_out is None or slot.host_out.shape != lane.static_out.shape:
+                slot.host_out = torch.empty(lane.static_out.shape, dtype=torch.uint8, pin_memory=True)
+            slot.host_out.copy_(lane.static_out, non_blocking=True)
+            out = slot.host_out
+        else:
+            out = lane.static_out.clone()  # the graph's output buffer is reused next frame
+        slot.done.record()
         slot.busy = True
-        return FrameHandle(slot, out, lane.stream)
+        return FrameHandle(slot, out, stream, pinned=to_host)
 
     def _next_slot(self) -> tuple[_Slot, _Lane]:
         index = self._next
@@ -316,7 +318,7 @@ def capture_check(device: torch.device | str = "cuda") -> str:
         torch.cuda.synchronize(device)
         if graphed.capture_error:
             return graphed.capture_error
-        if not torch.equal(got, want):
+        if (got.int() - want.int()).abs().max() > 1:  # library kernels may round differently, not more
             return "a captured graph gave other values than the same step uncaptured"
         graphed.close()
         return ""

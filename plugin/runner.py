@@ -353,7 +353,7 @@ class Runner:
                 self._last_graph = status.graph
                 log.warning("%s", status.graph or "the stream runs as CUDA graphs again")
             log.info(
-                "in %.1f fps | infer %.1f fps %.0f ms | out %.1f fps | latency %.0f ms | dropped %d%s%s",
+                "in %.1f fps | infer %.1f fps %.1f ms | out %.1f fps | latency %.1f ms | dropped %d%s%s",
                 status.fps_in, status.infer_fps, status.infer_ms, status.fps_out, status.latency_ms,
                 status.dropped, f" | {status.error}" if status.error else "", f" | {status.graph}" if status.graph else "",
             )

@@ -231,7 +231,7 @@ def test_model_loads_in_the_background_while_the_input_passes_through():
 
 
 class OverlappingProcessor(PassThrough):
-    """Stands in for the GPU's frames in flight (`engines.inflight.InFlightStream`): `submit`
+    """Stands in for the GPU's frames in flight (`engines.driver.StreamDriver` lanes): `submit`
     starts a frame on a worker thread, `result()` collects it; counts frames uncollected."""
 
     def __init__(self, lanes: int, delay: float) -> None:
