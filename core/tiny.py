@@ -257,20 +257,67 @@ def save_single_file(model_dir: str | Path, path: str | Path) -> Path:
     return path
 
 
-def make_tiny_lora(model_dir: str | Path, folder: str | Path, *, rank: int = 4, seed: int = 0) -> Path:
-    """Save a random (non-zero) LoRA for the tiny model's UNet attention layers in diffusers' LoRA format
-    (`pytorch_lora_weights.safetensors`), standing in for LCM-LoRA in tests."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
+_ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def _random_lora_layers(model_dir: str | Path, rank: int, seed: int, targets: tuple[str, ...]) -> dict:
+    """Random (non-zero) LoRA factors for the tiny model's UNet, in PEFT key format."""
+    from diffusers import UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=list(targets)))
+    return get_peft_model_state_dict(unet)
+
+
+def make_tiny_lora(model_dir: str | Path, folder: str | Path, *, rank: int = 4, seed: int = 0,
+                   targets: tuple[str, ...] = _ATTENTION_TARGETS) -> Path:
+    """Save a random (non-zero) LoRA for the tiny model's UNet layers `targets` (default: the attention
+    projections) in diffusers' LoRA format (`folder/pytorch_lora_weights.safetensors`); another seed
+    gives another LoRA. Stands in for LCM-LoRA and style LoRAs in tests."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    layers = convert_state_dict_to_diffusers(_random_lora_layers(model_dir, rank, seed, targets))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    return folder
+
+
+def make_tiny_kohya_lora(model_dir: str | Path, path: str | Path, *, rank: int = 4, alpha: float = 2.0,
+                         seed: int = 0, targets: tuple[str, ...] = _ATTENTION_TARGETS) -> Path:
+    """Save a random LoRA as ONE kohya-format .safetensors file (`lora_unet_*` keys, `.alpha` per layer,
+    so its peft scale is alpha / rank), the layout of most LoRAs shared as single files."""
+    from diffusers.utils import convert_state_dict_to_kohya
+    from safetensors.torch import save_file
+
+    layers = {"unet." + k: v for k, v in _random_lora_layers(model_dir, rank, seed, targets).items()}
+    state = convert_state_dict_to_kohya(layers)
+    state = {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.contiguous()) for k, v in state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def make_tiny_controlnet(model_dir: str | Path, folder: str | Path, *, seed: int = 0) -> Path:
+    """Save a ControlNetModel made from the tiny model's UNet (`from_unet`, its architecture and
+    weights) to `folder` with save_pretrained. The layers a fresh ControlNet starts at zero (the
+    condition embedding's last conv and the residual projections) get random weights, so its
+    residuals are not zero and a test sees the net act."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
+    zero_started = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block]
+    with torch.no_grad():
+        for layer in zero_started:
+            torch.nn.init.normal_(layer.weight, std=0.2)
+            torch.nn.init.normal_(layer.bias, std=0.05)
+    folder = Path(folder)
+    net.save_pretrained(folder)
     return folder

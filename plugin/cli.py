@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -24,9 +22,12 @@ app = typer.Typer(
     help="Dreamcam: real-time diffusion on your screen or camera, published as a virtual webcam.",
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
 )
+midi_app = typer.Typer(help="MIDI controllers: list the input ports, learn a mapping (docs/control.md).",
+                       no_args_is_help=True)
 presets_app = typer.Typer(help="Save, list, show and delete named presets (prompt + parameters).",
                           no_args_is_help=True)
 app.add_typer(presets_app, name="preset")
+app.add_typer(midi_app, name="midi")
 console = Console(emoji=False)  # user text such as camera:abc: must print as typed, not as an emoji
 err = Console(stderr=True, emoji=False)
 
@@ -57,15 +58,23 @@ def run(
     obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene.",
                                              rich_help_panel="OBS (at start)"),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (or the frames in an images folder)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
     **settings: Any,
 ) -> None:
     """Capture, transform and publish until Ctrl+C. Every setting has an option (see the schema,
     plugin/schema.py); options given win over the config file, which wins over the defaults."""
     from . import config as cfg
+    from .stop_signals import StopSignals
 
+    stop = StopSignals().install()  # first: a Ctrl+C from here on is never lost (the process ends with run)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     width, height = _size(size)
+    if frames is not None and frames < 1:
+        _fail(f"--frames: must be 1 or more (leave it out to run until Ctrl+C), got {frames}")
+    if settings.get("obs_password"):
+        err.print("warning: --obs-password can be read by other users of this machine in the process list; "
+                  "set the DREAMCAM_OBS_PASSWORD environment variable instead.", highlight=False, markup=False)
     try:
         for name, text in settings.items():
             if text is not None and field(name).type == "int_list":
@@ -76,16 +85,51 @@ def run(
         file_app, file_stream = cfg.load_file(config) if config else ({}, {})
         app_settings = cfg.build_app_settings(file_app, cli_app)
         stream_settings = cfg.build_stream_settings(file_stream, cli_stream)
+        midi = _midi_mapping(app_settings.midi_map, config)
     except SettingsError as exc:
         _fail(str(exc))
         return
-    _run_app(app_settings, stream_settings, obs=app_settings.obs_enabled, frames=frames, obs_camera=obs_camera)
+    _run_app(app_settings, stream_settings, obs=app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
+             overwrite=overwrite, stop=stop, midi=midi)
+
+
+def _midi_mapping(midi_map: str, config: Optional[Path]):
+    """The MIDI mapping of --midi-map, else of the config file's [midi] table, else None."""
+    if not midi_map and not config:
+        return None
+    from .midi_map import load_mapping, parse_mapping, read_table
+
+    if midi_map:
+        return load_mapping(midi_map)
+    table = read_table(config)
+    return None if table is None else parse_mapping(table, f"{config.name}: midi")
 
 
 def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
-             obs_camera: Optional[str] = None, build=None) -> None:
+             obs_camera: Optional[str] = None, build=None, overwrite: bool = False, stop=None,
+             midi=None) -> None:
     """`build(app_settings, stream_settings, progress=...)` makes the processor (default: the
-    pipeline's build_processor)."""
+    pipeline's build_processor). `stop`: the StopSignals installed by the caller (else installed
+    here for the call)."""
+    from .stop_signals import StopSignals
+
+    own = stop is None
+    stop = stop or StopSignals().install()
+    try:
+        _run_stoppable(app_settings, stream_settings, obs=obs, frames=frames, obs_camera=obs_camera, build=build,
+                       overwrite=overwrite, stop=stop, midi=midi)
+    finally:
+        if own:
+            stop.restore()
+
+
+def _interrupted(stop) -> None:
+    err.print("interrupted while loading the model; nothing was started.", highlight=False, markup=False)
+    raise typer.Exit(stop.exit_code)
+
+
+def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional[int], obs_camera: Optional[str],
+                   build, overwrite: bool, stop, midi=None) -> None:
     from rich.live import Live
 
     from .app import DreamcamApp
@@ -96,7 +140,8 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
 
     dream = None
     try:
-        dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
+        osc_feedback = _osc_checks(app_settings)  # a taken OSC port fails now, not after the model load
+        dream = DreamcamApp(app_settings, stream_settings, max_frames=frames, overwrite=overwrite)
         if app_settings.control_port:  # serves from now: a second app fails here, not after the load
             from .control_server import ControlServer
 
@@ -110,42 +155,48 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
         _fail(str(exc), 1)
         return
     try:
-        processor = _build_with_progress(build or build_processor, app_settings, stream_settings)
+        with stop.interruptible():  # a stop request now (or already made) ends the load at once
+            processor = _build_with_progress(build or build_processor, app_settings, stream_settings)
     except BaseException as exc:  # model errors carry their own fix
         dream.stop()
-        if isinstance(exc, KeyboardInterrupt):
-            err.print("interrupted while loading the model; nothing was started.", highlight=False, markup=False)
-            raise typer.Exit(130)
+        if isinstance(exc, KeyboardInterrupt) or stop.requested.is_set():
+            _interrupted(stop)
         _fail(f"could not build the pipeline: {exc}", 1)
         return
+    if stop.requested.is_set():  # a library swallowed the interrupt: it still counts
+        dream.stop()
+        _interrupted(stop)
     try:
         dream.use_processor(processor)
         _add_services(dream, app_settings, obs, obs_camera)
+        _add_controllers(dream, app_settings, osc_feedback, midi)
         dream.start()
     except (SourceError, SinkError, OSError, RuntimeError) as exc:
         dream.stop()
         _fail(str(exc), 1)
         return
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
-                  f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
+                  f"({app_settings.width}x{app_settings.height}, engine {processor.engine_name}). "
                   "Ctrl+C stops.")
     try:
         with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:
-            while not stop.wait(0.5):
+            while not stop.requested.wait(0.5):
                 live.update(status_line(dream.board.latest()))
                 if dream.runner and dream.runner.finished.is_set():
                     break
     finally:
         dream.stop()
+    _report_end(dream, sink_name)
+
+
+def _report_end(dream, sink_name: str) -> None:
+    """The last line: how many frames are really in the output, or why the output failed (exit 1)."""
     written = getattr(dream.sink, "frames_written", None)
+    guard = dream.runner.sink_guard if dream.runner else None
+    if guard is not None and guard.error:
+        _fail(guard.error if guard.failed else f"{guard.error} (still failing at stop; "
+              f"{written if written is not None else '?'} frames written)", 1)
     console.print("stopped." if written is None else f"stopped: {written} frames written to {escape(sink_name)}.",
                   highlight=False)
 
@@ -161,6 +212,7 @@ def _build_with_progress(build, app_settings, stream_settings):
         done = [0]
 
         def step(text: str) -> None:
+            logging.getLogger("dreamcam.plugin.cli").info("%s", text)  # with --verbose: each stage in the log
             bar.update(task, description=text, completed=min(done[0], stages - 1))
             done[0] += 1
 
@@ -180,6 +232,38 @@ def _add_services(dream, app_settings, obs: bool, obs_camera: Optional[str] = No
                                     app_settings.obs_password or None, add_camera=obs_camera))
 
 
+def _osc_checks(app_settings):
+    """The OSC feedback target, after checking (before the model load) that OSC can start."""
+    if not app_settings.osc_port:
+        return None
+    try:
+        from .osc_server import check_port_free, parse_target
+    except ImportError:
+        _fail("--osc-port: OSC is not available in this installation (pip install \"dreamcam[osc]\")")
+        return None
+    check_port_free(app_settings.osc_port, app_settings.osc_host)
+    try:
+        return parse_target(app_settings.osc_feedback) if app_settings.osc_feedback else None
+    except SettingsError as exc:
+        _fail(str(exc))
+        return None
+
+
+def _add_controllers(dream, app_settings, osc_feedback, midi) -> None:
+    """The OSC server and the MIDI input (docs/control.md)."""
+    if app_settings.osc_port:
+        from .osc_server import OscServer
+
+        dream.add_service(OscServer(dream.store, dream.board, app_settings.osc_port, app_settings.osc_host,
+                                    feedback=osc_feedback))
+        console.print(f"OSC: udp {escape(app_settings.osc_host)}:{app_settings.osc_port} "
+                      "(addresses in docs/control.md)", highlight=False)
+    if midi is not None:
+        from .midi_service import MidiInput
+
+        dream.add_service(MidiInput(dream.store, midi))
+
+
 # ---- demo ------------------------------------------------------------------------------------
 @app.command()
 def demo(
@@ -197,8 +281,9 @@ def demo(
     from .pipeline import resolve_device
     from .sinks import SinkError
 
-    if size % 8 or not 64 <= size <= 2048:
-        _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
+    problem = field("width").range.problem(size)
+    if problem:
+        _fail(f"--size: {problem}")
     try:
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
                           side_by_side=side_by_side,
@@ -431,6 +516,58 @@ def preset_delete(name: str) -> None:
     if not deleted:
         _fail(f"no preset named {name!r}")
     console.print(f"deleted preset {name!r}", markup=False)
+
+
+# ---- midi ------------------------------------------------------------------------------------
+def _midi_api(api: Optional[str]) -> Optional[str]:
+    from .midi_map import APIS
+
+    if api and api not in APIS:
+        _fail(f"--api: must be one of {', '.join(APIS)}, got {api!r}")
+    return APIS[api] if api else None
+
+
+@midi_app.command("list")
+def midi_list(api: Optional[str] = typer.Option(None, help="alsa | jack | coremidi | windows (default: the system's).")) -> None:
+    """List the MIDI input ports (use a part of a name as `device` in the \\[midi] table)."""
+    from .midi_service import MidiUnavailable, input_names
+
+    try:
+        names = input_names(_midi_api(api))
+    except MidiUnavailable as exc:
+        _fail(str(exc), 1)
+        return
+    console.print("\n".join(names) if names else "no MIDI input ports (is the controller plugged in?)",
+                  highlight=False, markup=False)
+
+
+@midi_app.command("learn")
+def midi_learn(
+    target: str = typer.Argument(..., help='What the control should do: a setting (strength, paused, ...) or an action '
+                                           '(preset:NAME, preset:next, preset:previous, seed:random, FIELD=VALUE).'),
+    map_file: Optional[Path] = typer.Option(None, "--map", help="Mapping file to write (default: midi.toml in the config folder)."),
+    device: str = typer.Option("", help="Part of the input port's name (default: the first port)."),
+    api: Optional[str] = typer.Option(None, help="alsa | jack | coremidi | windows (default: the system's)."),
+    timeout: float = typer.Option(60.0, help="Give up after this many seconds."),
+) -> None:
+    """Move a knob, fader or pad: its CC or note is printed and mapped to TARGET in the file."""
+    from . import config as cfg
+    from .midi_map import check_learn_target, learn, write_entry
+    from .midi_service import MidiUnavailable, listen
+
+    path = map_file or cfg.config_dir() / "midi.toml"
+    try:
+        check_learn_target(target)
+        name, messages = listen(device, _midi_api(api), timeout)
+        console.print(f"listening to {name}: move the control for {target} (Ctrl+C stops)", highlight=False,
+                      markup=False)
+        kind, number = learn(messages, target)
+        write_entry(path, kind, number, target, device=device or None)
+    except (MidiUnavailable, SettingsError) as exc:
+        _fail(str(exc), 1)
+        return
+    console.print(f"{kind} {number} -> {target}: written to {path} (use it: dreamcam run --midi-map {path})",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 # ---- tray ------------------------------------------------------------------------------------

@@ -63,9 +63,9 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
         raise SettingsError("config", f"cannot read {path} ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise SettingsError("config", f"{path} is not valid TOML ({_one_line(exc)})") from None
-    unknown = sorted(set(data) - {"app", "stream"})
+    unknown = sorted(set(data) - {"app", "stream", "midi"})  # [midi]: read by plugin/midi_map.py
     if unknown:
-        raise SettingsError("config", f"{path}: unknown table [{unknown[0]}]; use [app] and [stream]")
+        raise SettingsError("config", f"{path}: unknown table [{unknown[0]}]; use [app], [stream] and [midi]")
     for table in ("app", "stream"):
         if not isinstance(data.get(table, {}), dict):
             raise SettingsError("config", f"{path}: {table} must be a table ([{table}] with key = value lines)")

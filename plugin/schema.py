@@ -149,6 +149,9 @@ SCHEMA: Tuple[Field, ...] = (
          "Output", "text", cli_short="-o"),
     _app("model", "text", "stabilityai/sd-turbo", "Model", "Hub id, local diffusers folder or .safetensors file.",
          "Model", "text"),
+    _app("model_config", "text", None, "Model configs",
+         "With a single .safetensors/.ckpt model: a local diffusers folder of the same architecture whose "
+         "configs to use (nothing is downloaded).", "Model", "text", nullable=True),
     _app("tiny_vae", "text", "madebyollin/taesd", "Tiny autoencoder",
          "Tiny autoencoder (hub id or folder); 'none' for the model's own VAE.", "Model", "text", nullable=True),
     _app("lcm_lora", "text", None, "LCM-LoRA", "LCM-LoRA to fuse (for SD 1.5 fine-tunes).", "Model", "text",
@@ -184,6 +187,17 @@ SCHEMA: Tuple[Field, ...] = (
          "OBS", "toggle", cli="obs"),
     _app("control_port", "int", 7861, "Control port", "Local control port for `dreamcam set` (0 = off).",
          "Control", "number", range=Range(0, 65535, integer=True), step=1),
+    _app("osc_port", "int", 0, "OSC port", "UDP port of the OSC server (0 = off); see docs/control.md.",
+         "Control", "number", range=Range(0, 65535, integer=True), step=1),
+    _app("osc_host", "text", "127.0.0.1", "OSC listen address",
+         "Address the OSC server listens on: 127.0.0.1 is this machine only; name another (e.g. 0.0.0.0) "
+         "to take messages from the network.", "Control", "text"),
+    _app("osc_feedback", "text", "", "OSC feedback target",
+         "HOST:PORT that gets the OSC replies, changes made elsewhere and a status stream once a second "
+         "(empty: replies go to the sender).", "Control", "text"),
+    _app("midi_map", "text", "", "MIDI mapping file",
+         "TOML file with a [midi] table mapping controller CCs and notes to settings (empty: none; a [midi] "
+         "table in the config file works too); `dreamcam midi learn` writes it.", "Control", "text"),
 )
 
 _BY_NAME = {f.name: f for f in SCHEMA}

@@ -1,0 +1,203 @@
+"""ControlNets: loading with a family check, live conditioning scales, residuals for the stream's UNet batch.
+
+A `ControlNetUnit` is one ControlNetModel with its preprocessor (core/preprocess.py) and a live
+scale (a 0-d tensor on the device, rewritten in place: a captured graph reads the new value). A
+`ControlNetStack` runs every unit whose scale is not 0 on the UNet's own batch and sums their
+residuals, as diffusers' MultiControlNetModel does; a unit at scale 0 is not run at all (its
+kernels leave the step: `structure_key` changes, an engine recaptures or keeps a graph per key).
+
+Rows: the stream's UNet batch is groups of `fbs` rows in frame order ([uncond rows, cond rows]
+for full CFG, [uncond x fbs, cond rows] for initialize); every row gets the control image of the
+current frame it belongs to (row r -> control[r % fbs]), so all denoising slots follow the newest
+control image. The residuals reach the UNet as the named inputs control_down_<i> and control_mid
+(core/modules.py), added to the UNet's skip connections.
+
+`controlled_modules(modules, stack)` plugs a stack into the stream without changing it: its encode
+also runs the preprocessors on the frame the step encodes (so the control image follows the fit
+policy and is computed inside the captured step), its unet computes and passes the residuals.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .loading import FAMILY_LABELS, Components, ModelLoadError, _check_source, _explain, detect_family
+from .modules import ADDED_COND_NAMES, StepModules, control_residual_names
+from .preprocess import Preprocessor
+
+Tensor = torch.Tensor
+
+
+class ControlNetError(ModelLoadError, ValueError):
+    """A ControlNet could not be loaded or set; the message names it and the fix."""
+
+
+def load_controlnet(source: str, components: Components, *, config: str | None = None,
+                    local_files_only: bool = False):
+    """A ControlNetModel from a hub id, a diffusers folder or a single .safetensors file (with `config=`
+    a diffusers ControlNet folder or hub id of the same architecture), on the components' device and
+    dtype, checked to fit the loaded UNet."""
+    from diffusers import ControlNetModel
+
+    try:
+        kind = _check_source(source, "ControlNet")
+    except ModelLoadError as exc:
+        raise ControlNetError(str(exc)) from exc
+    path = str(Path(source).expanduser()) if kind != "hub" else source
+    try:
+        if kind == "file":
+            net = ControlNetModel.from_single_file(path, config=config, local_files_only=local_files_only)
+        else:
+            net = ControlNetModel.from_pretrained(path, local_files_only=local_files_only)
+    except Exception as exc:
+        if kind == "hub":
+            raise ControlNetError(str(_explain("ControlNet", source, exc, local_files_only))) from exc
+        hint = (" A single-file ControlNet needs config=<a diffusers ControlNet folder or hub id of the same "
+                "architecture>." if kind == "file" and not config else "")
+        raise ControlNetError(f"cannot load the ControlNet {source!r}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}.{hint}") from exc
+    check_fits(source, net.config, components)
+    return net.to(device=components.device, dtype=components.dtype).eval().requires_grad_(False)
+
+
+def check_fits(source: str, config: Any, components: Components) -> None:
+    """Raise ControlNetError unless a ControlNet of `config` can feed the loaded UNet."""
+    model = FAMILY_LABELS[components.family]
+    try:
+        family = detect_family(config)
+    except ModelLoadError:
+        family = None
+    if family != components.family:
+        what = f"an {FAMILY_LABELS[family]} ControlNet" if family else "a ControlNet of an unknown model family"
+        raise ControlNetError(f"ControlNet {source!r}: it is {what}, but the loaded model is {model}; "
+                              f"use a ControlNet trained for {model}")
+    theirs, ours = list(dict(config)["block_out_channels"]), list(components.unet.config.block_out_channels)
+    if theirs != ours or dict(config).get("layers_per_block") != components.unet.config.layers_per_block:
+        raise ControlNetError(f"ControlNet {source!r}: its blocks (channels {theirs}) do not match the loaded "
+                              f"{model} UNet (channels {ours}); use a ControlNet made for this model's architecture")
+
+
+def residual_shapes(config: Any, height: int, width: int) -> dict[str, tuple[int, ...]]:
+    """The per-row shape of every residual name for latents of height x width (for engines: export
+    and capture inputs), from the ControlNet config: conv_in, each down block's layers and its
+    downsampler (stride 2, so ceil(h / 2)), then the mid block."""
+    cfg = dict(config)
+    channels, layers = list(cfg["block_out_channels"]), int(cfg["layers_per_block"])
+    shapes = [(channels[0], height, width)]
+    h, w = height, width
+    for i, c in enumerate(channels):
+        shapes += [(c, h, w)] * layers
+        if i < len(channels) - 1:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+            shapes.append((c, h, w))
+    names = control_residual_names(len(shapes))
+    return dict(zip(names, shapes + [(channels[-1], h, w)]))
+
+
+class ControlNetUnit:
+    """One ControlNet, its preprocessor and its live conditioning scale."""
+
+    def __init__(self, name: str, net, preprocessor: Preprocessor, scale: float = 1.0) -> None:
+        self.name = name
+        self.net = net
+        self.preprocessor = preprocessor
+        self.scale_tensor = torch.zeros((), device=net.device, dtype=torch.float32)
+        self.scale = 0.0
+        self.set_scale(scale)
+
+    def set_scale(self, scale: float) -> None:
+        """Live; 0 = this net does no work at all (the stack skips it)."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ControlNetError(f"ControlNet {self.name!r}: scale must be a finite number (0 = off), got {scale!r}")
+        self.scale = float(scale)
+        self.scale_tensor.fill_(self.scale)
+
+    @property
+    def active(self) -> bool:
+        return self.scale != 0.0
+
+    def residuals(self, sample: Tensor, timestep: Tensor, embeds: Tensor, control: Tensor,
+                  added: dict[str, Tensor]) -> list[Tensor]:
+        """The scaled residuals [down_0, ..., down_{N-1}, mid] for the batch; `control` (B, 3, H, W) in [0, 1]."""
+        down, mid = self.net(sample, timestep, encoder_hidden_states=embeds, controlnet_cond=control,
+                             conditioning_scale=1.0, added_cond_kwargs=added or None, return_dict=False)
+        scale = self.scale_tensor.to(sample.dtype)
+        return [r * scale for r in (*down, mid)]
+
+
+class ControlNetStack:
+    """The ControlNets of a stream. `prepare(images)` makes each active unit's control image from the
+    fitted frames; `residuals(...)` sums the active units' residuals for one UNet call."""
+
+    def __init__(self, units: Sequence[ControlNetUnit] = ()) -> None:
+        self.units = list(units)
+        self._controls: dict[str, Tensor] = {}
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise ControlNetError(f"ControlNet names must differ, got {names}")
+
+    @property
+    def active(self) -> list[ControlNetUnit]:
+        return [u for u in self.units if u.active]
+
+    @property
+    def structure_key(self) -> tuple:
+        """Changes exactly when the set of nets that run changes (a scale between 0 and non-0)."""
+        return tuple(u.name for u in self.active)
+
+    def set_scales(self, scales: dict[str, float]) -> None:
+        """Live scale changes by name; all checked first, nothing changes on an error."""
+        by_name = {u.name: u for u in self.units}
+        for name, scale in scales.items():
+            if name not in by_name:
+                raise ControlNetError(f"ControlNet {name!r}: no ControlNet of that name ({', '.join(by_name) or 'none'})")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise ControlNetError(f"ControlNet {name!r}: scale must be a finite number (0 = off), got {scale!r}")
+        for name, scale in scales.items():
+            by_name[name].set_scale(scale)
+
+    def prepare(self, images: Tensor) -> None:
+        """(fbs, 3, H, W) fitted frames in [-1, 1] -> each active unit's control image (fbs, 3, H, W)."""
+        self._controls = {u.name: u.preprocessor(images).to(images.dtype) for u in self.active}
+
+    def residuals(self, sample: Tensor, timestep: Tensor, embeds: Tensor, **cond: Tensor) -> dict[str, Tensor]:
+        """The summed residuals of the active units, named for the UNet call ({} when none is active)."""
+        active = self.active
+        if not active:
+            return {}
+        added = {k: v for k, v in cond.items() if k in ADDED_COND_NAMES}
+        total: list[Tensor] | None = None
+        for unit in active:
+            control = self._controls.get(unit.name)
+            if control is None:
+                raise RuntimeError(f"ControlNet {unit.name!r}: no control image; call prepare(images) first")
+            rows = control.repeat(sample.shape[0] // control.shape[0], 1, 1, 1)
+            res = unit.residuals(sample, timestep, embeds, rows, added)
+            total = res if total is None else [a + b for a, b in zip(total, res)]
+        return dict(zip(control_residual_names(len(total) - 1), total))
+
+
+class ControlledUNet:
+    """The UNet call with the stack's residuals added (any engine UNet that takes the residual names)."""
+
+    def __init__(self, unet, stack: ControlNetStack) -> None:
+        self.unet, self.stack = unet, stack
+
+    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
+        residuals = self.stack.residuals(sample, timestep, encoder_hidden_states, **cond)
+        return self.unet(sample, timestep, encoder_hidden_states, **cond, **residuals)
+
+
+def controlled_modules(modules: StepModules, stack: ControlNetStack) -> StepModules:
+    """`modules` whose encode also prepares the control images and whose unet adds the residuals."""
+    base_encode = modules.encode
+
+    def encode(images: Tensor) -> Tensor:
+        stack.prepare(images)
+        return base_encode(images)
+
+    return StepModules(unet=ControlledUNet(modules.unet, stack), encode=encode, decode=modules.decode)
