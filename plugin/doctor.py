@@ -206,6 +206,9 @@ def check_running_app(port: int | None = None) -> Check | None:
         reply = send_event(encode("hello"), port or DEFAULT_PORT, timeout=1.0)
     except (ConnectionError, OSError, ValueError):
         return None
+    if not reply.get("ok"):  # e.g. unauthorized: this install's control token is not the app's
+        return Check("running app", False, f"answers on port {port or DEFAULT_PORT} but refused: "
+                     f"{reply.get('error', '?')}", "see docs/control-protocol.md (the control token)", optional=True)
     status = reply.get("status") or {}
     graph = status.get("graph") or ""
     detail = f"engine {status.get('engine', '?')}, {status.get('infer_fps', 0):.0f} fps processed"
