@@ -98,6 +98,11 @@ def residual_shapes(config: Any, height: int, width: int) -> dict[str, tuple[int
     return dict(zip(names, shapes + [(channels[-1], h, w)]))
 
 
+def _check_scale(name: str, scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ControlNetError(f"ControlNet {name!r}: scale must be a finite number (0 = off), got {scale!r}")
+
+
 class ControlNetUnit:
     """One ControlNet, its preprocessor and its live conditioning scale."""
 
@@ -111,8 +116,7 @@ class ControlNetUnit:
 
     def set_scale(self, scale: float) -> None:
         """Live; 0 = this net does no work at all (the stack skips it)."""
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ControlNetError(f"ControlNet {self.name!r}: scale must be a finite number (0 = off), got {scale!r}")
+        _check_scale(self.name, scale)
         self.scale = float(scale)
         self.scale_tensor.fill_(self.scale)
 
@@ -155,8 +159,7 @@ class ControlNetStack:
         for name, scale in scales.items():
             if name not in by_name:
                 raise ControlNetError(f"ControlNet {name!r}: no ControlNet of that name ({', '.join(by_name) or 'none'})")
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-                raise ControlNetError(f"ControlNet {name!r}: scale must be a finite number (0 = off), got {scale!r}")
+            _check_scale(name, scale)
         for name, scale in scales.items():
             by_name[name].set_scale(scale)
 
