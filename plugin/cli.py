@@ -86,6 +86,8 @@ def run(
     obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD)."),
     obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene."),
     control_port: Optional[int] = typer.Option(None, help="Local control port for `dreamcam set` (0 = off)."),
+    web_port: Optional[int] = typer.Option(None, help="Port of the control page http://127.0.0.1:PORT/ (0 = off; default 7862)."),
+    web_host: str = typer.Option("127.0.0.1", help="Address the control page listens on; anything but 127.0.0.1 lets other machines reach it (they still need the token)."),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
     frames_in_flight: Optional[int] = typer.Option(None, help="1-4: frames computed at once on the GPU (1-step streams): more frames per second when the source is faster than the GPU, each frame a little later."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
@@ -97,7 +99,8 @@ def run(
     width, height = _size(size)
     cli_app = dict(source=source, sink=sink, model=model, engine=engine, fps=fps, device=device, dtype=dtype,
                    lcm_lora=lcm_lora, width=width, height=height, obs_host=obs_host, obs_port=obs_port,
-                   obs_password=obs_password, control_port=control_port, frames_in_flight=frames_in_flight)
+                   obs_password=obs_password, control_port=control_port, frames_in_flight=frames_in_flight,
+                   web_port=web_port)
     cli_app["tiny_vae"] = tiny_vae  # "none" (the model's own VAE) is understood by AppSettings
     cli_stream = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
                       t_index_list=_t_index(t_index), guidance_scale=guidance, seed=seed,
@@ -110,11 +113,12 @@ def run(
     except SettingsError as exc:
         _fail(str(exc))
         return
-    _run_app(app_settings, stream_settings, obs=obs or app_settings.obs_enabled, frames=frames, obs_camera=obs_camera)
+    _run_app(app_settings, stream_settings, obs=obs or app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
+             web_host=web_host)
 
 
 def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
-             obs_camera: Optional[str] = None, build=None) -> None:
+             obs_camera: Optional[str] = None, build=None, web_host: str = "127.0.0.1") -> None:
     """`build(app_settings, stream_settings, progress=...)` makes the processor (default: the
     pipeline's build_processor)."""
     from rich.live import Live
@@ -130,6 +134,8 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
             from .control_server import check_port_free
 
             check_port_free(app_settings.control_port)  # a second app fails now, not after the model load
+        if app_settings.web_port:
+            _web_service().check_port_free(app_settings.web_port, web_host)
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
         dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
     except (SourceError, SinkError, OSError) as exc:
@@ -147,6 +153,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     try:
         dream.use_processor(processor)
         _add_services(dream, app_settings, obs, obs_camera)
+        page = _add_web_page(dream, app_settings, web_host)
         dream.start()
     except (SourceError, SinkError, OSError, RuntimeError) as exc:
         dream.stop()
@@ -163,6 +170,8 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
                   f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
                   "Ctrl+C stops.")
+    if page is not None:
+        console.print(f"control page: {page.url}", highlight=False, markup=False, soft_wrap=True)
     try:
         with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:
             while not stop.wait(0.5):
@@ -208,6 +217,28 @@ def _add_services(dream, app_settings, obs: bool, obs_camera: Optional[str] = No
             return
         dream.add_service(ObsBridge(dream.store, dream.board, app_settings.obs_host, app_settings.obs_port,
                                     app_settings.obs_password or None, add_camera=obs_camera))
+
+
+def _web_service():
+    try:
+        from . import web_service
+    except ImportError as exc:
+        _fail(f"the control page needs {exc.name}: pip install \"dreamcam[web]\" (or turn the page off with "
+              "--web-port 0)")
+        raise
+    return web_service
+
+
+def _add_web_page(dream, app_settings, web_host: str):
+    """The control page service (None when --web-port is 0)."""
+    if not app_settings.web_port:
+        return None
+    page = _web_service().WebService(dream.store, dream.board, dream.latest_frames, app_settings, host=web_host)
+    dream.add_service(page)
+    if web_host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"the control page listens on {web_host}: other machines can reach it (they still need "
+                      "the token).", highlight=False, markup=False)
+    return page
 
 
 # ---- demo ------------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ class AppSettings:
     obs_password: str = field(default="", repr=False)  # never logged
     obs_enabled: bool = False
     control_port: int = 7861  # local control server (JSON lines on 127.0.0.1); 0 = off
+    web_port: int = 7862  # control page (http://127.0.0.1:PORT/); 0 = off
 
     def __post_init__(self) -> None:
         if isinstance(self.tiny_vae, str) and self.tiny_vae.strip().lower() in ("", "none"):
@@ -186,3 +187,4 @@ class AppSettings:
         _number("frames_in_flight", self.frames_in_flight, 1, 4, integer=True)
         _number("obs_port", self.obs_port, 1, 65535, integer=True)
         _number("control_port", self.control_port, 0, 65535, integer=True)
+        _number("web_port", self.web_port, 0, 65535, integer=True)
