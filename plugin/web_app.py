@@ -4,7 +4,8 @@ presets and preview frames. Wrapped by `WebGuard` (Host, Origin, token) in web_s
 
 API (JSON; errors are `{"ok": false, "field": ..., "error": ...}` with status 400 or 404):
   GET  /api/state                 schema, settings, status, presets, start settings (no secrets)
-  POST /api/settings              {"changes": {...}}: one all-or-nothing update
+  POST /api/settings              {"changes": {...}}: one all-or-nothing update; replies carry
+                                  the settings in force and their version (as the pushes do)
   GET  /api/presets               names
   PUT  /api/presets/{name}        save the settings in force under that name
   POST /api/presets/{name}/load   apply the preset as one update
@@ -84,6 +85,11 @@ async def _json_body(request: Request) -> Any:
         raise BadRequest("request", f"not JSON: {exc}") from None
 
 
+def _settings_reply(store: SettingsStore) -> JSONResponse:
+    settings, version = store.snapshot()
+    return JSONResponse({"ok": True, "settings": settings.as_dict(), "version": version})
+
+
 def _error(exc: BadRequest | SettingsError, status: int = 400) -> JSONResponse:
     if isinstance(exc, SettingsError):
         return JSONResponse({"ok": False, "field": exc.field, "error": str(exc)}, status_code=status)
@@ -96,7 +102,8 @@ def create_web_app(store: SettingsStore, board: StatusBoard, feed: PageFeed, app
     """`on_viewer()` is called when a page connects (the preview encoder resends its frames)."""
 
     def state() -> dict[str, Any]:
-        return {"schema": page_schema(), "settings": store.current.as_dict(),
+        settings, version = store.snapshot()
+        return {"schema": page_schema(), "settings": settings.as_dict(), "version": version,
                 "status": status_view(board.latest()), "presets": presets.list_presets(),
                 "app": public_app_settings(app_settings), "preview_kinds": list(KINDS)}
 
@@ -115,10 +122,10 @@ def create_web_app(store: SettingsStore, board: StatusBoard, feed: PageFeed, app
             unknown = sorted(set(changes) - schema.live_names())
             if unknown:  # the store ignores unknown fields; the page should hear about them
                 raise BadRequest(unknown[0], f"{unknown[0]}: not a live setting")
-            settings = await run_in_threadpool(store.apply, changes, ORIGIN)
+            await run_in_threadpool(store.apply, changes, ORIGIN)
         except (BadRequest, SettingsError) as exc:
             return _error(exc)
-        return JSONResponse({"ok": True, "settings": settings.as_dict()})
+        return _settings_reply(store)
 
     async def list_presets(request: Request) -> Response:
         return JSONResponse({"ok": True, "presets": await run_in_threadpool(presets.list_presets)})
@@ -137,10 +144,10 @@ def create_web_app(store: SettingsStore, board: StatusBoard, feed: PageFeed, app
         def load() -> StreamSettings:
             return store.apply(presets.load_preset(name), ORIGIN)
         try:
-            settings = await run_in_threadpool(load)
+            await run_in_threadpool(load)
         except SettingsError as exc:
             return _error(exc, 404 if "no preset named" in str(exc) else 400)
-        return JSONResponse({"ok": True, "settings": settings.as_dict()})
+        return _settings_reply(store)
 
     async def delete_preset(request: Request) -> Response:
         name = request.path_params["name"]

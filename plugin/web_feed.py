@@ -91,8 +91,11 @@ class PageFeed:
         self.wanted = frozenset().union(*(c.wants for c in self._clients)) if self._clients else frozenset()
 
     # ---- messages --------------------------------------------------------------------------
-    def settings_message(self, settings: StreamSettings, origin: str = "") -> dict[str, Any]:
-        return {"type": "settings", "settings": settings.as_dict(), "origin": origin}
+    def settings_message(self, origin: str = "") -> dict[str, Any]:
+        """The settings in force with their version: the page keeps the newest of what reaches it
+        over the socket and in replies, which may arrive in either order."""
+        settings, version = self.store.snapshot()
+        return {"type": "settings", "settings": settings.as_dict(), "version": version, "origin": origin}
 
     def status_message(self, status: Status) -> dict[str, Any]:
         return {"type": "status", "status": status_view(status)}
@@ -131,7 +134,7 @@ class PageFeed:
                 client.push_frame(kind, jpeg)
 
     def _on_settings(self, settings: StreamSettings, origin: str) -> None:
-        self.post(self.settings_message(settings, origin))
+        self.post(self.settings_message(origin))
 
     def _on_status(self, status: Status) -> None:
         self.post(self.status_message(status))

@@ -6,6 +6,7 @@ const HISTORY = 120; // status points in the graph (about one a second)
 const ui = {
   schema: null,        // {groups, fields}
   settings: {},        // the settings in force, as the app last said
+  version: -1,         // their version: replies and pushes may cross, the newest wins
   widgets: new Map(),  // name -> {field, set(value), busy(), error(text)}
   history: [],         // [{latency, fps}]
   socket: null,
@@ -50,7 +51,7 @@ async function apply(name, value) {
   const reply = await call("POST", "/api/settings", { changes: { [name]: value } });
   if (reply.ok) {
     widget.error("");
-    showSettings(reply.settings);
+    showSettings(reply.settings, reply.version);
   } else {
     const target = ui.widgets.get(reply.field) || widget;
     target.error(reply.error);
@@ -99,10 +100,11 @@ function onMessage(message) {
       if (!ui.schema) build(message.schema);
       showApp(message.app);
       showPresets(message.presets);
-      showSettings(message.settings);
+      ui.version = -1; // a new connection may be a restarted app, counting from 0 again
+      showSettings(message.settings, message.version);
       showStatus(message.status);
       break;
-    case "settings": showSettings(message.settings); break;
+    case "settings": showSettings(message.settings, message.version); break;
     case "status": showStatus(message.status); break;
     case "presets": showPresets(message.presets); break;
   }
@@ -250,7 +252,9 @@ function decimals(step) {
 }
 
 // ---- showing what the app says --------------------------------------------------------------
-function showSettings(settings) {
+function showSettings(settings, version) {
+  if (version < ui.version) return;
+  ui.version = version;
   ui.settings = settings;
   for (const [name, widget] of ui.widgets) {
     if (name in settings) widget.set(settings[name]);
@@ -307,7 +311,7 @@ function showPresets(names) {
   const select = $("preset-list");
   const keep = select.value || ui.settings.preset;
   select.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
-  if (!names.length) select.append(el("option", { value: "", text: "no presets yet", disabled: true }));
+  if (!names.length) select.append(el("option", { value: "", text: "no presets yet" }));
   if (names.includes(keep)) select.value = keep;
   $("preset-load").disabled = $("preset-delete").disabled = !names.length;
 }
@@ -333,7 +337,7 @@ function wirePresets() {
   $("preset-load").addEventListener("click", async () => {
     if (!select.value) return;
     const reply = await call("POST", `/api/presets/${encodeURIComponent(select.value)}/load`);
-    if (presetError(reply)) showSettings(reply.settings);
+    if (presetError(reply)) showSettings(reply.settings, reply.version);
   });
   $("preset-save").addEventListener("click", async () => {
     const chosen = name.value.trim() || select.value;
