@@ -6,12 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .schedule import NUM_INDEXES, strength_to_t_index
-
-CFG_TYPES = ("none", "full", "self", "initialize")
-MODES = ("img2img", "txt2img")
-RESIZE_POLICIES = ("crop", "letterbox", "stretch")
-MAX_PROMPT_CHARS = 4000
+from .limits import CFG_TYPES, MAX_PROMPT_CHARS, MODES, RANGES, RESIZE_POLICIES, STEPS, shown
+from .schedule import strength_to_t_index
 
 
 @dataclass(frozen=True)
@@ -38,10 +34,10 @@ class StreamConfig:
     resize: str = "crop"
 
     def __post_init__(self) -> None:
-        if self.t_index_list is not None:
-            object.__setattr__(self, "t_index_list", tuple(self.t_index_list))
         for f in dataclasses.fields(self):
-            _check(f.name, getattr(self, f.name))
+            value = _check(f.name, getattr(self, f.name))
+            if value is not getattr(self, f.name):
+                object.__setattr__(self, f.name, value)  # 2.0 -> 2 for whole-number fields
 
     @property
     def indexes(self) -> tuple[int, ...]:
@@ -66,64 +62,40 @@ def _fail(name: str, message: str) -> None:
     raise ValueError(f"{name}: {message}")
 
 
-def _num(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        _fail(name, f"must be {'a whole number' if integer else 'a number'} from {low} to {high}, got {value!r}")
-    if not low <= value <= high:
-        _fail(name, f"must be from {low} to {high}, got {value!r}")
-
-
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        _fail(name, f"must be one of {', '.join(allowed)}, got {value!r}")
+    if not isinstance(value, str) or value not in allowed:
+        _fail(name, f"must be one of {', '.join(allowed)}, got {shown(value)}")
 
 
-def _check(name: str, value: Any) -> None:
-    if name in ("width", "height"):
-        _num(name, value, 32, 4096, integer=True)
-        if value % 8:
-            _fail(name, f"must be a multiple of 8, got {value}")
-    elif name == "t_index_list":
+def _check(name: str, value: Any) -> Any:
+    """The value to keep (numbers converted to their kind); ValueError naming the field if bad."""
+    if name == "t_index_list":
         if value is None:
-            return
-        if not 1 <= len(value) <= 8:
-            _fail(name, f"must hold 1 to 8 step indices, got {len(value)}")
-        for v in value:
-            _num(name, v, 0, NUM_INDEXES - 1, integer=True)
+            return None
+        if not isinstance(value, (list, tuple)):
+            _fail(name, f"must be a list of {STEPS.low} to {STEPS.high} step indices, got {shown(value)}")
+        if not STEPS.low <= len(value) <= STEPS.high:
+            _fail(name, f"must hold {STEPS.low} to {STEPS.high} step indices, got {len(value)}")
+        value = tuple(RANGES["t_index"].parse(name, v) for v in value)
         if list(value) != sorted(set(value)):
             _fail(name, f"must be strictly increasing, got {list(value)}")
-    elif name == "strength":
-        _num(name, value, 0.0, 1.0)
-    elif name == "steps":
-        _num(name, value, 1, 8, integer=True)
-    elif name == "frame_buffer_size":
-        _num(name, value, 1, 16, integer=True)
-    elif name == "cfg_type":
-        _choice(name, value, CFG_TYPES)
-    elif name == "guidance_scale":
-        _num(name, value, 0.0, 50.0)
-    elif name == "delta":
-        _num(name, value, 0.0, 10.0)
-    elif name == "seed":
-        _num(name, value, 0, 2**63 - 1, integer=True)
-    elif name in ("prompt", "negative_prompt"):
+        return value
+    if name in ("similarity_threshold", "similarity_max_skip") and value is None:
+        return None  # off / no limit
+    if name in RANGES:
+        return RANGES[name].parse(name, value)
+    if name in ("prompt", "negative_prompt"):
         if not isinstance(value, str):
             _fail(name, f"must be text, got {type(value).__name__}")
         if len(value) > MAX_PROMPT_CHARS:
             _fail(name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}")
     elif name == "do_add_noise":
         if not isinstance(value, bool):
-            _fail(name, f"must be true or false, got {value!r}")
+            _fail(name, f"must be true or false, got {shown(value)}")
+    elif name == "cfg_type":
+        _choice(name, value, CFG_TYPES)
     elif name == "mode":
         _choice(name, value, MODES)
-    elif name == "similarity_threshold":
-        if value is not None:
-            _num(name, value, 0.0, 1.0)
-    elif name == "similarity_max_skip":
-        if value is not None:
-            _num(name, value, 0, 100000, integer=True)
-    elif name == "transition_frames":
-        _num(name, value, 0, 10000, integer=True)
     elif name == "resize":
         _choice(name, value, RESIZE_POLICIES)
+    return value

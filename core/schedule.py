@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-NUM_INDEXES = 50
+from .limits import NUM_INDEXES, STEPS
+
 LAST_STEP_INDEX = 45
 
 
@@ -25,8 +26,8 @@ def strength_to_t_index(strength: float, steps: int = 1) -> tuple[int, ...]:
     """Map a 0..1 strength and a step count to strictly increasing t_index values."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength: must be from 0 to 1, got {strength!r}")
-    if not 1 <= steps <= 8:
-        raise ValueError(f"steps: must be from 1 to 8, got {steps!r}")
+    if not STEPS.low <= steps <= STEPS.high:
+        raise ValueError(f"steps: must be from {STEPS.low} to {STEPS.high}, got {steps!r}")
     top = NUM_INDEXES - 1
     start = min(round((1.0 - strength) * top), top - (steps - 1))
     if steps == 1:

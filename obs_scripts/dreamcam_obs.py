@@ -7,8 +7,10 @@ The panel talks to the Dreamcam app through OBS's own WebSocket server (obs-webs
 broadcasts `settings` custom events and shows the `status` events the app sends back.
 
 Runs inside OBS's Python: imports only the standard library, `obspython` and `obsws_python`.
-It shares no code with the dreamcam package; the message format below is a copy of the contract
-in dreamcam's plugin/messages.py and a test holds both to the same format.
+It shares no code with the dreamcam package. Its controls (names, labels, ranges, groups, checks)
+come from dreamcam_schema.json, which must sit beside this file (generated from dreamcam's
+plugin/schema.py; `dreamcam obs-script --copy-to FOLDER` copies both); the message format below
+is a copy of the contract in dreamcam's plugin/messages.py and a test holds both to the same format.
 
 Network I/O happens on one worker thread of this script, never on OBS's UI or video thread.
 """
@@ -16,6 +18,7 @@ Network I/O happens on one worker thread of this script, never on OBS's UI or vi
 import configparser
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -45,29 +48,36 @@ except Exception as _exc:  # ImportError, or a broken install
     OBSWS_IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
 
 # ---------------------------------------------------------------------------------------------
-# The message format (copy of the contract; see docs/obs.md)
+# The settings schema (dreamcam_schema.json beside this script, generated from dreamcam's
+# plugin/schema.py) and the message format (copy of the contract; see docs/obs.md)
 # ---------------------------------------------------------------------------------------------
 NAMESPACE = "dreamcam"
 PROTOCOL_VERSION = 1
-MAX_PROMPT_CHARS = 4000
-CFG_TYPES = ("none", "full", "self", "initialize")
+SCHEMA_VERSION = 1
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dreamcam_schema.json")
 
-# Panel controls that map 1:1 onto the app's live settings (names are the app's field names).
-# name: (type, default, low, high, step, label)
-FIELDS: Dict[str, tuple] = {
-    "prompt": ("text", "a vivid watercolor painting, soft light, highly detailed", None, None, None, "Prompt"),
-    "negative_prompt": ("text", "blurry, low quality, deformed", None, None, None, "Negative prompt"),
-    "strength": ("float", 0.5, 0.0, 1.0, 0.01, "Strength (0 keeps the input, 1 ignores it)"),
-    "steps": ("int", 1, 1, 8, 1, "Steps"),
-    "guidance_scale": ("float", 1.2, 0.0, 20.0, 0.1, "Guidance scale"),
-    "cfg_type": ("choice", "self", None, None, None, "Guidance type"),
-    "delta": ("float", 1.0, 0.0, 5.0, 0.05, "Delta (residual guidance)"),
-    "seed": ("int", 2, 0, 2**31 - 1, 1, "Seed"),
-    "similarity_filter": ("bool", True, None, None, None, "Skip near-identical frames (similarity filter)"),
-    "similarity_threshold": ("float", 0.98, 0.0, 1.0, 0.001, "Similarity threshold"),
-    "similarity_max_skip": ("int", 10, 0, 1000, 1, "Max frames skipped in a row"),
-    "paused": ("bool", False, None, None, None, "Pause (pass the input through unchanged)"),
-}
+
+def load_schema(path: str = SCHEMA_FILE) -> tuple:
+    """(schema dict, error text): the fields of dreamcam_schema.json, or no fields and why not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("version") != SCHEMA_VERSION:
+            raise ValueError("schema version %r, this script reads %d" % (
+                data.get("version") if isinstance(data, dict) else None, SCHEMA_VERSION))
+        return data, ""
+    except (OSError, ValueError) as exc:
+        return {"groups": [], "fields": []}, ("cannot read %s (%s); copy it from the same Dreamcam version "
+                                              "as this script (dreamcam obs-script --copy-to FOLDER)" % (path, exc))
+
+
+SCHEMA, SCHEMA_ERROR = load_schema()
+# The panel's controls: the app's live settings marked for panels, in the schema's order
+# (names are the app's field names; each spec is the field's JSON object).
+FIELDS: Dict[str, Dict[str, Any]] = {
+    f["name"]: f for f in SCHEMA["fields"] if f.get("live") and f.get("panel")}
+GROUPS = [g for g in SCHEMA["groups"] if any(f["group"] == g for f in FIELDS.values())]
+
 
 BUILTIN_PRESETS: Dict[str, Dict[str, Any]] = {
     "Watercolor": {"prompt": "a vivid watercolor painting, soft light, highly detailed", "strength": 0.5},
@@ -108,33 +118,68 @@ def diff_settings(current: Mapping[str, Any], last_sent: Mapping[str, Any]) -> D
 
 
 def normalize(values: Mapping[str, Any]) -> Dict[str, Any]:
-    """Panel values as the app expects them: known fields only, right types (OBS gives floats)."""
+    """Panel values as the app expects them: known fields only, right types (OBS gives floats);
+    a value that cannot be one (NaN for a whole number, text for a number) is left out."""
     out: Dict[str, Any] = {}
     for name, value in values.items():
         spec = FIELDS.get(name)
         if spec is None:
             continue
-        kind = spec[0]
-        if kind == "int":
-            out[name] = int(value)
-        elif kind == "float":
-            out[name] = round(float(value), 6)
-        elif kind == "bool":
-            out[name] = bool(value)
-        else:
-            out[name] = str(value)
+        kind = spec["type"]
+        try:
+            if kind == "int":
+                out[name] = int(value)
+            elif kind == "float":
+                number = float(value)
+                if math.isfinite(number):
+                    out[name] = round(number, 6)
+            elif kind == "bool":
+                out[name] = bool(value)
+            else:
+                out[name] = str(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
     return out
+
+
+def field_problem(spec: Mapping[str, Any], value: Any) -> str:
+    """"" when the app would accept `value` for the field, else why not (the schema's rules)."""
+    kind = spec["type"]
+    if kind in ("int", "float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(value, float):  # ints are compared exactly, whatever their size
+            ok = math.isfinite(value) and (kind == "float" or value.is_integer())
+        ok = ok and spec["min"] <= value <= spec["max"]
+        if ok and spec.get("multiple_of"):
+            ok = int(value) % spec["multiple_of"] == 0
+        return "" if ok else "must be %s, got %r" % (spec["allowed"], value)
+    if kind == "bool":
+        return "" if isinstance(value, bool) else "must be true or false, got %r" % (value,)
+    if kind == "choice":
+        return "" if value in spec["choices"] else "must be one of %s" % ", ".join(spec["choices"])
+    if kind == "text":
+        if not isinstance(value, str):
+            return "must be text"
+        if len(value) > spec["max_chars"]:
+            return "is %d characters; at most %d are allowed" % (len(value), spec["max_chars"])
+    return ""
+
+
+def valid_values(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The panel fields among `values` that the app would accept (a hand-edited preset's bad
+    values are dropped, the panel keeps its own)."""
+    return {k: v for k, v in normalize(values).items() if not field_problem(FIELDS[k], v)}
 
 
 def check_values(values: Mapping[str, Any]) -> str:
     """A short warning for values the app would reject, or "" (the app re-checks everything)."""
-    for name in ("prompt", "negative_prompt"):
-        text = values.get(name, "")
-        if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
-            return f"{name} is {len(text)} characters; at most {MAX_PROMPT_CHARS} are allowed"
-    cfg = values.get("cfg_type")
-    if cfg is not None and cfg not in CFG_TYPES:
-        return f"cfg_type must be one of {', '.join(CFG_TYPES)}"
+    if SCHEMA_ERROR:
+        return SCHEMA_ERROR
+    for name, value in values.items():
+        if name in FIELDS:
+            problem = field_problem(FIELDS[name], value)
+            if problem:
+                return "%s %s" % (name, problem)
     return ""
 
 
@@ -510,7 +555,7 @@ def load_presets(raw: str) -> Dict[str, Dict[str, Any]]:
     if isinstance(saved, dict):
         for name, values in saved.items():
             if isinstance(name, str) and isinstance(values, dict):
-                presets[name] = normalize(values)
+                presets[name] = valid_values(values)
     return presets
 
 
@@ -522,7 +567,7 @@ def save_preset(raw: str, name: str, values: Mapping[str, Any]) -> str:
         saved = {}
     if not isinstance(saved, dict):
         saved = {}
-    keep = {k: v for k, v in normalize(values).items() if k != "paused"}
+    keep = {k: v for k, v in normalize(values).items() if FIELDS[k].get("in_preset")}
     saved[name] = keep
     return json.dumps(saved, sort_keys=True)
 
@@ -570,12 +615,12 @@ def _data_fn(verb: str, kind: str) -> Any:
 
 
 def read_panel(settings: Any) -> Dict[str, Any]:
-    return {name: _data_fn("get", spec[0])(settings, name) for name, spec in FIELDS.items()}
+    return {name: _data_fn("get", spec["type"])(settings, name) for name, spec in FIELDS.items()}
 
 
 def write_panel(settings: Any, values: Mapping[str, Any]) -> None:
     for name, value in normalize(values).items():
-        _data_fn("set", FIELDS[name][0])(settings, name, value)
+        _data_fn("set", FIELDS[name]["type"])(settings, name, value)
 
 
 def script_description() -> str:
@@ -584,6 +629,8 @@ def script_description() -> str:
             "Settings, and enter the same port and password below.")
     if obsws_python is None:
         text += "<br><b>Not working yet:</b> " + install_hint().replace("\n", "<br>")
+    if SCHEMA_ERROR:
+        text += "<br><b>No settings to show:</b> " + SCHEMA_ERROR
     return text
 
 
@@ -593,7 +640,37 @@ def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_int(settings, "port", 4455)
     obs.obs_data_set_default_string(settings, "presets_json", "")
     for name, spec in FIELDS.items():
-        _data_fn("set_default", spec[0])(settings, name, spec[1])
+        _data_fn("set_default", spec["type"])(settings, name, spec["default"])
+
+
+def _group(props: Any, title: str) -> Any:
+    """A titled box of the panel for one schema group (flat where OBS has no groups)."""
+    if not hasattr(obs, "obs_properties_add_group"):
+        return props
+    box = obs.obs_properties_create()
+    name = "group_" + "".join(c if c.isalnum() else "_" for c in title.lower())
+    obs.obs_properties_add_group(props, name, title, obs.OBS_GROUP_NORMAL, box)
+    return box
+
+
+def _add_field(props: Any, name: str, spec: Mapping[str, Any]) -> None:
+    """One control for a schema field, chosen by its widget hint."""
+    kind, widget, label = spec["type"], spec["widget"], spec["label"]
+    if kind == "text":
+        text_type = obs.OBS_TEXT_MULTILINE if widget == "multiline" else (
+            obs.OBS_TEXT_PASSWORD if spec.get("secret") else obs.OBS_TEXT_DEFAULT)
+        obs.obs_properties_add_text(props, name, label, text_type)
+    elif kind == "choice":
+        lst = obs.obs_properties_add_list(props, name, label, obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_STRING)
+        for choice in spec["choices"]:
+            obs.obs_property_list_add_string(lst, choice, choice)
+    elif kind == "bool":
+        obs.obs_properties_add_bool(props, name, label)
+    elif kind in ("int", "float"):
+        verb = ("int" if kind == "int" else "float") + ("_slider" if widget == "slider" else "")
+        getattr(obs, "obs_properties_add_" + verb)(props, name, label, spec["min"], spec["max"], spec["step"])
+        if name == "seed":
+            obs.obs_properties_add_button(props, "randomize_seed", "Randomize seed", _on_randomize_seed)
 
 
 def script_properties() -> Any:
@@ -607,24 +684,11 @@ def script_properties() -> Any:
     obs.obs_properties_add_text(props, "host", "WebSocket host", obs.OBS_TEXT_DEFAULT)
     obs.obs_properties_add_int(props, "port", "WebSocket port", 1, 65535, 1)
     obs.obs_properties_add_text(props, "password", "WebSocket password", obs.OBS_TEXT_PASSWORD)
-    for name, spec in FIELDS.items():
-        kind, _default, low, high, step, label = spec
-        if name == "prompt" or name == "negative_prompt":
-            obs.obs_properties_add_text(props, name, label, obs.OBS_TEXT_MULTILINE)
-        elif name == "cfg_type":
-            lst = obs.obs_properties_add_list(props, name, label, obs.OBS_COMBO_TYPE_LIST,
-                                              obs.OBS_COMBO_FORMAT_STRING)
-            for cfg in CFG_TYPES:
-                obs.obs_property_list_add_string(lst, cfg, cfg)
-        elif name == "seed":
-            obs.obs_properties_add_int(props, name, label, low, high, step)
-            obs.obs_properties_add_button(props, "randomize_seed", "Randomize seed", _on_randomize_seed)
-        elif kind == "int":
-            obs.obs_properties_add_int_slider(props, name, label, low, high, step)
-        elif kind == "float":
-            obs.obs_properties_add_float_slider(props, name, label, low, high, step)
-        elif kind == "bool":
-            obs.obs_properties_add_bool(props, name, label)
+    for group in GROUPS:
+        box = _group(props, group)
+        for name, spec in FIELDS.items():
+            if spec["group"] == group:
+                _add_field(box, name, spec)
     lst = obs.obs_properties_add_list(props, "preset_pick", "Preset", obs.OBS_COMBO_TYPE_LIST,
                                       obs.OBS_COMBO_FORMAT_STRING)
     raw = obs.obs_data_get_string(_S.settings, "presets_json") if _S.settings is not None else ""
@@ -703,7 +767,8 @@ def _on_refresh(props: Any, prop: Any) -> bool:
 def _on_randomize_seed(props: Any, prop: Any) -> bool:
     if _S.settings is None:
         return False
-    obs.obs_data_set_int(_S.settings, "seed", random.randint(0, 2**31 - 1))
+    seed = FIELDS["seed"]
+    obs.obs_data_set_int(_S.settings, "seed", random.randint(seed["min"], seed["max"]))
     script_update(_S.settings)
     return True
 

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .cli_options import setting_options
+from .schema import app_fields, field, from_text, live_fields
 from .settings import STREAM_FIELDS, SettingsError
 
 app = typer.Typer(
@@ -30,7 +32,7 @@ err = Console(stderr=True, emoji=False)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(code)
 
 
@@ -45,75 +47,41 @@ def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
         raise
 
 
-def _t_index(text: Optional[str]) -> Optional[list[int]]:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        _fail(f"--t-index: expected numbers separated by commas, e.g. 32,45, got {text!r}")
-        raise
-
-
 # ---- run -------------------------------------------------------------------------------------
 @app.command()
+@setting_options()
 def run(
-    source: Optional[str] = typer.Option(None, "--source", "-s", help="pattern | screen[:N|:x,y,w,h] | camera[:N|:NAME] | file:PATH"),
-    sink: Optional[str] = typer.Option(None, "--sink", "-o", help="vcam[:BACKEND] | file:PATH | images:DIR | preview | null"),
-    model: Optional[str] = typer.Option(None, help="Hub id, local diffusers folder or .safetensors file."),
-    engine: Optional[str] = typer.Option(None, help="auto | eager | compiled | tensorrt"),
-    size: Optional[str] = typer.Option(None, help="Output size: 512 or WIDTHxHEIGHT (multiples of 8)."),
-    fps: Optional[float] = typer.Option(None, help="Virtual camera frame rate."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    dtype: Optional[str] = typer.Option(None, help="float16 | bfloat16 | float32"),
-    tiny_vae: Optional[str] = typer.Option(None, help="Tiny autoencoder (hub id or folder); 'none' for the model's own VAE."),
-    lcm_lora: Optional[str] = typer.Option(None, help="LCM-LoRA to fuse (for SD 1.5 fine-tunes)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What the output should look like."),
-    negative_prompt: Optional[str] = typer.Option(None, help="What to avoid."),
-    strength: Optional[float] = typer.Option(None, help="0 keeps the input, 1 ignores it."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (1-8) used with --strength."),
-    t_index: Optional[str] = typer.Option(None, help="Explicit step indices, e.g. 32,45 (overrides --strength/--steps)."),
-    guidance: Optional[float] = typer.Option(None, help="Guidance scale."),
-    seed: Optional[int] = typer.Option(None, help="Noise seed."),
-    similarity_filter: Optional[bool] = typer.Option(None, "--similarity-filter/--no-similarity-filter", help="Skip frames that barely changed."),
-    similarity_threshold: Optional[float] = typer.Option(None, help="Similarity above which a frame is skipped (0-1)."),
-    max_skip: Optional[int] = typer.Option(None, help="At most this many frames skipped in a row."),
-    preset: Optional[str] = typer.Option(None, help="Start from a saved preset."),
+    size: Optional[str] = typer.Option(None, help=f"Output size: 512 or WIDTHxHEIGHT \\[{field('width').allowed()}].",
+                                       rich_help_panel="Output (at start)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[app] and \\[stream] tables."),
-    obs: bool = typer.Option(False, "--obs", help="Connect to OBS (obs-websocket) for live control."),
-    obs_host: Optional[str] = typer.Option(None, help="OBS WebSocket host."),
-    obs_port: Optional[int] = typer.Option(None, help="OBS WebSocket port."),
-    obs_password: Optional[str] = typer.Option(None, help="OBS WebSocket password (or DREAMCAM_OBS_PASSWORD)."),
-    obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene."),
-    control_port: Optional[int] = typer.Option(None, help="Local control port for `dreamcam set` (0 = off)."),
-    web_port: Optional[int] = typer.Option(None, help="Port of the control page http://127.0.0.1:PORT/ (0 = off; default 7862)."),
-    web_host: str = typer.Option("127.0.0.1", help="Address the control page listens on; anything but 127.0.0.1 lets other machines reach it (they still need the token)."),
+    obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene.",
+                                             rich_help_panel="OBS (at start)"),
+    web_host: str = typer.Option("127.0.0.1", help="Address the control page listens on; anything but 127.0.0.1 lets other machines reach it (they still need the token).",
+                                 rich_help_panel="Control (at start)"),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
-    frames_in_flight: Optional[int] = typer.Option(None, help="1-4: frames computed at once on the GPU (1-step streams): more frames per second when the source is faster than the GPU, each frame a little later."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+    **settings: Any,
 ) -> None:
-    """Capture, transform and publish until Ctrl+C."""
+    """Capture, transform and publish until Ctrl+C. Every setting has an option (see the schema,
+    plugin/schema.py); options given win over the config file, which wins over the defaults."""
     from . import config as cfg
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     width, height = _size(size)
-    cli_app = dict(source=source, sink=sink, model=model, engine=engine, fps=fps, device=device, dtype=dtype,
-                   lcm_lora=lcm_lora, width=width, height=height, obs_host=obs_host, obs_port=obs_port,
-                   obs_password=obs_password, control_port=control_port, frames_in_flight=frames_in_flight,
-                   web_port=web_port)
-    cli_app["tiny_vae"] = tiny_vae  # "none" (the model's own VAE) is understood by AppSettings
-    cli_stream = dict(prompt=prompt, negative_prompt=negative_prompt, strength=strength, steps=steps,
-                      t_index_list=_t_index(t_index), guidance_scale=guidance, seed=seed,
-                      similarity_filter=similarity_filter, similarity_threshold=similarity_threshold,
-                      similarity_max_skip=max_skip, preset=preset)
     try:
+        for name, text in settings.items():
+            if text is not None and field(name).type == "int_list":
+                settings[name] = from_text(name, text)  # "32,45"
+        cli_app = {f.name: settings.get(f.name) for f in app_fields()}
+        cli_app.update(width=width, height=height)
+        cli_stream = {f.name: settings.get(f.name) for f in live_fields()}
         file_app, file_stream = cfg.load_file(config) if config else ({}, {})
         app_settings = cfg.build_app_settings(file_app, cli_app)
         stream_settings = cfg.build_stream_settings(file_stream, cli_stream)
     except SettingsError as exc:
         _fail(str(exc))
         return
-    _run_app(app_settings, stream_settings, obs=obs or app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
+    _run_app(app_settings, stream_settings, obs=app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
              web_host=web_host)
 
 
@@ -130,13 +98,15 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     from .sources import SourceError
 
     try:
-        if app_settings.control_port:
-            from .control_server import check_port_free
-
-            check_port_free(app_settings.control_port)  # a second app fails now, not after the model load
         if app_settings.web_port:
-            _web_service().check_port_free(app_settings.web_port, web_host)
+            _web_service().check_port_free(app_settings.web_port, web_host)  # before the model load
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
+        if app_settings.control_port:  # serves from now: a second app fails here, not after the load
+            from .control_server import ControlServer
+
+            control = ControlServer(dream.store, dream.board, app_settings.control_port)
+            control.start()  # changes sent during the load apply to the store the stream starts from
+            dream.add_service(control)
         dream.open_devices()  # a missing camera or virtual camera fails now, not after the model load
     except (SourceError, SinkError, OSError) as exc:
         _fail(str(exc), 1)
@@ -205,10 +175,6 @@ def _build_with_progress(build, app_settings, stream_settings):
 
 
 def _add_services(dream, app_settings, obs: bool, obs_camera: Optional[str] = None) -> None:
-    if app_settings.control_port:
-        from .control_server import ControlServer
-
-        dream.add_service(ControlServer(dream.store, dream.board, app_settings.control_port))
     if obs:
         try:
             from .obs_bridge import ObsBridge
@@ -296,7 +262,7 @@ def devices(probe: bool = typer.Option(True, help="Try to start each virtual cam
         state = "works" if b["works"] else ("not checked" if b["works"] is None else "unavailable")
         console.print(f"  {b['backend']}: {state} {b['detail']}", highlight=False, markup=False)
     if not error and not any(b["works"] for b in backends) and probe:
-        from .sink_vcam import install_hint
+        from .sinks.vcam import install_hint
 
         console.print(f"  to fix: {install_hint()}", highlight=False, markup=False)
 
@@ -372,44 +338,71 @@ def bench(ctx: typer.Context) -> None:
 
 
 # ---- set -------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def _pairs(items: Optional[List[str]]) -> dict[str, Any]:
+    """FIELD=VALUE pairs read by each field's type (prompt=123 is text, seed=NaN is refused)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            _fail(f"expected FIELD=VALUE, got {item!r}")
+        if key not in STREAM_FIELDS:  # the app would refuse them; say so before connecting
+            _fail(f"{key}: unknown setting (known: {', '.join(sorted(STREAM_FIELDS))})")
+        out[key] = from_text(key, value)
+    return out
 
 
 @app.command("set")
 def set_(
     changes: List[str] = typer.Argument(None, help='FIELD=VALUE pairs, e.g. prompt="a cat" strength=0.4 paused=true'),
     preset: Optional[str] = typer.Option(None, help="Apply a saved preset."),
-    port: int = typer.Option(7861, help="Control port of the running app."),
+    port: int = typer.Option(field("control_port").default, help="Control port of the running app."),
     host: str = typer.Option("127.0.0.1", help="Host of the running app."),
 ) -> None:
     """Send a settings update to a running app (its control server)."""
     from .control_server import send_settings
+    from .secret import SecretError
 
-    update: dict[str, Any] = {}
-    for item in changes or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            _fail(f"expected FIELD=VALUE, got {item!r}")
-        update[key.strip()] = _parse_value(value)
+    try:
+        update = _pairs(changes)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
     if preset:
         update["preset"] = preset
     if not update:
         _fail("nothing to send: give FIELD=VALUE pairs or --preset")
-    unknown = sorted(set(update) - STREAM_FIELDS)
-    if unknown:  # the app would ignore them; say so instead of reporting them "applied"
-        _fail(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(STREAM_FIELDS))})")
     try:
-        reply = send_settings(update, port=port, host=host)
-    except ConnectionError as exc:
+        reply = send_settings(update, port=port, host=host)  # with this install's control token
+    except (ConnectionError, SecretError) as exc:
         _fail(str(exc), 1)
         return
     if not reply.get("ok"):
         _fail(reply.get("error", "rejected"), 1)
     console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False, markup=False)
+
+
+@app.command("token")
+def token(
+    rotate: bool = typer.Option(False, "--rotate", help="Make a new token (the old one stops working at once)."),
+    path: bool = typer.Option(False, "--path", help="Print where the token file is instead."),
+) -> None:
+    """Print the control token that `dreamcam set`, Stream Deck plugins and scripts send to the
+    control port (docs/control-protocol.md); it is made on first use."""
+    from . import secret
+
+    if path:
+        console.print(str(secret.secret_path()), highlight=False, markup=False, soft_wrap=True)
+        return
+    try:
+        value = secret.rotate() if rotate else secret.load_or_create()
+    except OSError as exc:
+        _fail(str(exc), 1)
+        return
+    print(value)
+    if rotate:
+        err.print("made a new control token; a running app uses it from its next message: "
+                  "update the controllers that hold the old one.", highlight=False, markup=False)
 
 
 # ---- presets ---------------------------------------------------------------------------------
@@ -424,13 +417,7 @@ def preset_save(
 
     try:
         base = cfg.load_file(config)[1] if config else {}
-        pairs = {}
-        for item in values or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                _fail(f"expected FIELD=VALUE, got {item!r}")
-            pairs[key] = _parse_value(value)
-        settings = cfg.build_stream_settings(base, pairs)
+        settings = cfg.build_stream_settings(base, _pairs(values))
         path = cfg.save_preset(name, settings)
     except SettingsError as exc:
         _fail(str(exc))
@@ -493,14 +480,16 @@ def tray(
 # ---- obs-script ------------------------------------------------------------------------------
 @app.command("obs-script")
 def obs_script(
-    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy the script into this folder."),
+    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy the script and its schema into this folder."),
 ) -> None:
-    """Where the OBS panel script is (load it in OBS: Tools > Scripts > +). See docs/obs.md."""
-    from .obs_scene import copy_obs_script, obs_script_path
+    """Where the OBS panel script is (load it in OBS: Tools > Scripts > +; dreamcam_schema.json must
+    stay beside it). See docs/obs.md."""
+    from .obs_scene import copy_obs_script, obs_schema_path, obs_script_path
 
+    for needed in (obs_script_path(), obs_schema_path()):
+        if not needed.is_file():
+            _fail(f"the OBS script's {needed.name} is missing from this installation ({needed})", 1)
     path = copy_obs_script(copy_to) if copy_to else obs_script_path()
-    if not path.is_file():
-        _fail(f"the OBS script is missing from this installation ({path})", 1)
     console.print(str(path), highlight=False, markup=False)
 
 

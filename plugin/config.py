@@ -12,7 +12,6 @@ File layout (every key optional):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from .schema import app_names, live_names, preset_names
 from .settings import AppSettings, SettingsError, StreamSettings, apply_changes
 
 if sys.version_info >= (3, 11):
@@ -28,9 +28,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CONFIG_ENV = "DREAMCAM_CONFIG_DIR"
-APP_FIELDS = frozenset(f.name for f in dataclasses.fields(AppSettings))
+APP_FIELDS = app_names()  # the keys of [app]
+STREAM_KEYS = live_names()  # the keys of [stream]
+PRESET_FIELDS = preset_names()  # what a preset holds (not `paused`, not the name of another preset)
 PRESET_NAME = re.compile(r"^[\w][\w .\-]{0,63}$")
-PRESET_SKIP = ("preset",)  # a preset holds stream values, not the name of another preset
 
 
 def config_dir() -> Path:
@@ -54,8 +55,14 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SettingsError("config", f"file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError("config", f"{path} is not valid TOML ({exc})") from None
+    except IsADirectoryError:
+        raise SettingsError("config", f"{path} is a folder; give the path of a .toml file") from None
+    except UnicodeDecodeError:
+        raise SettingsError("config", f"{path} is not a text file; give the path of a .toml file") from None
+    except OSError as exc:
+        raise SettingsError("config", f"cannot read {path} ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise SettingsError("config", f"{path} is not valid TOML ({_one_line(exc)})") from None
     unknown = sorted(set(data) - {"app", "stream"})
     if unknown:
         raise SettingsError("config", f"{path}: unknown table [{unknown[0]}]; use [app] and [stream]")
@@ -89,8 +96,13 @@ def build_stream_settings(*layers: Mapping[str, Any]) -> StreamSettings:
             settings, _ = apply_changes(settings, load_preset(name))
         settings, unknown = apply_changes(settings, layer)
         if unknown:
-            raise SettingsError(unknown[0], "unknown stream setting")
+            raise SettingsError(unknown[0], f"unknown stream setting (known: {', '.join(sorted(STREAM_KEYS))})")
     return settings
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if not isinstance(exc, RecursionError) else "nested too deeply"
 
 
 # ---- presets ---------------------------------------------------------------------------------
@@ -103,9 +115,9 @@ def _preset_path(name: str) -> Path:
 def save_preset(name: str, settings: StreamSettings) -> Path:
     path = _preset_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {k: v for k, v in settings.as_dict().items() if k not in PRESET_SKIP}
+    data = {k: v for k, v in settings.as_dict().items() if k in PRESET_FIELDS}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -118,12 +130,20 @@ def load_preset(name: str) -> dict[str, Any]:
     except FileNotFoundError:
         known = ", ".join(list_presets()) or "none saved yet"
         raise SettingsError("preset", f"no preset named {name!r} (known: {known})") from None
-    except json.JSONDecodeError as exc:
-        raise SettingsError("preset", f"{path} is broken ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit number, deep nesting
+        raise SettingsError("preset", f"{path} is broken ({_one_line(exc)})") from None
+    except OSError as exc:
+        raise SettingsError("preset", f"cannot read {path} ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise SettingsError("preset", f"{path} must hold an object")
-    data = {k: v for k, v in data.items() if k not in PRESET_SKIP}
-    apply_changes(StreamSettings(), data)  # validate everything before anyone uses it
+    unknown = sorted(str(k) for k in data if k not in STREAM_KEYS)  # older files may hold `paused`: ignored
+    if unknown:
+        raise SettingsError(unknown[0], f"unknown preset setting in {path} (known: {', '.join(sorted(PRESET_FIELDS))})")
+    data = {k: v for k, v in data.items() if k in PRESET_FIELDS}
+    try:
+        apply_changes(StreamSettings(), data)  # validate everything before anyone uses it
+    except SettingsError as exc:
+        raise SettingsError(exc.field, f"{exc.message} (in preset {name!r}, {path})") from None
     data["preset"] = name
     return data
 

@@ -74,7 +74,7 @@ def run_demo(out: Path, frames: int = 60, size: int = 256, device: str = "cpu", 
              side_by_side: bool = True) -> DemoResult:
     from .app import DreamcamApp
     from .pipeline import build_processor
-    from .sink_video import VideoFileSink
+    from .sinks.video import VideoFileSink
 
     model = tiny_model(model_dir, say)
     app_settings = demo_settings(model, out, size, device)

@@ -8,7 +8,7 @@ from typing import Any
 def monitors() -> tuple[list[dict[str, int]], str]:
     """(monitors with index 1.. ; index 0 is all of them together, error text)."""
     try:
-        from .source_screen import _new_mss
+        from .sources.screen import _new_mss
 
         grabber = _new_mss()
     except Exception as exc:
@@ -28,7 +28,7 @@ def cameras(max_index: int = 6) -> tuple[list[dict[str, Any]], str]:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     except AttributeError:
         pass
-    from .source_camera import list_cameras
+    from .sources.camera import list_cameras
 
     return list_cameras(max_index), ""
 

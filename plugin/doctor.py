@@ -49,7 +49,7 @@ def check_tensorrt() -> Check:
 
 def check_vcam() -> Check:
     from .devices import vcam_backends
-    from .sink_vcam import install_hint
+    from .sinks.vcam import install_hint
 
     backends, error = vcam_backends(probe=True)
     if error:

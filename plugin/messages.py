@@ -2,9 +2,11 @@
 and on the local control socket.
 
 An event's data is `{"dreamcam": {"v": 1, "kind": ..., ...fields}}`. Kinds: `settings` (a partial
-StreamSettings), `status` (the app's numbers, about once a second), `hello` and `bye`. Messages that
+StreamSettings: any of the schema's live fields, `SETTINGS_FIELDS`; any other field is refused),
+`status` (the app's numbers, about once a second), `hello` and `bye`. Messages that
 are not ours return None; ours that are malformed raise MessageError. The OBS script holds its own
-copy of this format (it may import nothing from dreamcam); tests hold both sides to it.
+copy of this format (it may import nothing from dreamcam; its fields come from dreamcam_schema.json);
+tests hold both sides to it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .control import SettingsStore, Status
+from .schema import live_names
 from .settings import SettingsError, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,8 @@ NAMESPACE = "dreamcam"
 PROTOCOL_VERSION = 1
 KINDS = ("settings", "status", "hello", "bye")
 MAX_MESSAGE_BYTES = 64 * 1024
+ENVELOPE_KEYS = ("v", "kind")  # the rest of a message's keys are its fields
+SETTINGS_FIELDS = live_names()  # what a `settings` message may carry
 
 
 class MessageError(ValueError):
@@ -42,7 +47,10 @@ def decode(event_data: Any) -> Message | None:
     payload = event_data[NAMESPACE]
     if not isinstance(payload, Mapping):
         raise MessageError(f"'{NAMESPACE}' must be an object, got {type(payload).__name__}")
-    size = len(json.dumps(payload, default=str))
+    try:
+        size = len(json.dumps(payload, default=str))
+    except (ValueError, RecursionError):  # nested too deeply, or an integer of thousands of digits
+        raise MessageError("message is nested too deeply or holds a number too long to read") from None
     if size > MAX_MESSAGE_BYTES:
         raise MessageError(f"message is {size} bytes, more than the {MAX_MESSAGE_BYTES} allowed")
     version = payload.get("v")
@@ -51,7 +59,7 @@ def decode(event_data: Any) -> Message | None:
     kind = payload.get("kind")
     if not isinstance(kind, str):
         raise MessageError("'kind' is missing")
-    body = {k: v for k, v in payload.items() if k not in ("v", "kind")}
+    body = {k: v for k, v in payload.items() if k not in ENVELOPE_KEYS}
     return Message(kind, body)
 
 
@@ -72,6 +80,9 @@ def apply_settings_message(store: SettingsStore, message: Message, origin: str) 
     """Apply a `settings` message as one update; SettingsError leaves everything as it was."""
     if message.kind != "settings":
         raise MessageError(f"expected a settings message, got {message.kind!r}")
+    unknown = sorted(str(k) for k in message.fields if k not in SETTINGS_FIELDS)
+    if unknown:  # a misspelt field must not be answered "ok"
+        raise SettingsError(unknown[0][:60], f"unknown setting (known: {', '.join(sorted(SETTINGS_FIELDS))})")
     return store.apply(message.fields, origin=origin)
 
 

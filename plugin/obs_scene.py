@@ -71,8 +71,14 @@ def obs_script_path() -> Path:
     return Path(__file__).resolve().parent.parent / "obs_scripts" / "dreamcam_obs.py"
 
 
+def obs_schema_path() -> Path:
+    """The settings schema the OBS script reads; it must stay beside the script."""
+    return obs_script_path().with_name("dreamcam_schema.json")
+
+
 def copy_obs_script(folder: str | Path) -> Path:
-    """Copy the OBS panel script into `folder` (created); returns the new file's path."""
+    """Copy the OBS panel script and its schema into `folder` (created); returns the script's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(obs_schema_path(), folder / obs_schema_path().name)
     return Path(shutil.copy2(obs_script_path(), folder / "dreamcam_obs.py"))

@@ -1,7 +1,8 @@
 """`dreamcam tray` / `dreamcam-tray`: the app with a system-tray icon (pystray) in one process.
 
 Menu: start/stop, pause (pass the input through), presets, similarity filter on/off, open the
-config folder, quit; the tooltip shows fps and status. Every settings action goes through
+config folder, quit; the tooltip shows fps and status. The app it runs serves the control port
+(`AppSettings.control_port`, with the control token of `secret.py`) as `dreamcam run` does. Every settings action goes through
 `SettingsStore.apply(..., origin="tray")`, the same path as OBS. Menu logic lives in
 `TrayController` (no pystray needed); `build_icon` wraps it in a pystray Icon, which tests drive
 with PYSTRAY_BACKEND=dummy.
@@ -294,6 +295,12 @@ def app_factory(config: Optional[Path] = None, obs: bool = False) -> tuple[AppFa
 
         processor = build_processor(app_settings, current)
         app = DreamcamApp(app_settings, current, processor=processor)
+        if app_settings.control_port:  # `dreamcam set`, Stream Deck and scripts, with the control token
+            from .control_server import ControlServer
+
+            control = ControlServer(app.store, app.board, app_settings.control_port)
+            control.listen()  # a port taken by another Dreamcam fails here, shown in the tooltip
+            app.add_service(control)
         if obs or app_settings.obs_enabled:
             from .obs_bridge import ObsBridge
 

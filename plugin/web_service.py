@@ -17,6 +17,7 @@ from typing import Callable
 import uvicorn
 
 from . import config as presets
+from . import secret
 from .control import SettingsStore, StatusBoard
 from .settings import AppSettings
 from .web_app import create_web_app
@@ -29,21 +30,6 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-
-
-def install_token() -> str:
-    """The per-install secret the control port uses (created on first use).
-    Interim until plugin/secret.py lands: the same file, created owner-only."""
-    import os
-    import secrets
-
-    path = presets.config_dir() / "control-token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
 
 
 def _listen_error(host: str, port: int, exc: OSError) -> OSError:
@@ -74,11 +60,12 @@ class WebService:
     """`start()` returns once the page answers; `stop()` ends the server and frees the port."""
 
     def __init__(self, store: SettingsStore, board: StatusBoard, frames: FrameTap, app_settings: AppSettings,
-                 *, host: str = DEFAULT_HOST, port: int | None = None, token: Callable[[], str] = install_token,
+                 *, host: str = DEFAULT_HOST, port: int | None = None, token: Callable[[], str] | None = None,
                  preview_fps: float = DEFAULT_FPS) -> None:
         self.host = host
         self.port = app_settings.web_port if port is None else port  # 0 here: any free port (tests)
-        self._token = token
+        # the control port's per-install secret, read again when `dreamcam token --rotate` changes it
+        self._token = token or secret.SecretFile().current
         self.feed = PageFeed(store, board, presets.list_presets)
         self.preview = PreviewEncoder(frames, self.feed.post_frame, lambda: self.feed.wanted, preview_fps)
         self._page = create_web_app(store, board, self.feed, app_settings, on_viewer=self.preview.resend)

@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "obs_scripts" / "dreamcam_obs.py"
 
 OBS_TEXT_DEFAULT, OBS_TEXT_PASSWORD, OBS_TEXT_MULTILINE, OBS_TEXT_INFO = 0, 1, 2, 3
 OBS_COMBO_TYPE_LIST, OBS_COMBO_FORMAT_STRING = 2, 3
+OBS_GROUP_NORMAL = 1
 LOG_ERROR, LOG_WARNING, LOG_INFO = 100, 200, 300
 
 
@@ -32,12 +33,27 @@ class Prop:
 
 
 class Props:
+    """A properties tree; as in OBS, a property inside a group is found from the top too."""
+
     def __init__(self) -> None:
         self.props: dict[str, Prop] = {}
+        self.parent: Props | None = None
 
     def add(self, prop: Prop) -> Prop:
+        if prop.name in self.props:
+            raise ValueError(f"duplicate property {prop.name}")
         self.props[prop.name] = prop
+        if self.parent is not None:
+            self.parent.add(prop)
         return prop
+
+
+def add_group(parent: Props, name: str, desc: str, kind: int, box: Props) -> Prop:
+    group = parent.add(Prop(name, desc, "group", group_type=kind, box=box))
+    box.parent = parent
+    for prop in box.props.values():
+        parent.add(prop)
+    return group
 
 
 def make_module() -> types.ModuleType:
@@ -71,6 +87,8 @@ def make_module() -> types.ModuleType:
         Prop(n, d, "int_slider", low=lo, high=hi, step=st))
     m.obs_properties_add_float_slider = lambda p, n, d, lo, hi, st: p.add(
         Prop(n, d, "float_slider", low=lo, high=hi, step=st))
+    m.obs_properties_add_float = lambda p, n, d, lo, hi, st: p.add(Prop(n, d, "float", low=lo, high=hi, step=st))
+    m.obs_properties_add_group = add_group
     m.obs_properties_add_bool = lambda p, n, d: p.add(Prop(n, d, "bool"))
     m.obs_properties_add_list = lambda p, n, d, t, f: p.add(Prop(n, d, "list"))
     m.obs_properties_add_button = lambda p, n, d, cb: p.add(Prop(n, d, "button", callback=cb))
@@ -83,16 +101,16 @@ def make_module() -> types.ModuleType:
     return m
 
 
-def load_script(*, block_obsws: bool = False) -> tuple[types.ModuleType, types.ModuleType]:
-    """Import a fresh copy of the OBS script with a fresh stand-in obspython; returns (script, obs).
-    block_obsws: make `import obsws_python` fail, as in an OBS whose Python lacks it."""
+def load_script(*, block_obsws: bool = False, path: Path = SCRIPT) -> tuple[types.ModuleType, types.ModuleType]:
+    """Import a fresh copy of the OBS script (from `path`) with a fresh stand-in obspython; returns
+    (script, obs). block_obsws: make `import obsws_python` fail, as in an OBS whose Python lacks it."""
     obs = make_module()
     saved = {k: sys.modules.get(k) for k in ("obspython", "obsws_python")}
     sys.modules["obspython"] = obs
     if block_obsws:
         sys.modules["obsws_python"] = None  # type: ignore[assignment]  # makes the import fail
     try:
-        spec = importlib.util.spec_from_file_location("dreamcam_obs_under_test", SCRIPT)
+        spec = importlib.util.spec_from_file_location("dreamcam_obs_under_test", path)
         module = importlib.util.module_from_spec(spec)
         assert spec.loader is not None
         spec.loader.exec_module(module)

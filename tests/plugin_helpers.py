@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from dreamcam.plugin.source_pattern import PatternSource
+from dreamcam.plugin.sources.pattern import PatternSource
 from dreamcam.plugin.sources import SourceError
 
 BACKEND = "dreamcam-test-recorder"

@@ -92,7 +92,8 @@ def test_run_rejects_bad_settings_naming_the_field(tmp_path):
     assert result.returncode == 2 and "guidance_scale" in result.stderr
 
 
-def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir):
+def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DREAMCAM_CONFIG_DIR", str(tmp_path / "cfg"))  # the app's and the clients' secret
     port = free_port()
     proc = subprocess.Popen(
         dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
@@ -100,12 +101,12 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
                  "--control-port", str(port)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        def answers() -> bool:
+        def streaming() -> bool:  # the control port answers during the model load already
             try:
-                return send_event(encode("hello"), port=port, timeout=1)["ok"]
+                return send_event(encode("hello"), port=port, timeout=1)["status"]["running"]
             except ConnectionError:
                 return proc.poll() is None and False
-        assert wait_for(answers, timeout=60, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
+        assert wait_for(streaming, timeout=60, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
         result = run_cli("set", "prompt=a paper boat", "strength=0.35", "paused=true", "--port", str(port))
         assert result.returncode == 0, result.stderr
         assert "prompt='a paper boat'" in result.stdout
@@ -122,6 +123,73 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_set_and_token_with_a_real_control_server(tmp_path, monkeypatch):
+    """The real `dreamcam set` and `dreamcam token` against a control server of a running app
+    (pass-through processor) in this process: the token they read is the one it requires."""
+    from dreamcam.plugin import secret
+    from dreamcam.plugin.app import DreamcamApp
+    from dreamcam.plugin.control_server import ControlServer
+    from dreamcam.plugin.processor import PassThrough
+    from dreamcam.plugin.settings import AppSettings, StreamSettings
+    from dreamcam.plugin.sinks import NullSink
+
+    monkeypatch.setenv("DREAMCAM_CONFIG_DIR", str(tmp_path / "cfg"))
+    app = DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(prompt="start"),
+                      sink=NullSink(), processor=PassThrough())
+    server = ControlServer(app.store, app.board, port=0)
+    app.add_service(server)
+    app.start()
+    try:
+        port = str(server.port)
+        printed = run_cli("token")
+        assert printed.returncode == 0 and printed.stdout.strip() == secret.secret_path().read_text().strip()
+        assert run_cli("token", "--path").stdout.strip() == str(tmp_path / "cfg" / "control-token")
+        result = run_cli("set", "prompt=a paper boat", "seed=7", "--port", port)
+        assert result.returncode == 0 and "prompt='a paper boat'" in result.stdout, result.stderr
+        assert app.store.current.prompt == "a paper boat" and app.store.current.seed == 7
+        other = {"DREAMCAM_CONFIG_DIR": str(tmp_path / "other")}
+        no_token = run_cli("set", "prompt=intruder", "--port", port, env=other)
+        assert no_token.returncode == 1 and "no control token at" in no_token.stderr  # a client makes none
+        assert not (tmp_path / "other").exists()
+        assert run_cli("token", env=other).returncode == 0  # another install's token
+        stranger = run_cli("set", "prompt=intruder", "--port", port, env=other)
+        assert stranger.returncode == 1 and "unauthorized" in stranger.stderr
+        assert str(tmp_path / "cfg" / "control-token") in stranger.stderr  # where the app's token is
+        assert len(stranger.stderr.strip().splitlines()) == 1 and "Traceback" not in stranger.stderr
+        rotated = run_cli("token", "--rotate")
+        assert rotated.returncode == 0 and rotated.stdout.strip() != printed.stdout.strip()
+        assert "made a new control token" in rotated.stderr
+        assert run_cli("set", "prompt=after rotation", "--port", port).returncode == 0  # no restart needed
+        assert app.store.current.prompt == "after rotation"
+    finally:
+        app.stop()
+
+
+def test_two_apps_started_at_the_same_instant_one_clear_line_for_the_loser(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DREAMCAM_CONFIG_DIR", str(tmp_path / "cfg"))
+    port = free_port()
+    args = dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
+                    "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", "null",
+                    "--control-port", str(port))
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        assert wait_for(lambda: any(p.poll() is not None for p in procs), timeout=60, step=0.1)
+        loser = next(p for p in procs if p.poll() is not None)
+        winner = next(p for p in procs if p is not loser)
+        out, err = loser.communicate(timeout=10)
+        assert loser.returncode == 1, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert f"control port 127.0.0.1:{port} is in use: another Dreamcam is running" in lines[0]
+        assert "--control-port" in lines[0]
+        assert winner.poll() is None and send_event(encode("hello"), port=port)["ok"]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_set_without_a_running_app_says_how_to_start_one():
@@ -170,7 +238,7 @@ def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path
         taken.listen()
         port = str(taken.getsockname()[1])
         result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port)
-    assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in " ".join(result.stderr.split())
+    assert result.returncode == 1 and f"control port 127.0.0.1:{port} is in use" in result.stderr
 
 
 def _bench(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -36,25 +36,30 @@ def test_panel_fields_are_app_settings_with_the_same_defaults(script):
     defaults = StreamSettings()
     assert set(module.FIELDS) <= STREAM_FIELDS
     for name, spec in module.FIELDS.items():
-        assert spec[1] == getattr(defaults, name), name
-    assert module.CFG_TYPES == ("none", "full", "self", "initialize")
+        assert spec["default"] == getattr(defaults, name), name
+    assert module.FIELDS["cfg_type"]["choices"] == ["none", "full", "self", "initialize"]
+    assert module.SCHEMA_ERROR == ""
     assert module.NAMESPACE == messages.NAMESPACE and module.PROTOCOL_VERSION == messages.PROTOCOL_VERSION
 
 
 def test_panel_ranges_match_the_app_validation(script):
     module, _ = script
-    for name, (kind, _d, low, high, _s, _l) in module.FIELDS.items():
-        if kind not in ("int", "float"):
+    for name, spec in module.FIELDS.items():
+        if spec["type"] not in ("int", "float"):
             continue
+        low, high = spec["min"], spec["max"]
         apply_changes(StreamSettings(), {name: low})  # both ends are accepted
         apply_changes(StreamSettings(), {name: high})
-        with pytest.raises(SettingsError):
-            apply_changes(StreamSettings(), {name: high + 1})
+        assert module.field_problem(spec, low) == module.field_problem(spec, high) == ""
+        for bad in (high + 1, low - 1, float("nan"), float("inf")):
+            with pytest.raises(SettingsError):
+                apply_changes(StreamSettings(), {name: bad})
+            assert module.field_problem(spec, bad).startswith("must be"), (name, bad)
 
 
 def test_script_settings_message_is_applied_by_the_app():
     module, _ = load_script()
-    panel = {name: spec[1] for name, spec in module.FIELDS.items()}
+    panel = {name: spec["default"] for name, spec in module.FIELDS.items()}
     panel.update(prompt="a fox in the snow", strength=0.73, steps=3, cfg_type="full", seed=77,
                  similarity_filter=False, paused=True, guidance_scale=2.5)
     event = module.settings_message(module.normalize(panel))
@@ -108,7 +113,7 @@ def test_panel_sends_everything_once_then_only_debounced_changes():
     clock = Clock()
     panel = module.Panel(clock=clock)
     assert panel.outgoing() is None  # nothing read from OBS yet
-    values = {name: spec[1] for name, spec in module.FIELDS.items()}
+    values = {name: spec["default"] for name, spec in module.FIELDS.items()}
     panel.update(values)
     first = panel.outgoing()[module.NAMESPACE]
     assert set(first) == {"v", "kind", *module.FIELDS}
@@ -164,7 +169,13 @@ def test_properties_panel_has_every_control(script):
         assert name in props, name
     assert props["password"].extra["text_type"] == obs.OBS_TEXT_PASSWORD
     assert props["status"].extra["text_type"] == obs.OBS_TEXT_INFO
-    assert [v for _, v in props["cfg_type"].items] == list(module.CFG_TYPES)
+    assert [v for _, v in props["cfg_type"].items] == module.FIELDS["cfg_type"]["choices"]
+    groups = [p for p in props.values() if p.kind == "group"]
+    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Output"]
+    assert set(groups[0].extra["box"].props) == {"prompt", "negative_prompt", "transition_frames"}
+    assert props["guidance_scale"].kind == "float_slider" and props["guidance_scale"].extra["high"] == 20.0
+    assert props["seed"].kind == "int" and props["seed"].extra["high"] == 2**31 - 1
+    assert props["strength"].desc == "Strength (0 keeps the input, 1 ignores it)"
     for button in ("randomize_seed", "preset_load", "preset_save", "preset_delete"):
         assert props[button].kind == "button"
     assert {"Watercolor", "Anime"} <= {v for _, v in props["preset_pick"].items}
@@ -299,3 +310,39 @@ def test_dreamcam_obs_script_command_finds_and_copies_the_script(tmp_path):
     result = CliRunner().invoke(app, ["obs-script", "--copy-to", str(tmp_path / "obs")])
     assert result.exit_code == 0
     assert (tmp_path / "obs" / "dreamcam_obs.py").read_bytes() == SCRIPT.read_bytes()
+    schema_copy = tmp_path / "obs" / "dreamcam_schema.json"
+    assert schema_copy.read_bytes() == SCRIPT.with_name("dreamcam_schema.json").read_bytes()
+
+
+def test_the_copied_script_reads_the_schema_beside_it(tmp_path):
+    from dreamcam.plugin.obs_scene import copy_obs_script
+
+    copied = copy_obs_script(tmp_path / "obs")
+    module, _ = load_script(path=copied)
+    assert module.SCHEMA_ERROR == "" and "guidance_scale" in module.FIELDS
+
+
+def test_a_missing_schema_is_reported_and_the_panel_still_loads(tmp_path):
+    import shutil
+
+    from obs_standin import SCRIPT
+
+    lone = tmp_path / "dreamcam_obs.py"
+    shutil.copy2(SCRIPT, lone)
+    module, obs = load_script(path=lone)
+    assert module.FIELDS == {} and "dreamcam_schema.json" in module.SCHEMA_ERROR
+    settings = obs.obs_data_create()
+    module.script_defaults(settings)
+    module._S.settings = settings
+    props = module.script_properties().props
+    assert "status" in props and "host" in props
+    assert "dreamcam obs-script --copy-to" in module._S.panel.status_line()
+
+
+def test_bad_preset_values_are_dropped_not_sent():
+    module, _ = load_script()
+    raw = json.dumps({"Odd": {"prompt": "fine", "guidance_scale": float("nan"), "seed": 2**40, "steps": "x",
+                              "strength": 0.4, "delta": float("inf")}})
+    assert module.load_presets(raw)["Odd"] == {"prompt": "fine", "strength": 0.4}
+    assert module.normalize({"steps": float("nan"), "guidance_scale": float("inf")}) == {}
+    assert module.check_values({"guidance_scale": 25.0}).startswith("guidance_scale must be a number from 0.0 to 20.0")

@@ -11,8 +11,8 @@ import pytest
 from dreamcam.plugin.app import DreamcamApp
 from dreamcam.plugin.pipeline import build_processor
 from dreamcam.plugin.settings import AppSettings, StreamSettings
-from dreamcam.plugin.sink_vcam import VirtualCameraSink
-from dreamcam.plugin.source_pattern import PatternSource, read_index
+from dreamcam.plugin.sinks.vcam import VirtualCameraSink
+from dreamcam.plugin.sources.pattern import PatternSource, read_index
 from plugin_helpers import no_recorder_left_behind  # noqa: F401 (autouse fixture)
 from plugin_helpers import BACKEND, dreamcam_threads, register_recorder, wait_for
 

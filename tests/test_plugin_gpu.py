@@ -8,7 +8,7 @@ from dreamcam.plugin.app import DreamcamApp
 from dreamcam.plugin.pipeline import build_processor
 from dreamcam.plugin.settings import AppSettings, StreamSettings
 from dreamcam.plugin.sinks import NullSink
-from dreamcam.plugin.source_pattern import PatternSource
+from dreamcam.plugin.sources.pattern import PatternSource
 from plugin_helpers import dreamcam_threads, wait_for
 
 pytestmark = pytest.mark.gpu

@@ -6,10 +6,11 @@ import av
 import numpy as np
 import pytest
 
-from dreamcam.plugin.sink_vcam import VirtualCameraSink, install_hint
-from dreamcam.plugin.sink_video import ImageSequenceSink, VideoFileSink
+from dreamcam.plugin.sinks.vcam import VirtualCameraSink, install_hint
+from dreamcam.plugin.sinks.images import ImageSequenceSink
+from dreamcam.plugin.sinks.video import VideoFileSink
 from dreamcam.plugin.sinks import SinkError, make_sink
-from dreamcam.plugin.source_pattern import PatternSource, read_index
+from dreamcam.plugin.sources.pattern import PatternSource, read_index
 from plugin_helpers import no_recorder_left_behind, xvfb  # noqa: F401 (fixtures)
 from plugin_helpers import BACKEND, register_recorder
 
@@ -98,7 +99,7 @@ def test_unknown_sink_kind():
 
 def test_preview_without_a_gui_says_what_it_needs(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
-    from dreamcam.plugin.sink_preview import PreviewSink
+    from dreamcam.plugin.sinks.preview import PreviewSink
 
     sink = PreviewSink()
     try:

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dreamcam.plugin.sink_video import VideoFileSink
-from dreamcam.plugin.source_camera import CameraSource
-from dreamcam.plugin.source_pattern import PatternSource, read_index
-from dreamcam.plugin.source_screen import ScreenSource, parse_screen_arg
+from dreamcam.plugin.sinks.video import VideoFileSink
+from dreamcam.plugin.sources.camera import CameraSource
+from dreamcam.plugin.sources.pattern import PatternSource, read_index
+from dreamcam.plugin.sources.screen import ScreenSource, parse_screen_arg
 from dreamcam.plugin.sources import SourceError, make_source
 
 from plugin_helpers import xvfb  # noqa: F401 (fixture)

@@ -214,3 +214,41 @@ def test_gui_entry_point_logs_to_the_config_folder(config_dir, monkeypatch):
     assert "no system tray available" in log_text
     for handler in logging.getLogger().handlers:
         handler.close()
+
+
+def test_the_tray_app_serves_the_control_port_with_the_token(tiny_model_dir, config_dir, tmp_path):
+    """The tray's real app factory (TOML config, the real pipeline on the tiny model): the control
+    port answers `dreamcam set`-style clients that hold the token, refuses the others, and a second
+    tray on the same port says so in its tooltip."""
+    import json
+    import socket
+
+    from dreamcam.plugin import secret
+    from dreamcam.plugin.control_server import send_settings
+    from dreamcam.plugin.tray import app_factory
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "dreamcam.toml"
+    config.write_text(
+        f'[app]\nmodel = "{tiny_model_dir}"\ntiny_vae = "{tiny_model_dir / "taesd"}"\ndevice = "cpu"\n'
+        f'width = 64\nheight = 64\nsource = "pattern"\nsink = "null"\ncontrol_port = {port}\n')
+    make_app, initial = app_factory(config)
+    first = TrayController(make_app, initial, open_folder=lambda p: None)
+    second = TrayController(make_app, initial, open_folder=lambda p: None)
+    try:
+        first.start(wait=True)
+        assert first.running, first.last_error
+        reply = send_settings({"prompt": "from a stream deck"}, port=port)
+        assert reply["ok"] and first.store.current.prompt == "from a stream deck"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(json.dumps({"dreamcam": {"v": 1, "kind": "settings", "prompt": "no token"}}).encode() + b"\n")
+            refused = json.loads(conn.makefile("rb").readline())
+        assert not refused["ok"] and str(secret.secret_path()) in refused["error"]
+        assert first.store.current.prompt == "from a stream deck"
+        second.start(wait=True)
+        assert not second.running and "another Dreamcam" in second.last_error + second.tooltip()
+    finally:
+        second.stop()
+        first.stop()

@@ -1,8 +1,4 @@
-"""Frame sources: one small interface, and `make_source` that reads a source spec.
-
-Specs: `pattern` | `screen` | `screen:N` (monitor N) | `screen:x,y,w,h` | `camera` | `camera:N` |
-`camera:NAME_OR_PATH` | `file:PATH` (video file, loops).
-"""
+"""What every frame source shares: the `Source` interface, `SourceError` and the `Pacer`."""
 
 from __future__ import annotations
 
@@ -10,7 +6,7 @@ import threading
 import time
 from typing import Protocol
 
-from .frames import Frame
+from ..frames import Frame
 
 
 class SourceError(RuntimeError):
@@ -56,32 +52,3 @@ class Pacer:
     def reset(self) -> None:
         self._wake.clear()
         self._next = 0.0
-
-
-def make_source(spec: str, *, width: int = 512, height: int = 512, fps: float = 30.0) -> Source:
-    """Build a source from its spec; `width`/`height` size the test pattern and ask the camera."""
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind == "pattern":
-        from .source_pattern import PatternSource
-
-        return PatternSource(width, height, fps)
-    if kind == "screen":
-        from .source_screen import ScreenSource, parse_screen_arg
-
-        monitor, region = parse_screen_arg(arg)
-        return ScreenSource(monitor=monitor, region=region, fps=fps)
-    if kind == "camera":
-        from .source_camera import CameraSource
-
-        device: int | str = int(arg) if arg.strip().isdigit() else (arg or 0)
-        return CameraSource(device, width=width, height=height, fps=fps)
-    if kind == "file":
-        from .source_video import VideoFileSource
-
-        if not arg:
-            raise SourceError("source: file needs a path, e.g. file:clip.mp4")
-        return VideoFileSource(arg, fps=None)
-    raise SourceError(
-        f"source: unknown kind {kind!r}; use pattern, screen[:N|:x,y,w,h], camera[:N], or file:PATH"
-    )

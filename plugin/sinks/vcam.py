@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from .sinks import SinkError
+from .base import SinkError
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .frames import Frame, now
-from .sources import Pacer
+from ..frames import Frame, now
+from .base import Pacer
 
 INDEX_BITS = 16
 

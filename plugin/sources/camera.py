@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from .frames import Frame, now
-from .sources import SourceError
+from ..frames import Frame, now
+from .base import SourceError
 
 FAILED_READS_BEFORE_LOST = 5
 

@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from .frames import Frame, now
-from .sources import Pacer, SourceError
+from ..frames import Frame, now
+from .base import Pacer, SourceError
 
 
 def parse_screen_arg(arg: str) -> tuple[int, tuple[int, int, int, int] | None]:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .sinks import SinkError
+from .base import SinkError
 
 WINDOW = "Dreamcam preview"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .frames import Frame, now
-from .sources import Pacer, SourceError
+from ..frames import Frame, now
+from .base import Pacer, SourceError
 
 
 class VideoFileSource:
