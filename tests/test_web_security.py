@@ -185,3 +185,41 @@ def test_a_taken_port_is_one_clear_line_before_the_model_loads(tmp_path, config_
     assert result.returncode == 1
     assert f"control page: cannot listen on 127.0.0.1:{port}" in result.stderr and "--web-port" in result.stderr
     assert "Traceback" not in result.stderr and "no-model" not in result.stderr  # refused before the model load
+
+
+def test_dreamcam_run_prints_the_page_address_with_the_token(tiny_model_dir, config_dir):
+    """The address `dreamcam run` prints opens the page (the token in it is the install's secret)."""
+    import os
+    import re
+    import signal
+
+    from test_cli import dreamcam, free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"), "--device", "cpu",
+                 "--engine", "eager", "--size", "64", "--sink", "null", "--control-port", "0", "--web-port", str(port)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        address = None
+        for line in proc.stdout:
+            found = re.search(r"control page: (http://\S+)", line)
+            if found:
+                address = found.group(1)
+                break
+        assert address is not None, proc.stderr.read() if proc.poll() is not None else "no address printed"
+        token = (config_dir / "control-token").read_text().strip()
+        assert address == f"http://127.0.0.1:{port}/?token={token}"
+        http = Http(port)
+        cookie = http.login(token)
+        status, _, body = http.request("GET", "/api/state", cookie=cookie)
+        assert status == 200 and b'"web_port":' + str(port).encode() in body.replace(b" ", b"")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
