@@ -201,9 +201,13 @@ def _add_web_page(dream, app_settings, web_host: str):
         return None
     page = _web_service().WebService(dream.store, dream.board, dream.latest_frames, app_settings, host=web_host)
     dream.add_service(page)
-    if web_host not in ("127.0.0.1", "localhost", "::1"):
+    if web_host in ("0.0.0.0", "::"):
+        console.print(f"the control page listens on {web_host} but answers only 127.0.0.1 and localhost: to reach "
+                      "it from another machine, give --web-host the address that machine will use.",
+                      highlight=False, markup=False)
+    elif web_host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"the control page listens on {web_host}: other machines can reach it (they still need "
-                      "the token).", highlight=False, markup=False)
+                      "the token; plain HTTP, so only on a network you trust).", highlight=False, markup=False)
     return page
 
 
