@@ -6,7 +6,6 @@ in the same browser cannot change anything."""
 
 from __future__ import annotations
 
-import functools
 import http.server
 import threading
 import time
