@@ -3,6 +3,7 @@ path (`SettingsStore.apply`) and the preset store, and a WebSocket that pushes s
 presets and preview frames. Wrapped by `WebGuard` (Host, Origin, token) in web_service.py.
 
 API (JSON; errors are `{"ok": false, "field": ..., "error": ...}` with status 400 or 404):
+  GET  /api/schema                the settings schema the page builds its widgets from (no secret fields)
   GET  /api/state                 schema, settings, status, presets, start settings (no secrets)
   POST /api/settings              {"changes": {...}}: one all-or-nothing update; replies carry
                                   the settings in force and their version (as the pushes do)
@@ -110,6 +111,9 @@ def create_web_app(store: SettingsStore, board: StatusBoard, feed: PageFeed, app
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html")
 
+    async def get_schema(request: Request) -> Response:
+        return JSONResponse(page_schema())
+
     async def get_state(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(state))
 
@@ -196,6 +200,7 @@ def create_web_app(store: SettingsStore, board: StatusBoard, feed: PageFeed, app
 
     routes = [
         Route("/", index),
+        Route("/api/schema", get_schema),
         Route("/api/state", get_state),
         Route("/api/settings", apply_settings, methods=["POST"]),
         Route("/api/presets", list_presets),

@@ -128,8 +128,10 @@ def test_the_obs_password_never_reaches_the_page(app):
         http = Http(page.port)
         cookie = http.login(token_of(page))
         _, _, state = http.request("GET", "/api/state", cookie=cookie)
+        status, _, schema = http.request("GET", "/api/schema", cookie=cookie)
+        assert status == 200 and b'"prompt"' in schema
         hello = asyncio.run(page_hello(page.port, cookie))
-        for text in (state.decode(), str(hello)):
+        for text in (state.decode(), schema.decode(), str(hello)):
             assert SECRET_PASSWORD not in text
             assert '"obs_password"' not in text and "'obs_password'" not in text  # not even the field
         assert hello["app"]["obs_port"] == 4455 and hello["app"]["width"] == 64  # the rest is shown
