@@ -32,9 +32,9 @@ SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "x-frame-options": "DENY",
-    "content-security-policy": ("default-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "content-security-policy": ("default-src 'self'; img-src 'self' blob:; connect-src 'self'{socket}; "
                                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
-}
+}  # {socket}: ws://HOST of the checked Host header, as older Chromiums (OBS's CEF) do not count ws: as 'self'
 NO_TOKEN = ("dreamcam control page: open the address that `dreamcam run` printed "
             "(http://127.0.0.1:PORT/?token=...); the token is the control-port secret.")
 
@@ -79,7 +79,8 @@ class WebGuard:
             log.info("control page refused %s %s: %s", scope["type"], scope["path"], refusal.split(":")[0])
             await self._refuse(refusal, scope, receive, send)
             return
-        await self.app(scope, receive, self._with_headers(send) if scope["type"] == "http" else send)
+        await self.app(scope, receive, self._with_headers(send, headers.get("host", ""))
+                       if scope["type"] == "http" else send)
 
     def _refusal(self, headers: Headers) -> str | None:
         if headers.get("host", "").lower() not in self.hosts:
@@ -98,20 +99,23 @@ class WebGuard:
             return
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/")
-        await response(scope, receive, self._with_headers(send))
+        await response(scope, receive, self._with_headers(send, Headers(scope=scope).get("host", "")))
 
     async def _refuse(self, text: str, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # closing before accepting answers the upgrade with 403
             await WebSocketClose(code=1008)(scope, receive, send)
             return
         response: Response = PlainTextResponse(text, status_code=403)
-        await response(scope, receive, self._with_headers(send))
+        await response(scope, receive, self._with_headers(send, ""))
 
-    def _with_headers(self, send: Send) -> Send:
+    def _with_headers(self, send: Send, host: str) -> Send:
+        """`host`: the Host header of a request that passed the checks ("" for a refusal)."""
+        values = {k: v.replace("{socket}", f" ws://{host}" if host else "") for k, v in SECURITY_HEADERS.items()}
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items() if k.encode() not in present]
+                extra = [(k.encode(), v.encode()) for k, v in values.items() if k.encode() not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
         return send_with_headers

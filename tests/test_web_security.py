@@ -49,6 +49,7 @@ def test_the_token_becomes_an_httponly_strict_cookie_and_leaves_the_address(app,
         status, headers, body = http.request("GET", "/", cookie=value)
         assert status == 200 and b"Dreamcam" in body
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert f"connect-src 'self' ws://127.0.0.1:{page.port};" in headers["content-security-policy"]
         assert headers["referrer-policy"] == "no-referrer"
 
         status, headers, _ = http.request("GET", "/?token=" + "x" * len(token))
