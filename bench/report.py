@@ -110,9 +110,10 @@ def render(results: dict) -> str:
             lines.append(f"| {k} | {_f(st['fps'])} | {_f(st['p50_ms'], 2)} | {_f(st['p99_ms'], 2)} |")
         lines.append("")
     lines += ["## Dreamcam stream (core StreamDiffusion + engine, whole step in one CUDA graph)", "",
-              "device = frames already on the GPU, one sync per frame; host->host = numpy uint8 in, pinned uint8 out "
-              "(upload, step, download, one wait); pipelined = two frames in flight; core call = `stream(numpy)` "
-              "(the app's call, filter and frame checks included). Throughput = no sync between frames.", "",
+              "All through the app's graph driver (`engines.driver.StreamDriver`). device = frames already on the GPU, "
+              "one sync per frame; host->host = numpy uint8 (1xHxWx3) in, numpy uint8 out, one frame at a time; "
+              "pipelined = the next frame submitted before collecting this one (one lane); core call = the same with "
+              "HxWx3 frames. Throughput = no sync between frames.", "",
               "| scenario | variant | device fps | p50 ms | p99 ms | throughput fps | host->host fps | pipelined fps | "
               "core call fps | peak GB | compile+capture s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -142,6 +143,19 @@ def render(results: dict) -> str:
                   "second start (a fresh process, the engine cache from the first): "
                   + (f"{_f(second.get('engine_s'))} s + {_f(second.get('first_frame_s'))} s."
                      if "engine_s" in second else f"{second.get('error') or second.get('skipped')}."), ""]
+    app = results.get("app_e2e")
+    if app:
+        lines += ["## The app end to end (`dreamcam run`, random-weight SD-Turbo folder, pattern 240 fps -> null sink)", "",
+                  "Medians of the app's own once-a-second status lines after warm-up (`bench/app_e2e.py`).", "",
+                  "| case | fps in | inference fps | inference ms | fps out | latency ms | graph |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, r in app.items():
+            if "fps_out" not in r:
+                lines.append(f"| {name} | {r.get('error') or r.get('skipped')} ||||||")
+                continue
+            lines.append(f"| {name} | {_f(r['fps_in'])} | {_f(r['infer_fps'])} | {_f(r['infer_ms'])} | "
+                         f"{_f(r['fps_out'])} | {_f(r['latency_ms'])} | {r.get('graph_warning') or 'captured'} |")
+        lines.append("")
     flight = in_flight_rows(results)
     if flight:
         lines += ["## Frames in flight (host uint8 -> host uint8)", "",

@@ -147,6 +147,17 @@ def second_start(cache_dir: Path, budget: Budget, *, small: bool = False) -> dic
     return json.loads(lines[-1])
 
 
+def app_e2e(args: argparse.Namespace, budget: Budget) -> dict:
+    """`dreamcam run` end to end (child processes) on a random-weight SD-Turbo folder saved once."""
+    from .app_e2e import CASES, run_cases, save_model
+
+    if budget.left() < 120:
+        return {name: {"skipped": "time budget"} for name in CASES}
+    folder = save_model(args.cache_dir / "app-e2e-model", small=args.small)
+    per_case = max(60.0, (budget.left() - 30) / len(CASES))
+    return run_cases(folder, frames=args.app_frames, cache_dir=args.cache_dir, timeout_s=per_case, small=args.small)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Dreamcam GPU benchmark")
     ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
@@ -162,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--no-second-start", action="store_true",
                     help="skip timing the compiled engine's start in a fresh process with the warm cache")
+    ap.add_argument("--no-app-e2e", action="store_true", help="skip the app end to end (`dreamcam run`, bench/app_e2e.py)")
+    ap.add_argument("--app-frames", type=int, default=2000, help="frames of each app end-to-end run")
     args = ap.parse_args(argv)
 
     from .models import build
@@ -206,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"].append({"variant": v.label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
         save()
         del models_v
+    if not args.no_app_e2e:
+        results["app_e2e"] = app_e2e(args, budget)
+        log(f"app end to end {results['app_e2e']}")
+        save()
     if not args.no_second_start and any(r.get("engine") == "compiled" and "scenarios" in r for r in results["variants"]):
         results["second_start"] = second_start(args.cache_dir, budget, small=args.small)
         log(f"second start {results['second_start']}")

@@ -1,4 +1,4 @@
-"""The project's own path: core StreamDiffusion + an engine, one CUDA graph per frame."""
+"""The project's own path: core StreamDiffusion + an engine, through the app's graph driver."""
 
 from __future__ import annotations
 
@@ -64,9 +64,10 @@ def _stats(st: FrameStats) -> dict:
 
 
 def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str, config: Any = None) -> dict:
-    """Times one scenario with the given engine modules. Returns a dict of numbers."""
+    """Times one scenario with the given engine modules through the app's own graph driver
+    (`engines.driver.StreamDriver`). Returns a dict of numbers."""
     from dreamcam.core.stream import StreamDiffusion
-    from dreamcam.engines.runner import host_pipeline
+    from dreamcam.engines.driver import StreamDriver
 
     result: dict[str, Any] = {"scenario": s.name, "frames_per_call": s.frame_buffer_size}
     cuda = device == "cuda"
@@ -76,35 +77,36 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
     host = _batches(frames_for(s), s.frame_buffer_size)
     dev = [torch.from_numpy(f).to(device) for f in host]
-    pipe = host_pipeline(stream, config)
+    driver = StreamDriver(stream, config=config)
     t0 = time.perf_counter()
-    first = pipe(host[0])  # warm-up + capture (+ compile of new shapes)
+    first = driver(host[0])  # warm-up + capture (+ compile of new shapes)
     result["capture_s"] = round(time.perf_counter() - t0, 2)
-    result["graph_error"] = pipe.capture_error
-    out = first.numpy().astype(np.float32)
+    result["graph_error"] = driver.graph_status().error
+    result["capture_failures"] = driver.graphed.failures
+    out = first.astype(np.float32)
     result["output_mean_std"] = [round(float(out.mean()), 2), round(float(out.std()), 2)]
 
     # device path: frames already on the GPU, one sync per frame
-    result["device"] = _stats(frame_times(lambda i: (pipe.run_device(dev[i % len(dev)]), sync()), frames))
-    result["device_throughput_fps"] = round(throughput(lambda: pipe.run_device(dev[0]), frames), 1)
-    if s.app_path:
-        result["host_to_host"] = _stats(frame_times(lambda i: pipe(host[i % len(host)]), frames))
-        result["host_to_host_pipelined_fps"] = round(_pipelined(pipe, host, frames), 1)
+    result["device"] = _stats(frame_times(lambda i: (driver(dev[i % len(dev)]), sync()), frames))
+    result["device_throughput_fps"] = round(throughput(lambda: driver(dev[0]), frames), 1)
+    if s.app_path:  # numpy uint8 in, numpy uint8 out, one frame at a time (the app's call)
+        result["host_to_host"] = _stats(frame_times(lambda i: driver(host[i % len(host)]), frames))
+        result["host_to_host_pipelined_fps"] = round(_pipelined(driver, host, frames), 1)
+        result["core_call_numpy"] = _stats(frame_times(lambda i: driver(host[i % len(host)][0]), frames))  # HxWx3
     if cuda:
         result["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["reserved_gb"] = round(torch.cuda.memory_reserved() / 2**30, 2)
     if s.stages and cuda:
         result["stages_ms"] = stage_times(stream, modules, dev[0])
-        result["top_kernels"] = kernel_profile(lambda: pipe.run_device(dev[0]))
-    if s.app_path:
-        result["core_call_numpy"] = _stats(_core_call(components, s, modules, [f[0] for f in host], frames, config))
-    # last: each in-flight pipeline captures graphs of its own (their memory is not in peak_mem_gb)
+        result["top_kernels"] = kernel_profile(lambda: driver(dev[0]))
+    driver.close()
+    # last: each in-flight driver captures graphs of its own (their memory is not in peak_mem_gb)
     if s.lanes:
         result["in_flight"] = {str(k): _in_flight(stream, config, host, frames, k) for k in s.lanes}
-    if s.app_path and s.lanes and cuda:
-        result["core_call_in_flight"] = {str(k): _core_in_flight(components, s, modules, [f[0] for f in host], frames, k)
-                                         for k in s.lanes}
-    del pipe, stream
+    failures = [r.get("graph_error") for r in result.get("in_flight", {}).values() if r.get("graph_error")]
+    if failures and not result["graph_error"]:
+        result["graph_error"] = failures[0]
+    del driver, stream
     return result
 
 
@@ -137,53 +139,33 @@ def _keep_in_flight(submit, host: list[np.ndarray], frames: int, lanes: int) -> 
 
 def _in_flight(stream, config, host: list[np.ndarray], frames: int, lanes: int) -> dict:
     """Host -> host with `lanes` frames on the GPU at once (each in its own graph and CUDA stream),
-    results collected in submit order. Latency = submit to result, per frame batch."""
-    from dreamcam.engines.runner import host_pipeline
+    results collected in submit order, through the app's driver. Latency = submit to result."""
+    from dreamcam.engines.driver import StreamDriver
 
-    pipe = host_pipeline(stream, config, lanes=lanes)
+    driver = StreamDriver(stream, lanes, config=config)
     for i in range(3):  # the first captures
-        pipe(host[i % len(host)])
-    seconds, ms = _keep_in_flight(pipe.submit, host, frames, lanes)
+        driver(host[i % len(host)])
+    seconds, ms = _keep_in_flight(driver.submit, host, frames, lanes)
     fbs = host[0].shape[0]
-    return {"lanes_used": pipe.active_lanes, "fps": round(frames * fbs / seconds, 1),
+    status = driver.graph_status()
+    driver.close()
+    return {"lanes_used": status.lanes, "fps": round(frames * fbs / seconds, 1),
             "latency_p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "latency_p99_ms": round(float(np.percentile(ms, 99)), 2)}
+            "latency_p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "graph_error": status.error, "capture_failures": driver.graphed.failures}
 
 
-def _pipelined(pipe, host: list[np.ndarray], frames: int) -> float:
-    """Two frames in flight: submit N+1 before collecting N (latency +1 frame)."""
-    pending = pipe.submit(host[0])
+def _pipelined(driver, host: list[np.ndarray], frames: int) -> float:
+    """Two frames submitted on one lane: submit N+1 before collecting N (host work overlaps the GPU)."""
+    pending = driver.submit(host[0])
     sync()
     start = time.perf_counter()
     for i in range(1, frames + 1):
-        nxt = pipe.submit(host[i % len(host)])
+        nxt = driver.submit(host[i % len(host)])
         pending.result()
         pending = nxt
     pending.result()
     return frames / (time.perf_counter() - start)
-
-
-def _core_call(components, s: Scenario, modules, host, frames: int, config=None) -> FrameStats:
-    """The app's own call: `stream(numpy frame)` with the step attached to a CUDA graph."""
-    from dreamcam.core.stream import StreamDiffusion
-    from dreamcam.engines.runner import attach_graph
-
-    stream = StreamDiffusion(components, s.stream_config(), modules=modules)
-    attach_graph(stream, config)
-    return frame_times(lambda i: stream(host[i % len(host)]), frames)
-
-
-def _core_in_flight(components, s: Scenario, modules, host, frames: int, lanes: int) -> dict:
-    """The app's path with frames in flight: `InFlightStream(stream, lanes).submit(numpy frame)`
-    (what the runner calls with frames_in_flight = lanes), results collected in order."""
-    from dreamcam.core.stream import StreamDiffusion
-    from dreamcam.engines.inflight import InFlightStream
-
-    flight = InFlightStream(StreamDiffusion(components, s.stream_config(), modules=modules), lanes)
-    for i in range(3):
-        flight(host[i % len(host)])
-    seconds, _ = _keep_in_flight(flight.submit, host, frames, lanes)
-    return {"fps": round(frames / seconds, 1)}
 
 
 def stage_times(stream, modules, frame_dev: torch.Tensor) -> dict:
@@ -199,7 +181,7 @@ def stage_times(stream, modules, frame_dev: torch.Tensor) -> dict:
         out = {
             "pre_uint8_to_unit": graph_ms(lambda: fr.to_unit(frame_dev, dtype)),
             "encode": graph_ms(lambda: modules.encode(images)),
-            "unet": graph_ms(lambda: modules.unet(sample, stream.unet_timesteps, stream.unet_embeds)),
+            "unet": graph_ms(lambda: modules.unet(sample, stream.unet_timesteps, stream.unet_embeds, **stream.unet_cond)),
             "decode": graph_ms(lambda: modules.decode(lat)),
             "post_unit_to_uint8": graph_ms(lambda: fr.from_unit(images)),
         }

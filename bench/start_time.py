@@ -21,7 +21,7 @@ import torch
 def measure(engine_name: str, cache_dir: Path, *, small: bool = False, size: int = 512) -> dict:
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines import EngineConfig, Geometry, create_engine
-    from dreamcam.engines.runner import host_pipeline
+    from dreamcam.engines.driver import StreamDriver
 
     from .models import build, components
     from .scenarios import SCENARIOS, frames_for
@@ -36,7 +36,7 @@ def measure(engine_name: str, cache_dir: Path, *, small: bool = False, size: int
     stream = StreamDiffusion(comps, scenario.stream_config(), modules=engine.modules)
     frame = frames_for(scenario, count=1)[0][None]
     t0 = time.perf_counter()
-    host_pipeline(stream)(frame)
+    StreamDriver(stream)(frame)
     first_frame_s = time.perf_counter() - t0
     return {"engine": engine.name, "device": device, "engine_s": round(engine_s, 2),
             "first_frame_s": round(first_frame_s, 2), "total_s": round(engine_s + first_frame_s, 2)}

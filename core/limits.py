@@ -64,8 +64,8 @@ def shown(value: Any, limit: int = 40) -> str:
 
 STEPS = Range(1, 8, integer=True)  # also the number of t_index values
 RANGES: dict[str, Range] = {
-    "width": Range(64, 2048, integer=True, multiple_of=8),
-    "height": Range(64, 2048, integer=True, multiple_of=8),
+    "width": Range(32, 2048, integer=True, multiple_of=8),
+    "height": Range(32, 2048, integer=True, multiple_of=8),
     "t_index": Range(0, NUM_INDEXES - 1, integer=True),  # each value of t_index_list
     "strength": Range(0.0, 1.0),
     "steps": STEPS,

@@ -18,6 +18,15 @@ import torch
 
 FAMILY_TINY_VAE = {"sd15": "madebyollin/taesd", "sd21": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+EXAMPLE_IDS = {"model": "stabilityai/sd-turbo", "tiny VAE": "madebyollin/taesd",
+               "LoRA": "latent-consistency/lcm-lora-sdv1-5"}
+# how to do without a download, per kind of thing (the setting names are those of the app's config)
+LOCAL_WAYS = {
+    "model": "or point the model setting at a local diffusers folder or .safetensors file",
+    "tiny VAE": ("or set tiny_vae to none (`--tiny-vae none`: the model's own VAE, slower) or to a local "
+                 "tiny-VAE folder (`--tiny-vae FOLDER`)"),
+    "LoRA": "or point lcm_lora at a local LoRA folder or .safetensors file",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,10 @@ def _offline() -> bool:
 
 
 def _explain(what: str, name: str, exc: BaseException, local_only: bool) -> ModelLoadError:
-    """Turn a hub/OS error into an actionable message."""
+    """Turn a hub/OS error into an actionable message (`what`: "model", "tiny VAE", "LoRA", or
+    "model part 'x' of")."""
+    example = EXAMPLE_IDS.get(what, EXAMPLE_IDS["model"])
+    local_way = LOCAL_WAYS.get(what, LOCAL_WAYS["model"])
     text = f"{type(exc).__name__}: {exc}"
     chain, seen = [], exc
     while seen is not None and len(chain) < 8:  # diffusers wraps the hub's errors in an OSError
@@ -132,17 +144,15 @@ def _explain(what: str, name: str, exc: BaseException, local_only: bool) -> Mode
     kind = " ".join(type(e).__name__ for e in chain)
     if "RepositoryNotFound" in kind or "404" in text and "Repository Not Found" in text:
         hint = (f"there is no model {name!r} on the Hugging Face Hub. Check the spelling "
-                "(e.g. stabilityai/sd-turbo), or run `huggingface-cli login` if it is private.")
+                f"(e.g. {example}), or run `huggingface-cli login` if it is private.")
     elif local_only or _offline():
         hint = (f"{name!r} is not in the local Hugging Face cache and downloads are off "
                 f"(offline / local_files_only). On a machine with internet run `huggingface-cli download {name}` "
-                "(the cache is ~/.cache/huggingface/hub, or HF_HOME), or unset HF_HUB_OFFLINE, "
-                "or point the model setting at a local diffusers folder or .safetensors file.")
+                f"(the cache is ~/.cache/huggingface/hub, or HF_HOME), or unset HF_HUB_OFFLINE, {local_way}.")
     elif "LocalEntryNotFound" in kind or "Connection" in kind or "Timeout" in kind or "connect" in text.lower():
         hint = (f"could not reach the Hugging Face Hub to download {name!r}, and it is not in the local cache. "
                 f"Check the network, or download it elsewhere with `huggingface-cli download {name}` "
-                "(cache: ~/.cache/huggingface/hub or HF_HOME) and set HF_HUB_OFFLINE=1, "
-                "or point the model setting at a local diffusers folder or .safetensors file.")
+                f"(cache: ~/.cache/huggingface/hub or HF_HOME) and set HF_HUB_OFFLINE=1, {local_way}.")
     else:
         hint = f"{text.splitlines()[0][:300]}"
     return ModelLoadError(f"cannot load the {what} {name!r}: {hint}")
@@ -165,7 +175,8 @@ def _check_source(name: str, what: str) -> str:
         return "file"
     if _is_pathlike(name):
         raise ModelLoadError(f"cannot load the {what} {name!r}: no such file or folder. Check the path "
-                             f"(absolute: {path.absolute()}), or give a Hugging Face id such as stabilityai/sd-turbo.")
+                             f"(absolute: {path.absolute()}), or give a Hugging Face id such as "
+                             f"{EXAMPLE_IDS.get(what, EXAMPLE_IDS['model'])}.")
     return "hub"
 
 
@@ -183,7 +194,7 @@ def load_components(spec: ModelSpec) -> Components:
     force_zeros = family == "sdxl" and (True if force_zeros is None else bool(force_zeros))  # diffusers' default
     prediction_type = parts["scheduler"].config.get("prediction_type", "epsilon")
     if spec.tiny_vae is not None:
-        parts["vae"] = _load_tiny_vae(spec.tiny_vae, family, local_only)
+        parts["vae"] = _load_tiny_vae(_own_tiny_vae(spec, family), family, local_only, kind != "hub")
     if spec.lcm_lora:
         _fuse_lora(parts, family, spec.lcm_lora, local_only)
     vae_kind = "tiny" if spec.tiny_vae is not None else "full"
@@ -212,13 +223,26 @@ def _model_index(name: str, local_only: bool) -> dict:
         if not index.is_file():
             raise ModelLoadError(f"cannot load the model {name!r}: the folder has no model_index.json, so it is not "
                                  "a diffusers pipeline folder (save one with pipe.save_pretrained(folder)).")
-        return json.loads(index.read_text())
+        return _read_index(index)
     from huggingface_hub import hf_hub_download
 
     try:
-        return json.loads(Path(hf_hub_download(name, "model_index.json", local_files_only=local_only)).read_text())
+        index = Path(hf_hub_download(name, "model_index.json", local_files_only=local_only))
     except Exception as exc:  # hub raises many kinds; all become one clear message
         raise _explain("model", name, exc, local_only) from exc
+    return _read_index(index)
+
+
+def _read_index(index: Path) -> dict:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot load the model: {index} is damaged ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}); save or download the model folder again.") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"cannot load the model: {index} is damaged (not a JSON object); "
+                             "save or download the model folder again.")
+    return data
 
 
 def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
@@ -300,9 +324,10 @@ def _load_single_file(spec: ModelSpec, local_only: bool) -> dict:
         if not spec.config:
             raise ModelLoadError(
                 f"cannot load the checkpoint {spec.model!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
-                "A single-file checkpoint needs its component configs: pass config=<a local diffusers folder of the "
-                "same architecture> (or a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5 that is in "
-                "your cache, see `huggingface-cli download <id> --include '*.json' '*.txt'`).") from exc
+                "A single-file checkpoint needs its component configs: set model_config (`--model-config FOLDER`) "
+                "to a local diffusers folder of the same architecture (or to a hub id such as "
+                "stable-diffusion-v1-5/stable-diffusion-v1-5 that is in your cache, see "
+                "`huggingface-cli download <id> --include '*.json' '*.txt'`).") from exc
         raise ModelLoadError(f"cannot load the checkpoint {spec.model!r} with the configs of {spec.config!r}: "
                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Check that the config "
                              "folder is of the same architecture as the checkpoint.") from exc
@@ -314,10 +339,27 @@ def _load_single_file(spec: ModelSpec, local_only: bool) -> dict:
     return parts
 
 
-def _load_tiny_vae(name: str, family: str, local_only: bool):
+def _own_tiny_vae(spec: ModelSpec, family: str) -> str:
+    """`spec.tiny_vae`, or for "auto" the model folder's own tiny VAE (`taesd/`; for SDXL
+    `taesdxl/`, else `taesd/`) when it has one: a local folder then loads without any download."""
+    if spec.tiny_vae != "auto":
+        return spec.tiny_vae
+    folder = Path(spec.model).expanduser()
+    for name in ("taesdxl", "taesd") if family == "sdxl" else ("taesd",):
+        own = folder / name
+        if folder.is_dir() and (own / "config.json").is_file():
+            log.info("using the model folder's own tiny VAE %s", own)
+            return str(own)
+    return "auto"
+
+
+def _load_tiny_vae(name: str, family: str, local_only: bool, local_model: bool = False):
+    """`local_model`: the model came from a folder or file, so a download of the default tiny
+    VAE is what failed and the way out is named plainly."""
     from diffusers import AutoencoderTiny
 
-    if name == "auto":
+    default = name == "auto"
+    if default:
         name = FAMILY_TINY_VAE[family]
     kind = _check_source(name, "tiny VAE")
     if kind == "file":
@@ -327,6 +369,13 @@ def _load_tiny_vae(name: str, family: str, local_only: bool):
         return AutoencoderTiny.from_pretrained(str(Path(name).expanduser()) if kind == "dir" else name,
                                                local_files_only=local_only)
     except Exception as exc:
+        if default and local_model and kind == "hub":
+            raise ModelLoadError(
+                f"cannot load the default tiny VAE {name!r}: the model is local but its tiny VAE is not, and it is "
+                f"not in the Hugging Face cache or cannot be downloaded here. Set tiny_vae to none "
+                f"(`--tiny-vae none`: the model's own VAE, slower) or to a local tiny-VAE folder "
+                f"(`--tiny-vae FOLDER`), or put it in the model folder as {FAMILY_TINY_VAE[family].rsplit('/', 1)[1]}/, "
+                f"or download it once with `huggingface-cli download {name}`.") from exc
         raise _explain("tiny VAE", name, exc, local_only) from exc
 
 

@@ -2,14 +2,16 @@
 
 Engines (eager, compiled, TensorRT) provide a `StepModules` with exactly these signatures;
 the stream makes every model call through them.
-- `unet(sample (B,4,h,w), timestep (B,) int64, encoder_hidden_states (B,77,D)) -> (B,4,h,w)`:
+- `unet(sample (B,4,h,w), timestep (B,) int64, encoder_hidden_states (B,77,D), **cond) -> (B,4,h,w)`:
   the raw UNet prediction (epsilon, or v for v-prediction models: the stream converts v to
   epsilon itself, so engines never need to know). Inputs arrive in the model dtype.
+  `cond` is the named extra conditioning the model needs, every tensor batch-first (B, ...):
+  `unet_conditions(components)` declares the names and per-row shapes (SDXL: `text_embeds`
+  (B,1280) and `time_ids` (B,6); ControlNet residuals and IP-Adapter image embeddings join this
+  list the same way). Engines take them as ordinary call inputs (traced, exported, captured).
 - `encode(images (B,3,H,W) in [-1,1]) -> latents (B,4,H/8,W/8)`, already multiplied by the
   VAE scaling factor; deterministic (the full VAE returns the mean, never a sample).
 - `decode(latents (scaled as above)) -> images (B,3,H,W) in [-1,1]`.
-For SDXL the eager UNet carries the pooled text embeddings and time ids as persistent tensors
-(`sdxl_text_embeds`, `sdxl_time_ids` attributes of the callable) that the stream fills.
 """
 
 from __future__ import annotations
@@ -22,27 +24,55 @@ import torch
 from .loading import Components
 
 Tensor = torch.Tensor
+UNetCall = Callable[..., Tensor]  # unet(sample, timestep, encoder_hidden_states, **cond) -> Tensor
+
+SDXL_TIME_IDS = 6  # (original h, w, crop top, left, target h, w)
+# conditioning names that diffusers' UNet2DConditionModel takes inside `added_cond_kwargs`
+ADDED_COND_NAMES = ("text_embeds", "time_ids", "image_embeds")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One named extra UNet input: a (B, *row_shape) tensor in the model dtype."""
+
+    name: str
+    row_shape: tuple[int, ...]
+
+
+def unet_conditions(components: Components) -> tuple[Condition, ...]:
+    """The extra inputs this model's UNet takes besides sample, timestep and text embeddings,
+    in call order. The stream allocates them; engines probe, export and bind them by name."""
+    if components.family != "sdxl":
+        return ()
+    config = components.unet.config
+    pooled = int(config.projection_class_embeddings_input_dim) - SDXL_TIME_IDS * int(config.addition_time_embed_dim)
+    return (Condition("text_embeds", (pooled,)), Condition("time_ids", (SDXL_TIME_IDS,)))
+
+
+def example_conditions(conditions: tuple[Condition, ...], batch: int, *, dtype: torch.dtype,
+                       device: torch.device | str) -> dict[str, Tensor]:
+    """Random tensors of the declared shapes (probes and exports)."""
+    return {c.name: torch.randn(batch, *c.row_shape, dtype=dtype, device=device) for c in conditions}
 
 
 @dataclass
 class StepModules:
-    unet: Callable[[Tensor, Tensor, Tensor], Tensor]
+    unet: UNetCall
     encode: Callable[[Tensor], Tensor]
     decode: Callable[[Tensor], Tensor]
 
 
 class EagerUNet:
-    """Calls the diffusers UNet; for SDXL adds the persistent added-conditioning tensors."""
+    """Calls the diffusers UNet, routing each named conditioning input to its diffusers argument."""
 
     def __init__(self, unet) -> None:
         self.model = unet
-        self.sdxl_text_embeds: Tensor | None = None  # (B, 1280), filled by the stream
-        self.sdxl_time_ids: Tensor | None = None  # (B, 6)
 
-    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
-        kwargs = {}
-        if self.sdxl_text_embeds is not None:
-            kwargs["added_cond_kwargs"] = {"text_embeds": self.sdxl_text_embeds, "time_ids": self.sdxl_time_ids}
+    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
+        unknown = [name for name in cond if name not in ADDED_COND_NAMES]
+        if unknown:
+            raise TypeError(f"unet: unknown conditioning input(s) {unknown}; known: {', '.join(ADDED_COND_NAMES)}")
+        kwargs = {"added_cond_kwargs": cond} if cond else {}
         return self.model(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                           return_dict=False, **kwargs)[0]
 

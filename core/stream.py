@@ -23,7 +23,7 @@ import torch
 from . import frames as fr
 from .config import StreamConfig
 from .loading import Components
-from .modules import StepModules, eager_modules
+from .modules import StepModules, eager_modules, unet_conditions
 from .prompts import PromptEncoder
 from .schedule import slot_coefficients
 from .similarity import SimilarityFilter
@@ -56,6 +56,7 @@ class StreamDiffusion:
                                        seed=self.config.seed)
         self._v_prediction = components.prediction_type == "v_prediction"
         self._sdxl = components.family == "sdxl"
+        self.conditions = unet_conditions(components)  # names and shapes of the UNet's extra inputs
         self._primed = False
         self._force_next = False
         self._transition: _Transition | None = None
@@ -114,13 +115,23 @@ class StreamDiffusion:
         self.cond_embeds = torch.zeros_like(self._cond)
         self.unet_embeds = torch.zeros(self.unet_batch, *self._cond.shape[1:], device=dev, dtype=self.dtype)
         self.unet_timesteps = torch.zeros(self.unet_batch, device=dev, dtype=torch.int64)
+        # the UNet's named extra inputs (SDXL: pooled text embeddings, size/crop ids), passed in every call
+        self.unet_cond: dict[str, Tensor] = {
+            cond.name: torch.zeros(self.unet_batch, *cond.row_shape, device=dev, dtype=self.dtype)
+            for cond in self.conditions}
         if self._sdxl:
-            self.unet_pooled = torch.zeros(self.unet_batch, self._pooled.shape[-1], device=dev, dtype=self.dtype)
-            size = [c.height, c.width, 0, 0, c.height, c.width]
-            self.unet_time_ids = torch.tensor([size] * self.unet_batch, device=dev, dtype=self.dtype)
-            self.modules.unet.sdxl_text_embeds = self.unet_pooled
-            self.modules.unet.sdxl_time_ids = self.unet_time_ids
+            self.unet_pooled, self.unet_time_ids = self.unet_cond["text_embeds"], self.unet_cond["time_ids"]
+            if self.unet_pooled.shape[-1] != self._pooled.shape[-1]:
+                raise ValueError(f"model: the UNet expects pooled text embeddings of width {self.unet_pooled.shape[-1]}, "
+                                 f"the second text encoder gives {self._pooled.shape[-1]}")
+            self.unet_time_ids.copy_(torch.tensor([c.height, c.width, 0, 0, c.height, c.width], dtype=self.dtype))
         self._primed = False
+
+    def step_state(self) -> list[Tensor]:
+        """The persistent tensors `step_tensor` writes (the frames in flight and their RCFG noise).
+        An engine that runs extra steps (warm-up before a capture) saves and restores exactly these;
+        every other state tensor is only written by `update`/`prime`/`prepare`."""
+        return [self.buffer, self.stock]
 
     def _write_all(self) -> None:
         self._write_noise(self.config.seed)
@@ -189,17 +200,17 @@ class StreamDiffusion:
         stock = torch.cat([self.init_noise[:fbs], self.stock[: x.shape[0] - fbs]])
         unet = self.modules.unet
         if cfg == "full":
-            out = unet(torch.cat([x, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds)
+            out = unet(torch.cat([x, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond)
             eps_u, eps_c = self._eps(out, torch.cat([x, x]), self.alpha.repeat(2, 1, 1, 1),
                                      self.beta.repeat(2, 1, 1, 1)).chunk(2)
         elif cfg == "initialize":
-            out = unet(torch.cat([x_t0, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds)
+            out = unet(torch.cat([x_t0, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond)
             neg = self._eps(out[:fbs], x_t0, self.alpha[:fbs], self.beta[:fbs])
             eps_c = self._eps(out[fbs:], x, self.alpha, self.beta)
             stock = torch.cat([neg, stock[fbs:]])
             eps_u = self.delta * stock
         else:
-            eps_c = self._eps(unet(x.to(self.dtype), self.unet_timesteps, self.unet_embeds), x,
+            eps_c = self._eps(unet(x.to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond), x,
                               self.alpha, self.beta)
             eps_u = self.delta * stock if cfg == "self" else eps_c
         eps = eps_c if cfg == "none" else eps_u + self.guidance * (eps_c - eps_u)

@@ -1,14 +1,15 @@
 """dreamcam.engines: fast backends for the UNet and autoencoder (eager, compiled, TensorRT).
 
 `create_engine(name, components, EngineConfig(...))` returns an `Engine` whose `.modules` is a
-`StepModules` for `StreamDiffusion(components, config, modules=...)`; `make_frame_runner` wraps
-the stream's step in one CUDA graph with pinned host I/O.
+`StepModules` for `StreamDiffusion(components, config, modules=...)`; `Engine.driver(stream,
+frames_in_flight)` (or `StreamDriver(stream, lanes)`) is the one graph driver that runs the
+stream's whole step as CUDA graphs with 1 to 4 frames in flight.
 """
 
 from .config import EngineConfig, Geometry
 from .errors import EngineUnavailable
 
-__all__ = ["EngineConfig", "Geometry", "EngineUnavailable", "create_engine", "make_frame_runner", "Engine"]
+__all__ = ["EngineConfig", "Geometry", "EngineUnavailable", "create_engine", "Engine", "StreamDriver"]
 
 
 def __getattr__(name: str):
@@ -17,8 +18,8 @@ def __getattr__(name: str):
         from . import factory
 
         return getattr(factory, name)
-    if name == "make_frame_runner":
-        from .runner import make_frame_runner
+    if name == "StreamDriver":
+        from .driver import StreamDriver
 
-        return make_frame_runner
+        return StreamDriver
     raise AttributeError(name)

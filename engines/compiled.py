@@ -14,7 +14,7 @@ import torch
 from .cache import use_compile_cache
 from .config import EngineConfig
 from .contract import StepModules
-from .eager import Wrapped, cast_modules, prepare
+from .eager import cast_modules, prepare
 
 
 def tune_inductor(enabled: bool) -> None:
@@ -34,23 +34,24 @@ def compile_fn(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
     return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
 
 
-def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool) -> Wrapped:
+def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool) -> Callable[..., torch.Tensor]:
     """Compile the core's own callable, never a shared wrapper: Dynamo caches per code object,
     so three modules behind one wrapper function would share (and exhaust) one recompile budget.
 
-    With `contiguous` the inputs are made contiguous first: Dynamo guards on strides, and the
-    latents the stream computes can come out channels_last-strided (from the encoder) or not
-    (txt2img noise); one layout means one compilation (the copy of a latent costs microseconds).
+    With `contiguous` the inputs (named conditioning too) are made contiguous first: Dynamo
+    guards on strides, and the latents the stream computes can come out channels_last-strided
+    (from the encoder) or not (txt2img noise); one layout means one compilation (the copy of a
+    latent costs microseconds).
     """
     target = fn if inspect.isfunction(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
     compiled = compile_fn(target, mode)
     if not contiguous:
-        return Wrapped(compiled, fn)
+        return compiled
 
-    def call(*args: torch.Tensor) -> torch.Tensor:
-        return compiled(*(a.contiguous() for a in args))
+    def call(*args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        return compiled(*(a.contiguous() for a in args), **{k: v.contiguous() for k, v in named.items()})
 
-    return Wrapped(call, fn)
+    return call
 
 
 def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:

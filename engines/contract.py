@@ -1,7 +1,8 @@
 """The module contract shared with the core: `StepModules(unet, encode, decode)`.
 
 The engines build callables with exactly the signatures of the core's default modules:
-- unet(sample (B,4,h,w), timestep (B,), encoder_hidden_states (B,77,D)) -> eps (B,4,h,w)
+- unet(sample (B,4,h,w), timestep (B,), encoder_hidden_states (B,77,D), **cond) -> eps (B,4,h,w),
+  `cond` the named extra inputs declared by `unet_conditions(components)` (SDXL: text_embeds, time_ids)
 - encode(images (B,3,H,W) in [-1,1]) -> latents, already scaled
 - decode(latents) -> images in [-1,1]
 """
@@ -10,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dreamcam.core.modules import StepModules, eager_modules  # noqa: F401  (re-exported)
+from dreamcam.core.modules import (  # noqa: F401  (re-exported)
+    Condition,
+    StepModules,
+    eager_modules,
+    example_conditions,
+    unet_conditions,
+)
 
 
 def model_parts(components: Any) -> tuple[Any, Any]:

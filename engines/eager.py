@@ -48,33 +48,15 @@ def tune_module(module: torch.nn.Module, dtype: torch.dtype, channels_last: bool
         module.to(memory_format=torch.channels_last)
 
 
-class Wrapped:
-    """A callable around the core's callable that forwards attribute access to it.
+def _cast(fn: Callable[..., torch.Tensor], compute: torch.dtype, io: torch.dtype) -> Callable[..., torch.Tensor]:
+    """`fn` in `compute` precision behind `io` precision inputs and outputs, named inputs too."""
+    def to(a: torch.Tensor) -> torch.Tensor:
+        return a.to(compute) if a.is_floating_point() else a
 
-    The core's SDXL UNet callable carries persistent conditioning tensors as attributes that the
-    stream sets; wrappers (casts, torch.compile) must pass those through.
-    """
+    def call(*args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        return fn(*(to(a) for a in args), **{k: to(v) for k, v in named.items()}).to(io)
 
-    def __init__(self, call: Callable[..., torch.Tensor], inner: Any) -> None:
-        object.__setattr__(self, "_call", call)
-        object.__setattr__(self, "_inner", inner)
-
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        return self._call(*args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
-
-
-def _cast(fn: Callable[..., torch.Tensor], compute: torch.dtype, io: torch.dtype) -> Wrapped:
-    def call(*args: torch.Tensor) -> torch.Tensor:
-        args = tuple(a.to(compute) if a.is_floating_point() else a for a in args)
-        return fn(*args).to(io)
-
-    return Wrapped(call, fn)
+    return call
 
 
 def cast_modules(modules: StepModules, compute: torch.dtype, io: torch.dtype) -> StepModules:

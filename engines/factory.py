@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .config import EngineConfig
-from .contract import StepModules, model_parts
+from .contract import StepModules, example_conditions, model_parts, unet_conditions
 from .errors import EngineUnavailable, describe_failure
 
 ENGINE_NAMES = ("eager", "compiled", "tensorrt", "auto")
@@ -59,11 +59,18 @@ class Engine:
         A TensorRT module holds one execution context and one set of I/O buffers."""
         return self.name != "tensorrt"
 
-    def attach(self, stream: Any, config: EngineConfig | None = None):
-        """Run `stream`'s whole step as one CUDA graph (GPU only; returns the GraphedStep or None)."""
-        from .runner import attach_graph
+    def driver(self, stream: Any, frames_in_flight: int = 1, config: EngineConfig | None = None,
+               log: Callable[[str], None] | None = None):
+        """The one graph driver over `stream` (see engines/driver.py): on CUDA the whole step replays
+        as CUDA graphs, up to `frames_in_flight` at once where these modules allow concurrent calls."""
+        from .driver import StreamDriver
 
-        return attach_graph(stream, config)
+        lanes = frames_in_flight
+        if lanes > 1 and not self.concurrent:
+            if log:
+                log(f"the {self.name} engine runs one frame at a time: frames_in_flight {lanes} is not used")
+            lanes = 1
+        return StreamDriver(stream, lanes, config=config)
 
     def describe(self) -> str:
         skipped = "; ".join(f"{n}: {why}" for n, why in self.attempts)
@@ -86,7 +93,8 @@ def probe(modules: StepModules, components: Any, config: EngineConfig) -> None:
         sample = torch.randn(g.unet_batch, g.latent_channels, h, w, dtype=dtype, device=device)
         t = torch.full((g.unet_batch,), 500, dtype=torch.long, device=device)
         text = torch.randn(g.unet_batch, g.text_len, int(unet.config.cross_attention_dim), dtype=dtype, device=device)
-        eps = modules.unet(sample, t, text)
+        cond = example_conditions(unet_conditions(components), g.unet_batch, dtype=dtype, device=device)
+        eps = modules.unet(sample, t, text, **cond)
         out = modules.decode(latents)
     if tuple(eps.shape) != tuple(sample.shape) or out.shape[-2:] != images.shape[-2:]:
         raise RuntimeError(f"engine output shapes {tuple(eps.shape)}, {tuple(out.shape)} do not match the inputs")

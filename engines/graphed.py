@@ -1,32 +1,60 @@
-"""One CUDA graph over the whole per-frame step, with static buffers and pinned host I/O.
+"""CUDA graphs of a pure per-frame step: capture (safely), replay in 1 to 4 lanes, say when it fails.
 
-`GraphedStep(step_fn, shape_key_fn)` wraps a pure, capturable `step_fn(frames_uint8) -> uint8`
-(the core's `StreamDiffusion.step_tensor`): the first call (and every call after `shape_key_fn()`
-changes or the frame shape changes) warms the step up on a side stream and captures it; every
-other call is: host frame -> pinned buffer -> async upload -> graph replay -> async download ->
-one event wait. `submit()` + `FrameHandle.result()` let a caller overlap the next frame's host
-work with this frame's GPU work (two host buffers in rotation).
+`GraphedStep(step_fn, shape_key_fn, state_fn=...)` wraps a pure, capturable `step_fn(frames_uint8)
+-> uint8` (the core's `StreamDiffusion.step_tensor`). The first frame (and the first after
+`shape_key_fn()` or the frame shape changes) warms the step up on a side stream, restores the
+step's state (`state_fn()`) and captures it; every other frame is: copy into the lane's static
+input -> graph replay -> async copy out (to pinned host memory or a device tensor) -> one event.
+`engines/driver.py` is the only caller: the one graph driver of the app and the benchmark.
+
+Capture is guarded against what broke it in the field: Python's cyclic garbage collector freeing
+another CUDA graph mid-capture (CUDAGraph::reset is not permitted while a stream captures, and the
+capture is then invalidated), so garbage is collected before and collection is off during a
+capture; other threads' CUDA calls do not invalidate it (capture_error_mode "thread_local"). A
+failed capture is retried once after a full synchronize; if it still fails the step runs
+uncaptured and `status()` says so, with the one message the app shows (`uncaptured_message`).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable, Iterator
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[torch.Tensor], torch.Tensor]
 
+# self-1step-512 on an H200 ran at 30.2 fps uncaptured against about 165 fps in a graph (f5d78ae)
+UNCAPTURED_SLOWDOWN = "about 5x"
+
+
+def uncaptured_message(reason: str) -> str:
+    """The one line every surface (status line, OBS, doctor, log) shows when capture failed."""
+    return (f"the stream runs without a CUDA graph ({UNCAPTURED_SLOWDOWN} slower): capture failed: {reason}")
+
+
+@dataclass(frozen=True)
+class GraphStatus:
+    """Whether the step replays as CUDA graphs. `applies` is False off CUDA (nothing to capture)."""
+
+    applies: bool
+    lanes: int = 0  # lanes captured for the current shape (0: not captured yet, or failed)
+    error: str | None = None  # why the capture failed (the step then runs uncaptured)
+
+    @property
+    def message(self) -> str:
+        """Empty while all is well (or off CUDA), else `uncaptured_message`."""
+        return uncaptured_message(self.error) if self.applies and self.error else ""
+
 
 @dataclass
 class _Slot:
-    host_in: torch.Tensor
-    host_out: torch.Tensor
-    uploaded: torch.cuda.Event
+    host_out: torch.Tensor | None  # pinned; allocated on first host use
     done: torch.cuda.Event
     busy: bool = False
 
@@ -43,33 +71,43 @@ class _Lane:
 
 
 class FrameHandle:
-    """A frame in flight; `result()` waits for it (the one synchronize the sink needs)."""
+    """A frame in flight; `result()` waits for it: pinned host frames (valid until this slot is
+    reused, `slots` submits later) or a device tensor ordered on the caller's current stream."""
 
-    def __init__(self, slot: _Slot) -> None:
-        self._slot = slot
-
-    def done(self) -> bool:
-        """True once the output is in host memory (never waits)."""
-        return self._slot.done.query()
-
-    def result(self) -> torch.Tensor:
-        """The output frame in pinned host memory; valid until this slot is reused (`slots` submits later)."""
-        self._slot.done.synchronize()
-        self._slot.busy = False
-        return self._slot.host_out
-
-
-class _Done(FrameHandle):
-    """An already finished frame (the uncaptured fallback path)."""
-
-    def __init__(self, out: torch.Tensor) -> None:
-        self._out = out
+    def __init__(self, slot: _Slot | None, out: torch.Tensor, lane_stream: torch.cuda.Stream | None) -> None:
+        self._slot, self._out, self._lane_stream = slot, out, lane_stream
 
     def done(self) -> bool:
-        return True
+        """True once the output is complete (never waits)."""
+        return self._slot is None or self._slot.done.query()
 
     def result(self) -> torch.Tensor:
+        slot = self._slot
+        if slot is None:  # computed uncaptured, already complete in program order
+            return self._out
+        if self._out.device.type == "cpu":
+            slot.done.synchronize()
+        else:  # device output: order the caller's stream after it, no host wait
+            current = torch.cuda.current_stream(self._out.device)
+            current.wait_event(slot.done)
+            if self._lane_stream is not None:
+                self._out.record_stream(current)  # allocated on the lane's stream, used on the caller's
+        slot.busy = False
         return self._out
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Collect garbage now and not during the capture: a CUDA graph of a dropped stream freed by
+    the cyclic collector mid-capture invalidates the capture (seen on the H200 at f5d78ae)."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class GraphedStep:
@@ -90,8 +128,8 @@ class GraphedStep:
         stateless_fn: Callable[[], bool] | None = None,
         state_fn: Callable[[], list[torch.Tensor]] | None = None,
     ) -> None:
-        if lanes < 1:
-            raise ValueError(f"lanes must be at least 1, got {lanes}")
+        if not 1 <= lanes <= 4:
+            raise ValueError(f"lanes must be 1 to 4, got {lanes}")
         self.step_fn = step_fn
         self.shape_key_fn = shape_key_fn or (lambda: None)
         self.device = torch.device(device)
@@ -101,6 +139,7 @@ class GraphedStep:
         self.stateless_fn = stateless_fn or (lambda: False)
         self.state_fn = state_fn  # the step's persistent state: restored after warm-up, so capture has no side effect
         self.captures = 0
+        self.failures = 0  # capture attempts that failed (each retried once)
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
         self._failed_key: Hashable = None
         self._key: Hashable = object()
@@ -113,15 +152,18 @@ class GraphedStep:
         """Frames that can run on the GPU at once with the current capture (0 before the first)."""
         return len(self._lanes)
 
+    def status(self) -> GraphStatus:
+        return GraphStatus(self.device.type == "cuda", len(self._lanes), self.capture_error)
+
     # -- capture ---------------------------------------------------------------------------
     def _needs_capture(self, shape: tuple[int, ...]) -> bool:
         return not self._lanes or self._key != (self.shape_key_fn(), shape)
 
     def _capture(self, first: torch.Tensor, n_lanes: int) -> None:
         """Warm up on a side stream (allocations, autotuning, lazy state), then capture each lane."""
+        self._release()
         torch.cuda.synchronize(self.device)
-        self._lanes = []
-        self.static_in = static_in = torch.empty(first.shape, dtype=torch.uint8, device=self.device)
+        static_in = torch.empty(first.shape, dtype=torch.uint8, device=self.device)
         static_in.copy_(first)
         state = self.state_fn() if self.state_fn else []
         saved = [t.clone() for t in state]
@@ -138,16 +180,16 @@ class GraphedStep:
                         self.step_fn(static_in)
                 current.wait_stream(side)
             torch.cuda.synchronize(self.device)
-            lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
-                     for i, stream in enumerate(streams)]
+            with _collector_paused():
+                lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
+                         for i, stream in enumerate(streams)]
         finally:  # warm-up steps must not count as frames, whether or not the capture worked
             with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
                 for tensor, value in zip(state, saved):
                     tensor.copy_(value)
         self._lanes = lanes
-        self.static_out = lanes[0].static_out
         self._key = (self.shape_key_fn(), tuple(first.shape))
-        self._slots = [self._new_slot(first.shape, self.static_out.shape) for _ in range(self.n_slots)]
+        self._slots = [_Slot(None, torch.cuda.Event()) for _ in range(self.n_slots)]
         self._next = 0
         self.captures += 1
 
@@ -155,89 +197,80 @@ class GraphedStep:
         """A private memory pool per lane, and each lane captured on its own stream: PyTorch keys
         library workspaces (cuBLAS) by stream, so lanes replayed at once never share one."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             static_out = self.step_fn(static_in)
         return _Lane(graph, static_in, static_out, stream)
 
-    @staticmethod
-    def _new_slot(in_shape: torch.Size, out_shape: torch.Size) -> _Slot:
-        return _Slot(
-            host_in=torch.empty(in_shape, dtype=torch.uint8, pin_memory=True),
-            host_out=torch.empty(out_shape, dtype=torch.uint8, pin_memory=True),
-            uploaded=torch.cuda.Event(),
-            done=torch.cuda.Event(),
-        )
-
-    # -- per frame -------------------------------------------------------------------------
     def _try_capture(self, first: torch.Tensor) -> bool:
-        """Capture (with fewer lanes if that fails: each lane holds its own memory); on failure
-        remember why, and run the step uncaptured until the shape key or frame shape changes."""
+        """Capture (retried once after a full synchronize, then with one lane if several fail:
+        each lane holds its own memory); on failure remember why, and run the step uncaptured
+        until the shape key or frame shape changes."""
         key = (self.shape_key_fn(), tuple(first.shape))
         if self.device.type != "cuda":
-            self._fail(key, "no CUDA device: the step runs uncaptured")
+            self.capture_error, self._failed_key = "no CUDA device", key
             return False
         wanted = self.lanes if self.lanes > 1 and self.stateless_fn() else 1
+        reason = ""
         for n_lanes in dict.fromkeys((wanted, 1)):
-            try:
-                self._capture(first, n_lanes)
-                self.capture_error = None
-                return True
-            except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
-                self._lanes = []
-                torch.cuda.synchronize(self.device)
-                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-                if n_lanes > 1:
-                    log.warning("capturing %d frames in flight failed (%s); trying one", n_lanes, reason)
-        self._fail(key, reason)
-        return False
-
-    def _fail(self, key: Hashable, reason: str) -> None:
-        if self.device.type == "cuda":
-            log.warning("CUDA graph capture failed, the step runs uncaptured: %s", reason)
+            for attempt in (1, 2):
+                try:
+                    self._capture(first, n_lanes)
+                    self.capture_error = None
+                    return True
+                except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
+                    self.failures += 1
+                    self._release()
+                    _synchronize_quietly(self.device)
+                    reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    log.warning("capturing %d lane(s) failed (attempt %d of 2): %s", n_lanes, attempt, reason)
+        log.warning("%s", uncaptured_message(reason))
         self.capture_error, self._failed_key = reason, key
+        return False
 
     def _uncaptured(self, shape: tuple[int, ...]) -> bool:
         """The capture failed for this very shape key and frame shape (a new one is tried again)."""
         return self.capture_error is not None and self._failed_key == (self.shape_key_fn(), shape)
 
-    def run_device(self, frames: torch.Tensor) -> torch.Tensor:
-        """Device frames in, device frames out (the returned tensor is the graph's static output)."""
-        if self._uncaptured(tuple(frames.shape)):
-            return self.step_fn(frames)
-        if self._needs_capture(tuple(frames.shape)):
-            if not self._try_capture(frames.to(self.device)):
-                return self.step_fn(frames)
-        else:
-            self.fence()
-            self.static_in.copy_(frames, non_blocking=True)
-        self._lanes[0].graph.replay()
-        return self.static_out
+    def _release(self) -> None:
+        """Drop the graphs (their memory pools go back to the allocator) outside any capture."""
+        self._lanes, self._slots = [], []
 
-    def submit(self, frames: np.ndarray | torch.Tensor) -> FrameHandle:
-        """Host uint8 frames (fbs,H,W,3) in; the output arrives in a pinned host buffer.
+    def close(self) -> None:
+        """Release the graphs now (after the frames in flight), not whenever Python frees this."""
+        if self._lanes and self.device.type == "cuda":
+            _synchronize_quietly(self.device)
+        self._release()
 
-        Results come back in submit order as long as callers collect handles in that order."""
-        if not self._captured_for(tuple(frames.shape), lambda: torch.as_tensor(frames).to(self.device)):
-            return _Done(self.step_fn(torch.as_tensor(frames).to(self.device)).cpu())
-        slot, lane = self._next_slot()
-        slot.uploaded.synchronize()  # the previous upload from this host buffer has finished
-        _host_copy(slot.host_in, frames)
-        return self._launch(slot, lane, slot.host_in)
-
-    def submit_device(self, frames: torch.Tensor) -> FrameHandle:
-        """Like `submit` for frames already on the GPU (written on the caller's current stream)."""
-        if not self._captured_for(tuple(frames.shape), lambda: frames):
-            return _Done(self.step_fn(frames).cpu())
+    # -- per frame -------------------------------------------------------------------------
+    def submit_device(self, frames: torch.Tensor, *, to_host: bool) -> FrameHandle:
+        """Frames already on the device (written on the caller's current stream) in; the output
+        lands in pinned host memory (`to_host`) or a device tensor. Collect handles in submit order."""
+        shape = tuple(frames.shape)
+        if not self._uncaptured(shape) and self._needs_capture(shape):
+            self._try_capture(frames)
+        if self._uncaptured(shape):
+            out = self.step_fn(frames)
+            return FrameHandle(None, out.cpu() if to_host else out.clone(), None)
         slot, lane = self._next_slot()
         if lane.stream is not None:
             frames.record_stream(lane.stream)  # its memory must outlive the copy on the lane's stream
-        return self._launch(slot, lane, frames)
-
-    def _captured_for(self, shape: tuple[int, ...], on_device: Callable[[], torch.Tensor]) -> bool:
-        """Capture for this shape if needed (from `on_device()`); False: run this frame uncaptured."""
-        if not self._uncaptured(shape) and self._needs_capture(shape):
-            self._try_capture(on_device())
-        return not self._uncaptured(shape)
+        current = torch.cuda.current_stream(self.device)
+        stream = lane.stream or current
+        if lane.stream is not None:
+            lane.stream.wait_stream(current)  # state written before this frame (prompt, settings) is seen
+        with torch.cuda.stream(stream):
+            lane.static_in.copy_(frames, non_blocking=True)
+            lane.graph.replay()
+            if to_host:
+                if slot.host_out is None or slot.host_out.shape != lane.static_out.shape:
+                    slot.host_out = torch.empty(lane.static_out.shape, dtype=torch.uint8, pin_memory=True)
+                slot.host_out.copy_(lane.static_out, non_blocking=True)
+                out = slot.host_out
+            else:
+                out = lane.static_out.clone()  # the graph's output buffer is reused next frame
+            slot.done.record(stream)
+        slot.busy = True
+        return FrameHandle(slot, out, lane.stream)
 
     def _next_slot(self) -> tuple[_Slot, _Lane]:
         index = self._next
@@ -247,38 +280,45 @@ class GraphedStep:
             slot.done.synchronize()
         return slot, self._lanes[index % len(self._lanes)]
 
-    def _launch(self, slot: _Slot, lane: _Lane, source: torch.Tensor) -> FrameHandle:
-        """Upload, replay, download on the lane's stream; one event marks the frame done."""
-        current = torch.cuda.current_stream(self.device)
-        stream = lane.stream or current
-        if lane.stream is not None:
-            lane.stream.wait_stream(current)  # state written before this frame (prompt, settings) is seen
-        with torch.cuda.stream(stream):
-            lane.static_in.copy_(source, non_blocking=True)
-            slot.uploaded.record(stream)
-            lane.graph.replay()
-            slot.host_out.copy_(lane.static_out, non_blocking=True)
-            slot.done.record(stream)
-        slot.busy = True
-        return FrameHandle(slot)
-
     def fence(self) -> None:
         """Order the caller's next GPU work (e.g. a state write) after every frame in flight,
         without waiting on the host."""
-        current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        if self.device.type != "cuda":
+            return
+        current = torch.cuda.current_stream(self.device)
         for lane in self._lanes:
-            if lane.stream is not None and current is not None:
+            if lane.stream is not None:
                 current.wait_stream(lane.stream)
 
-    def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.submit(frames).result()
 
-    def host_in_pinned(self) -> bool:
-        return bool(self._slots) and all(s.host_in.is_pinned() and s.host_out.is_pinned() for s in self._slots)
+def _synchronize_quietly(device: torch.device) -> None:
+    try:
+        torch.cuda.synchronize(device)
+    except Exception:  # noqa: BLE001 - the error that matters was already raised by the capture
+        log.debug("synchronize after a failed capture raised", exc_info=True)
 
 
-def _host_copy(dst: torch.Tensor, src: Any) -> None:
-    if isinstance(src, np.ndarray):
-        np.copyto(dst.numpy(), src, casting="no")
-    else:
-        dst.copy_(src)
+def capture_check(device: torch.device | str = "cuda") -> str:
+    """Capture and replay a tiny graph (matmul, conv, elementwise): '' when CUDA graphs work here,
+    else why not (for `dreamcam doctor`)."""
+    try:
+        device = torch.device(device)
+        weight = torch.randn(8, 3, 3, 3, device=device, dtype=torch.float16)
+        x = torch.randn(1, 3, 32, 32, device=device, dtype=torch.float16)
+
+        def step(inp: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.conv2d(inp.half(), weight, padding=1)
+            return (y.flatten(1) @ y.flatten(1).T).clamp(0, 255).to(torch.uint8)
+
+        graphed = GraphedStep(step, device=device, warmup=1)
+        want = step(x)
+        got = graphed.submit_device(x, to_host=False).result()
+        torch.cuda.synchronize(device)
+        if graphed.capture_error:
+            return graphed.capture_error
+        if not torch.equal(got, want):
+            return "a captured graph gave other values than the same step uncaptured"
+        graphed.close()
+        return ""
+    except Exception as exc:  # noqa: BLE001 - the check reports, never raises
+        return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -14,36 +14,52 @@ from typing import Callable
 
 import torch
 
+from .contract import Condition, example_conditions
+
 OPSET = 18
 
 
 class _Wrap(torch.nn.Module):
-    """Lets the exporter trace any callable (the core's modules may be closures)."""
+    """Lets the exporter trace any callable (the core's modules may be closures); the trailing
+    `named` inputs are passed to it by keyword (the UNet's named conditioning)."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], owner: torch.nn.Module | None) -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor], owner: torch.nn.Module | None, named: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.fn = fn
         self.owner = owner  # registers the weights so they are exported as initializers
+        self.named = named
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return self.fn(*args)
+        positional = len(args) - len(self.named)
+        return self.fn(*args[:positional], **dict(zip(self.named, args[positional:])))
 
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """Names and dynamic axes of one exported module."""
+    """Names and dynamic axes of one exported module; `named` are the inputs (last in `inputs`)
+    that the module takes by keyword."""
 
     inputs: tuple[str, ...]
     output: str
     dynamic_axes: dict
+    named: tuple[str, ...] = ()
 
 
-UNET = ExportSpec(
-    inputs=("sample", "timestep", "encoder_hidden_states"),
-    output="eps",
-    dynamic_axes={"sample": {0: "B", 2: "h", 3: "w"}, "timestep": {0: "B"},
-                  "encoder_hidden_states": {0: "B"}, "eps": {0: "B", 2: "h", 3: "w"}},
-)
+def unet_spec(conditions: tuple[Condition, ...] = ()) -> ExportSpec:
+    """The UNet's inputs: sample, timestep, text embeddings, then each named conditioning input
+    (dynamic batch; its other axes fixed)."""
+    names = tuple(c.name for c in conditions)
+    return ExportSpec(
+        inputs=("sample", "timestep", "encoder_hidden_states", *names),
+        output="eps",
+        dynamic_axes={"sample": {0: "B", 2: "h", 3: "w"}, "timestep": {0: "B"},
+                      "encoder_hidden_states": {0: "B"}, "eps": {0: "B", 2: "h", 3: "w"},
+                      **{name: {0: "B"} for name in names}},
+        named=names,
+    )
+
+
+UNET = unet_spec()
 ENCODER = ExportSpec(
     inputs=("images",), output="latents",
     dynamic_axes={"images": {0: "B", 2: "H", 3: "W"}, "latents": {0: "B", 2: "h", 3: "w"}},
@@ -60,12 +76,15 @@ def odd_latent_side(side: int) -> int:
 
 
 def unet_example(batch: int, latent_hw: tuple[int, int], text_len: int, text_dim: int, *,
-                 dtype: torch.dtype, device: torch.device, channels: int = 4) -> tuple[torch.Tensor, ...]:
+                 dtype: torch.dtype, device: torch.device, channels: int = 4,
+                 conditions: tuple[Condition, ...] = ()) -> tuple[torch.Tensor, ...]:
+    """Example inputs in `unet_spec(conditions).inputs` order."""
     h, w = (odd_latent_side(s) for s in latent_hw)
     return (
         torch.randn(batch, channels, h, w, dtype=dtype, device=device),
         torch.full((batch,), 500.0, dtype=torch.float32, device=device),
         torch.randn(batch, text_len, text_dim, dtype=dtype, device=device),
+        *example_conditions(conditions, batch, dtype=dtype, device=device).values(),
     )
 
 
@@ -74,7 +93,7 @@ def export(fn: Callable[..., torch.Tensor], owner: torch.nn.Module | None, examp
     """Export `fn(*example)` to `path` (weights beside it as external data if the model is large)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = _Wrap(fn, owner).eval()
+    module = _Wrap(fn, owner, spec.named).eval()
     with torch.no_grad():
         torch.onnx.export(
             module,

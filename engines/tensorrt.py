@@ -18,7 +18,7 @@ import torch
 from . import onnx_export
 from .cache import EngineKey, engine_dir, lora_set, model_fingerprint
 from .config import EngineConfig
-from .contract import StepModules, model_parts
+from .contract import Condition, StepModules, model_parts, unet_conditions
 from .eager import make_eager, module_dtype
 from .errors import EngineUnavailable
 from .profiles import ShapeProfile, choose_profile
@@ -53,7 +53,7 @@ def require_tensorrt() -> Any:
 
 
 def plan_parts(modules: StepModules, unet: torch.nn.Module, vae: torch.nn.Module, config: EngineConfig,
-               device: torch.device) -> list[PartPlan]:
+               device: torch.device, conditions: tuple[Condition, ...] = ()) -> list[PartPlan]:
     g = config.geometry
     dtype = module_dtype(unet)
     text_dim = int(unet.config.cross_attention_dim)
@@ -65,10 +65,12 @@ def plan_parts(modules: StepModules, unet: torch.nn.Module, vae: torch.nn.Module
     latents = torch.randn(g.frame_batch, g.latent_channels, h, w, device=device, dtype=dtype)
     return [
         PartPlan("unet", modules.unet, unet,
-                 onnx_export.unet_example(g.unet_batch, (h, w), g.text_len, text_dim, dtype=dtype, device=device),
-                 onnx_export.UNET, unet_profile,
+                 onnx_export.unet_example(g.unet_batch, (h, w), g.text_len, text_dim, dtype=dtype, device=device,
+                                          conditions=conditions),
+                 onnx_export.unet_spec(conditions), unet_profile,
                  {"sample": unet_profile.latent_shapes(g.latent_channels), "timestep": unet_profile.batch_shapes(),
-                  "encoder_hidden_states": unet_profile.batch_shapes(g.text_len, text_dim)}),
+                  "encoder_hidden_states": unet_profile.batch_shapes(g.text_len, text_dim),
+                  **{c.name: unet_profile.batch_shapes(*c.row_shape) for c in conditions}}),
         PartPlan("vae_encoder", modules.encode, vae, (images,), onnx_export.ENCODER, vae_profile,
                  {"images": vae_profile.image_shapes(3)}),
         PartPlan("vae_decoder", modules.decode, vae, (latents,), onnx_export.DECODER, vae_profile,
@@ -111,16 +113,14 @@ def ensure_engine(plan: PartPlan, model_hash: str, config: EngineConfig, trt_ver
 
 
 def _as_io(fn: Callable[..., torch.Tensor], io: torch.dtype) -> Callable[..., torch.Tensor]:
-    def call(*args: torch.Tensor) -> torch.Tensor:
-        return fn(*args).to(io)
+    def call(*args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        return fn(*args, **named).to(io)
 
     return call
 
 
 def make_tensorrt(components: Any, config: EngineConfig) -> StepModules:
     trt = require_tensorrt()
-    if getattr(components, "family", "") == "sdxl":
-        raise EngineUnavailable("tensorrt", "SDXL is not supported by the TensorRT engine yet (added conditioning inputs)")
     unet, vae = model_parts(components)
     device = next(unet.parameters()).device
     if device.type != "cuda":
@@ -133,7 +133,7 @@ def make_tensorrt(components: Any, config: EngineConfig) -> StepModules:
     from .tensorrt_runtime import TrtModule
 
     built = {}
-    for plan in plan_parts(modules, unet, vae, config, device):
+    for plan in plan_parts(modules, unet, vae, config, device, unet_conditions(components)):
         path = ensure_engine(plan, hashes[plan.part], config, trt.__version__, cc)
-        built[plan.part] = _as_io(TrtModule(path, device), io)
+        built[plan.part] = _as_io(TrtModule(path, device, arg_names=plan.spec.inputs), io)
     return StepModules(unet=built["unet"], encode=built["vae_encoder"], decode=built["vae_decoder"])

@@ -28,9 +28,12 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 
 
 class TrtModule:
-    """`module(*inputs) -> output` for an engine with one output."""
+    """`module(*inputs, **named) -> output` for an engine with one output. `arg_names` gives the
+    names of positional inputs in call order (default: the engine's input order); named inputs
+    (the UNet's conditioning) bind by their own names."""
 
-    def __init__(self, engine_path: Path, device: torch.device | str = "cuda") -> None:
+    def __init__(self, engine_path: Path, device: torch.device | str = "cuda",
+                 arg_names: tuple[str, ...] | None = None) -> None:
         import tensorrt as trt
 
         self._trt = trt
@@ -48,6 +51,7 @@ class TrtModule:
         if len(self.output_names) != 1:
             raise RuntimeError(f"expected one output, engine has {self.output_names}")
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self.arg_names = tuple(arg_names or self.input_names)
         self._inputs: dict[str, torch.Tensor] = {}
         self._output: torch.Tensor | None = None
         self._shapes: tuple | None = None
@@ -67,13 +71,15 @@ class TrtModule:
         self.context.set_tensor_address(out, self._output.data_ptr())
         self._shapes = shapes
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        if len(args) != len(self.input_names):
-            raise TypeError(f"engine takes {self.input_names}, got {len(args)} tensors")
-        shapes = tuple(tuple(a.shape) for a in args)
+    def __call__(self, *args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+        feeds = dict(zip(self.arg_names, args), **named)
+        if len(args) > len(self.arg_names) or set(feeds) != set(self.input_names):
+            raise TypeError(f"engine takes {self.input_names}, got {len(args)} positional and {sorted(named)}")
+        ordered = [feeds[name] for name in self.input_names]
+        shapes = tuple(tuple(a.shape) for a in ordered)
         if shapes != self._shapes:
             self._bind(shapes)
-        for name, arg in zip(self.input_names, args):
+        for name, arg in zip(self.input_names, ordered):
             self._inputs[name].copy_(arg)  # casts (e.g. timestep to float32) and makes it contiguous
         stream = torch.cuda.current_stream(self.device).cuda_stream
         if not self.context.execute_async_v3(stream):

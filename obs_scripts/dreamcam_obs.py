@@ -77,6 +77,12 @@ SCHEMA, SCHEMA_ERROR = load_schema()
 FIELDS: Dict[str, Dict[str, Any]] = {
     f["name"]: f for f in SCHEMA["fields"] if f.get("live") and f.get("panel")}
 GROUPS = [g for g in SCHEMA["groups"] if any(f["group"] == g for f in FIELDS.values())]
+# The panel's own connection fields (host, port, password) mirror the app's obs_* settings.
+CONNECTION = {f["name"]: f for f in SCHEMA["fields"] if f["name"] in ("obs_host", "obs_port", "obs_password")}
+if len(CONNECTION) < 3:  # no schema: enough to show the connection fields and the error
+    CONNECTION = {"obs_host": {"default": "127.0.0.1", "label": "OBS WebSocket host"},
+                  "obs_port": {"default": 4455, "min": 1, "max": 65535, "label": "OBS WebSocket port"},
+                  "obs_password": {"default": "", "label": "OBS WebSocket password"}}
 
 
 BUILTIN_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -636,8 +642,8 @@ def script_description() -> str:
 
 def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_bool(settings, "use_local_websocket", True)
-    obs.obs_data_set_default_string(settings, "host", "127.0.0.1")
-    obs.obs_data_set_default_int(settings, "port", 4455)
+    obs.obs_data_set_default_string(settings, "host", CONNECTION["obs_host"]["default"])
+    obs.obs_data_set_default_int(settings, "port", CONNECTION["obs_port"]["default"])
     obs.obs_data_set_default_string(settings, "presets_json", "")
     for name, spec in FIELDS.items():
         _data_fn("set_default", spec["type"])(settings, name, spec["default"])
@@ -681,9 +687,10 @@ def script_properties() -> Any:
     obs.obs_properties_add_button(props, "refresh_status", "Refresh status", _on_refresh)
     obs.obs_properties_add_bool(props, "use_local_websocket",
                                 "Use this OBS's WebSocket server settings (ignore the three fields below)")
-    obs.obs_properties_add_text(props, "host", "WebSocket host", obs.OBS_TEXT_DEFAULT)
-    obs.obs_properties_add_int(props, "port", "WebSocket port", 1, 65535, 1)
-    obs.obs_properties_add_text(props, "password", "WebSocket password", obs.OBS_TEXT_PASSWORD)
+    host, port, password = CONNECTION["obs_host"], CONNECTION["obs_port"], CONNECTION["obs_password"]
+    obs.obs_properties_add_text(props, "host", host["label"], obs.OBS_TEXT_DEFAULT)
+    obs.obs_properties_add_int(props, "port", port["label"], port["min"], port["max"], 1)
+    obs.obs_properties_add_text(props, "password", password["label"], obs.OBS_TEXT_PASSWORD)
     for group in GROUPS:
         box = _group(props, group)
         for name, spec in FIELDS.items():

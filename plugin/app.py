@@ -39,13 +39,14 @@ class DreamcamApp:
         processor: Processor | None = None,
         load_processor: Callable[[], Processor] | None = None,
         max_frames: int | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.settings = app
         self.store = SettingsStore(initial)
         self.board = StatusBoard()
         self.source = source or make_source(app.source, width=app.width, height=app.height, fps=app.fps)
         self.sink = sink or make_sink(app.sink, width=app.width, height=app.height, fps=app.fps,
-                                      max_frames=max_frames)
+                                      max_frames=max_frames, overwrite=overwrite)
         self._processor = processor
         self._load_processor = load_processor
         if processor is None and load_processor is None:
@@ -123,7 +124,7 @@ class DreamcamApp:
             if self._runner is not None:
                 raise RuntimeError("this app was already started; make a new DreamcamApp")
             self._open_devices()
-            engine = getattr(self._processor, "engine_name", None) or self.settings.engine
+            engine = self._processor.engine_name if self._processor is not None else self.settings.engine
             config = RunnerConfig(self.settings.width, self.settings.height, self.settings.resize,
                                   model=self.settings.model, engine=engine)
             self._runner = Runner(self.source, self.sink, self.store, self.board, config,
@@ -156,11 +157,15 @@ class DreamcamApp:
             except Exception:
                 log.exception("service %s failed to stop", type(service).__name__)
         clean = self._runner.stop(timeout)
+        if self._runner.processor is not None:
+            self._runner.processor.close()  # its GPU graphs go now, not at some later garbage collection
         self._close_devices()
         return clean
 
     def _close_devices(self) -> None:
-        for part in (self.sink, self.source):
+        # through the runner's guard: a recording that fails to finish is reported as its failure
+        sink = self._runner.sink_guard if self._runner is not None else self.sink
+        for part in (sink, self.source):
             try:
                 part.close()
             except Exception:

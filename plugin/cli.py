@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -59,15 +57,23 @@ def run(
     web_host: str = typer.Option("127.0.0.1", help="Address the control page listens on; anything but 127.0.0.1 lets other machines reach it (they still need the token).",
                                  rich_help_panel="Control (at start)"),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (or the frames in an images folder)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
     **settings: Any,
 ) -> None:
     """Capture, transform and publish until Ctrl+C. Every setting has an option (see the schema,
     plugin/schema.py); options given win over the config file, which wins over the defaults."""
     from . import config as cfg
+    from .stop_signals import StopSignals
 
+    stop = StopSignals().install()  # first: a Ctrl+C from here on is never lost (the process ends with run)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     width, height = _size(size)
+    if frames is not None and frames < 1:
+        _fail(f"--frames: must be 1 or more (leave it out to run until Ctrl+C), got {frames}")
+    if settings.get("obs_password"):
+        err.print("warning: --obs-password can be read by other users of this machine in the process list; "
+                  "set the DREAMCAM_OBS_PASSWORD environment variable instead.", highlight=False, markup=False)
     try:
         for name, text in settings.items():
             if text is not None and field(name).type == "int_list":
@@ -82,13 +88,34 @@ def run(
         _fail(str(exc))
         return
     _run_app(app_settings, stream_settings, obs=app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
-             web_host=web_host)
+             overwrite=overwrite, stop=stop, web_host=web_host)
 
 
 def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
-             obs_camera: Optional[str] = None, build=None, web_host: str = "127.0.0.1") -> None:
+             obs_camera: Optional[str] = None, build=None, overwrite: bool = False, stop=None,
+             web_host: str = "127.0.0.1") -> None:
     """`build(app_settings, stream_settings, progress=...)` makes the processor (default: the
-    pipeline's build_processor)."""
+    pipeline's build_processor). `stop`: the StopSignals installed by the caller (else installed
+    here for the call)."""
+    from .stop_signals import StopSignals
+
+    own = stop is None
+    stop = stop or StopSignals().install()
+    try:
+        _run_stoppable(app_settings, stream_settings, obs=obs, frames=frames, obs_camera=obs_camera, build=build,
+                       overwrite=overwrite, stop=stop, web_host=web_host)
+    finally:
+        if own:
+            stop.restore()
+
+
+def _interrupted(stop) -> None:
+    err.print("interrupted while loading the model; nothing was started.", highlight=False, markup=False)
+    raise typer.Exit(stop.exit_code)
+
+
+def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional[int], obs_camera: Optional[str],
+                   build, overwrite: bool, stop, web_host: str = "127.0.0.1") -> None:
     from rich.live import Live
 
     from .app import DreamcamApp
@@ -100,7 +127,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     try:
         if app_settings.web_port:
             _web_service().check_port_free(app_settings.web_port, web_host)  # before the model load
-        dream = DreamcamApp(app_settings, stream_settings, max_frames=frames)
+        dream = DreamcamApp(app_settings, stream_settings, max_frames=frames, overwrite=overwrite)
         if app_settings.control_port:  # serves from now: a second app fails here, not after the load
             from .control_server import ControlServer
 
@@ -112,14 +139,17 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
         _fail(str(exc), 1)
         return
     try:
-        processor = _build_with_progress(build or build_processor, app_settings, stream_settings)
+        with stop.interruptible():  # a stop request now (or already made) ends the load at once
+            processor = _build_with_progress(build or build_processor, app_settings, stream_settings)
     except BaseException as exc:  # model errors carry their own fix
         dream.stop()
-        if isinstance(exc, KeyboardInterrupt):
-            err.print("interrupted while loading the model; nothing was started.", highlight=False, markup=False)
-            raise typer.Exit(130)
+        if isinstance(exc, KeyboardInterrupt) or stop.requested.is_set():
+            _interrupted(stop)
         _fail(f"could not build the pipeline: {exc}", 1)
         return
+    if stop.requested.is_set():  # a library swallowed the interrupt: it still counts
+        dream.stop()
+        _interrupted(stop)
     try:
         dream.use_processor(processor)
         _add_services(dream, app_settings, obs, obs_camera)
@@ -129,28 +159,30 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
         dream.stop()
         _fail(str(exc), 1)
         return
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
-                  f"({app_settings.width}x{app_settings.height}, engine {getattr(processor, 'engine_name', '?')}). "
+                  f"({app_settings.width}x{app_settings.height}, engine {processor.engine_name}). "
                   "Ctrl+C stops.")
     if page is not None:
         console.print(f"control page: {page.url}", highlight=False, markup=False, soft_wrap=True)
     try:
         with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:
-            while not stop.wait(0.5):
+            while not stop.requested.wait(0.5):
                 live.update(status_line(dream.board.latest()))
                 if dream.runner and dream.runner.finished.is_set():
                     break
     finally:
         dream.stop()
+    _report_end(dream, sink_name)
+
+
+def _report_end(dream, sink_name: str) -> None:
+    """The last line: how many frames are really in the output, or why the output failed (exit 1)."""
     written = getattr(dream.sink, "frames_written", None)
+    guard = dream.runner.sink_guard if dream.runner else None
+    if guard is not None and guard.error:
+        _fail(guard.error if guard.failed else f"{guard.error} (still failing at stop; "
+              f"{written if written is not None else '?'} frames written)", 1)
     console.print("stopped." if written is None else f"stopped: {written} frames written to {escape(sink_name)}.",
                   highlight=False)
 
@@ -166,6 +198,7 @@ def _build_with_progress(build, app_settings, stream_settings):
         done = [0]
 
         def step(text: str) -> None:
+            logging.getLogger("dreamcam.plugin.cli").info("%s", text)  # with --verbose: each stage in the log
             bar.update(task, description=text, completed=min(done[0], stages - 1))
             done[0] += 1
 
@@ -228,8 +261,9 @@ def demo(
     from .pipeline import resolve_device
     from .sinks import SinkError
 
-    if size % 8 or not 64 <= size <= 2048:
-        _fail(f"--size: must be a multiple of 8 from 64 to 2048, got {size}")
+    problem = field("width").range.problem(size)
+    if problem:
+        _fail(f"--size: {problem}")
     try:
         result = run_demo(out, frames=frames, size=size, device=resolve_device(device), prompt=prompt,
                           side_by_side=side_by_side,

@@ -83,6 +83,7 @@ class Status:
     model: str = ""
     engine: str = ""
     error: str = ""
+    graph: str = ""  # '' or why the stream runs without a CUDA graph and how much slower (engines.graphed)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .processor import Processor, Ready, Work
 from .settings import AppSettings, StreamSettings
 
 CACHE_ENV = "DREAMCAM_CACHE_DIR"
@@ -45,20 +46,30 @@ def tiny_model(folder: Path | None = None, say: Callable[[str], None] = print) -
     return folder
 
 
-class SideBySide:
+class SideBySide(Processor):
     """Shows the input next to the output (a random-weight model's output alone says little)."""
 
-    def __init__(self, processor: Any) -> None:
+    def __init__(self, processor: Processor) -> None:
         self.processor = processor
+        self.engine_name = processor.engine_name
+        self.fits_frames = processor.fits_frames
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return np.concatenate([image, self.processor(image)], axis=1)
+    def submit(self, image: np.ndarray) -> Work:
+        return Ready(np.concatenate([image, self.processor(image)], axis=1))
 
     def update(self, **changes: Any) -> None:
         self.processor.update(**changes)
 
-    def __getattr__(self, name: str) -> Any:  # frames_skipped, engine_name, config, ...
-        return getattr(self.processor, name)
+    @property
+    def frames_skipped(self) -> int:
+        return self.processor.frames_skipped
+
+    @property
+    def graph_warning(self) -> str:
+        return self.processor.graph_warning
+
+    def close(self) -> None:
+        self.processor.close()
 
 
 def demo_settings(model: Path, out: Path, size: int, device: str) -> AppSettings:
@@ -81,7 +92,8 @@ def run_demo(out: Path, frames: int = 60, size: int = 256, device: str = "cpu", 
     stream = StreamSettings(prompt=prompt) if prompt else StreamSettings()
     processor = build_processor(app_settings, stream, progress=say, local_files_only=True)
     width = size * 2 if side_by_side else size
-    sink = VideoFileSink(out, width, size, app_settings.fps, max_frames=frames)
+    # the demo replaces its own file and plays at a fixed rate (it renders slower than real time)
+    sink = VideoFileSink(out, width, size, app_settings.fps, max_frames=frames, overwrite=True, realtime=False)
     app = DreamcamApp(app_settings, stream, processor=SideBySide(processor) if side_by_side else processor,
                       sink=sink, max_frames=frames)
     say(f"running {frames} frames of {size}x{size} through the pipeline on {device}")

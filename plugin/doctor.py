@@ -30,12 +30,24 @@ def check_torch() -> list[Check]:
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         checks.append(Check("CUDA GPU", True, f"{name}, CUDA {torch.version.cuda}"))
+        checks.append(check_cuda_graphs())
     else:
         why = "this torch is a CPU build" if torch.version.cuda is None else "no GPU visible to CUDA"
         checks.append(Check("CUDA GPU", False, why,
                             "install an NVIDIA driver and a CUDA build of torch, e.g. pip install torch "
                             "--index-url https://download.pytorch.org/whl/cu128 (the CPU works for the demo only)"))
     return checks
+
+
+def check_cuda_graphs() -> Check:
+    """Capture and replay a small CUDA graph: the stream's fast path needs it."""
+    from dreamcam.engines.graphed import capture_check, uncaptured_message
+
+    error = capture_check()
+    if not error:
+        return Check("CUDA graphs", True, "a test capture replays correctly")
+    return Check("CUDA graphs", False, uncaptured_message(error),
+                 "update the NVIDIA driver and torch; run `dreamcam run -v` and report the capture error", optional=True)
 
 
 def check_tensorrt() -> Check:
@@ -108,8 +120,28 @@ def check_obs(host: str | None = None, port: int | None = None, password: str | 
                  f"{version.obs_web_socket_version} at {host}:{port}", optional=True)
 
 
+def check_running_app(port: int | None = None) -> Check | None:
+    """A Dreamcam app running here (control port): its engine and whether its step runs as CUDA
+    graphs. None when no app answers."""
+    from .control_server import DEFAULT_PORT, send_event
+    from .messages import encode
+
+    try:
+        reply = send_event(encode("hello"), port or DEFAULT_PORT, timeout=1.0)
+    except (ConnectionError, OSError, ValueError):
+        return None
+    status = reply.get("status") or {}
+    graph = status.get("graph") or ""
+    detail = f"engine {status.get('engine', '?')}, {status.get('infer_fps', 0):.0f} fps processed"
+    if graph:
+        return Check("running app", False, f"{detail}; {graph}",
+                     "restart it with `dreamcam run -v` to see the capture error in the log", optional=True)
+    return Check("running app", True, detail, optional=True)
+
+
 def run_checks(obs_host: str | None = None, obs_port: int | None = None,
                obs_password: str | None = None) -> list[Check]:
     checks = [check_python(), *check_torch(), check_tensorrt(), check_vcam(), *check_capture(),
               check_obs(obs_host, obs_port, obs_password)]
-    return checks
+    running = check_running_app()
+    return checks + ([running] if running else [])

@@ -1,12 +1,12 @@
-"""Builds the core pipeline (a Processor) from AppSettings: model, tiny VAE, LCM-LoRA, device,
-dtype, size, and an engine through dreamcam.engines (falling back to eager)."""
+"""Builds the core pipeline (a CoreProcessor) from AppSettings: model, tiny VAE, LCM-LoRA, device,
+dtype, size, an engine through dreamcam.engines (falling back to eager) and its graph driver."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable
 
-from .processor import Processor
+from .processor import CoreProcessor
 from .settings import AppSettings, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,17 @@ def model_spec(app: AppSettings, device: str, dtype: str, local_files_only: bool
 
     tiny_vae = "auto" if app.tiny_vae == DEFAULT_TAESD else app.tiny_vae
     return ModelSpec(model=app.model, tiny_vae=tiny_vae, lcm_lora=app.lcm_lora, device=device,
-                     dtype=dtype, local_files_only=local_files_only)
+                     dtype=dtype, local_files_only=local_files_only, config=app.model_config)
 
 
 def build_engine(app: AppSettings, components: Any, settings: StreamSettings, device: str, dtype: str,
-                 progress: Progress) -> Any | None:
-    """The built engine (dreamcam.engines.Engine), or None for the core's own eager path."""
+                 progress: Progress) -> Any:
+    """The built engine (dreamcam.engines.Engine), after the fallback chain."""
+    from dreamcam.engines import EngineConfig, Geometry, create_engine
+
     engine = app.engine
     if device == "cpu" and engine == "auto":
         engine = "eager"  # compiled and TensorRT engines are for GPUs
-    try:
-        from dreamcam.engines import EngineConfig, Geometry, create_engine
-    except ImportError:
-        log.info("dreamcam.engines is not available; using the core's eager path")
-        return None
     geometry = Geometry(height=app.height, width=app.width, frame_batch=app.frame_buffer_size,
                         unet_batch=unet_batch(settings, app.frame_buffer_size))
     config = EngineConfig(geometry=geometry, dtype=ENGINE_DTYPES[dtype], probe=engine != "eager")
@@ -82,38 +79,9 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
     return built
 
 
-def usable_frames_in_flight(built: Any, wanted: int) -> int:
-    """`wanted`, or 1 with a warning when the engine's modules cannot run two calls at once."""
-    if wanted > 1 and not getattr(built, "concurrent", True):
-        log.warning("the %s engine runs one frame at a time: frames_in_flight %d is not used", built.name, wanted)
-        return 1
-    return wanted
-
-
-def attach_graph(built: Any, stream: Any, progress: Progress, frames_in_flight: int = 1) -> Any:
-    """On a GPU, replay the stream's whole per-frame step as one CUDA graph (the measured fast
-    path); if capture fails the stream keeps the engine's modules and says so. With
-    `frames_in_flight` > 1 the returned processor keeps that many frames on the GPU at once."""
-    if built is None or stream.device.type != "cuda":
-        return stream
-    frames_in_flight = usable_frames_in_flight(built, frames_in_flight)
-    if frames_in_flight > 1:
-        from dreamcam.engines.inflight import InFlightStream
-
-        progress(f"per-frame step runs as CUDA graphs, up to {frames_in_flight} frames at once "
-                 "(1-step streams; more steps run one at a time)")
-        return InFlightStream(stream, frames_in_flight)
-    try:
-        if built.attach(stream) is not None:
-            progress("per-frame step runs as one CUDA graph")
-    except Exception as exc:  # noqa: BLE001 - a failed capture must not stop the stream
-        log.warning("CUDA graph capture unavailable (%s); running the step without it", exc)
-    return stream
-
-
 def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
-                    progress: Progress | None = None, local_files_only: bool = False) -> Processor:
-    """Load the model and build the stream; `progress` gets one line per stage."""
+                    progress: Progress | None = None, local_files_only: bool = False) -> CoreProcessor:
+    """Load the model and build the stream and its graph driver; `progress` gets one line per stage."""
     from dreamcam.core.loading import load_components
     from dreamcam.core.stream import StreamDiffusion
 
@@ -125,6 +93,9 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
     components = load_components(model_spec(app, device, dtype, local_files_only))
     built = build_engine(app, components, settings, device, dtype, say)
     say("preparing the stream (prompt encoding, warm-up)")
-    stream = StreamDiffusion(components, stream_config(app, settings), modules=built and built.modules)
-    stream.engine_name = built.name if built else "eager"  # for the status line
-    return attach_graph(built, stream, say, app.frames_in_flight)
+    stream = StreamDiffusion(components, stream_config(app, settings), modules=built.modules)
+    driver = built.driver(stream, app.frames_in_flight, log=lambda text: log.warning("%s", text))
+    if stream.device.type == "cuda":
+        say(f"per-frame step runs as CUDA graphs, up to {driver.lanes} frame(s) at once"
+            + (" (1-step streams; more steps run one at a time)" if driver.lanes > 1 else ""))
+    return CoreProcessor(driver, built.name)

@@ -1,24 +1,71 @@
-"""What the runner calls per frame: `processor(image) -> image` plus `processor.update(**kw)`
-between frames (the core's StreamDiffusion has this interface), and the mapping from the user's
-StreamSettings to one core update."""
+"""The one interface the runner calls per frame (`Processor`), its two implementations (the
+core stream behind the engines' graph driver, and the stand-in `PassThrough`), and the mapping
+from the user's StreamSettings to one core update."""
 
 from __future__ import annotations
 
-import inspect
+from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 import numpy as np
 
 from .settings import StreamSettings
 
-class Processor(Protocol):
-    def __call__(self, image: np.ndarray) -> np.ndarray: ...
 
+class Work(Protocol):
+    """A frame started on a processor: `done()` never waits, `result()` does (in submit order)."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> np.ndarray: ...
+
+
+class Ready:
+    """Work that is already finished."""
+
+    def __init__(self, out: np.ndarray, skipped: bool = False) -> None:
+        self._out, self.skipped = out, skipped
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> np.ndarray:
+        return self._out
+
+
+class Processor(ABC):
+    """What the runner calls, and all it calls (no attribute probing):
+    - `submit(image)`: start one frame (uint8 HxWx3; any size when `fits_frames`, else already
+      at the configured size); results are collected in submit order;
+    - `update(**core_update(settings))`: all settings at once, ValueError naming the field and
+      nothing changed when one is bad;
+    - `lanes`: how many frames the runner may keep uncollected; `frames_skipped`: frames the
+      processor's own similarity filter skipped so far; `engine_name`; `graph_warning`: '' or the
+      line saying the stream runs without a CUDA graph (and how much slower)."""
+
+    engine_name: str = "none"
+    fits_frames: bool = False  # True: resizes any input to its own size itself (the core, on its device)
+    lanes: int = 1  # frames the runner may keep submitted and uncollected
+    frames_skipped: int = 0  # frames its own similarity filter skipped so far
+    graph_warning: str = ""  # '' or engines.graphed.uncaptured_message(...)
+
+    @abstractmethod
+    def submit(self, image: np.ndarray) -> Work: ...
+
+    @abstractmethod
     def update(self, **changes: Any) -> None: ...
 
+    def close(self) -> None:
+        """Release what the processor holds (GPU graphs); the app calls it once, at stop."""
 
-class PassThrough:
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.submit(image).result()
+
+
+class PassThrough(Processor):
     """Stand-in processor: returns the input; accepts every update (an optional delay mimics work)."""
+
+    engine_name = "passthrough"
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
@@ -31,8 +78,57 @@ class PassThrough:
             time.sleep(self.delay_s)
         return image
 
+    def submit(self, image: np.ndarray) -> Work:
+        return Ready(self(image))
+
     def update(self, **changes: Any) -> None:
         self.updates.append(changes)
+
+
+class CoreProcessor(Processor):
+    """The core's StreamDiffusion behind the engines' one graph driver (`StreamDriver`): the
+    stream fits frames itself, keeps frames in flight where its engine allows, and reports
+    whether its step runs as CUDA graphs."""
+
+    fits_frames = True
+
+    def __init__(self, driver: Any, engine_name: str) -> None:
+        self.driver = driver
+        self.engine_name = engine_name
+
+    @property
+    def stream(self) -> Any:
+        return self.driver.stream
+
+    @property
+    def config(self) -> Any:
+        """The core's StreamConfig in force."""
+        return self.driver.stream.config
+
+    @property
+    def device(self) -> Any:
+        return self.driver.stream.device
+
+    def submit(self, image: np.ndarray) -> Work:
+        return self.driver.submit(image)
+
+    def update(self, **changes: Any) -> None:
+        self.driver.update(**changes)
+
+    @property
+    def lanes(self) -> int:
+        return self.driver.lanes
+
+    @property
+    def frames_skipped(self) -> int:
+        return self.driver.stream.frames_skipped
+
+    @property
+    def graph_warning(self) -> str:
+        return self.driver.graph_status().message
+
+    def close(self) -> None:
+        self.driver.close()
 
 
 def core_update(settings: StreamSettings) -> dict[str, Any]:
@@ -56,29 +152,3 @@ def core_update(settings: StreamSettings) -> dict[str, Any]:
     changes["similarity_threshold"] = settings.similarity_threshold if settings.similarity_filter else None
     changes["similarity_max_skip"] = settings.similarity_max_skip
     return changes
-
-
-def accepted_kwargs(update: Any, changes: dict[str, Any]) -> dict[str, Any]:
-    """Drop keys the processor's `update` does not take (older or stand-in processors); when it
-    takes no `steps`, (strength, steps > 1) becomes an explicit t_index_list."""
-    try:
-        params = inspect.signature(update).parameters
-    except (TypeError, ValueError):
-        return changes
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return changes
-    changes = dict(changes)
-    if "steps" not in params and changes.get("steps", 1) > 1 and changes.get("t_index_list") is None:
-        from dreamcam.core.schedule import strength_to_t_index
-
-        changes["t_index_list"] = list(strength_to_t_index(changes["strength"], changes["steps"]))
-        changes.pop("strength", None)
-    if changes.get("t_index_list") is None:
-        changes.pop("t_index_list", None)
-    return {k: v for k, v in changes.items() if k in params}
-
-
-def fits_frames(processor: Any) -> bool:
-    """True when the processor resizes any input to its own size (the core does, on the GPU)."""
-    config = getattr(processor, "config", None)
-    return all(hasattr(config, name) for name in ("width", "height", "resize"))

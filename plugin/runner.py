@@ -12,16 +12,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from .control import SettingsStore, Status, StatusBoard
 from .frames import Frame, fit
 from .mailbox import Mailbox
-from .processor import Processor, accepted_kwargs, core_update, fits_frames
+from .processor import Processor, Ready, Work, core_update
 from .settings import StreamSettings
 from .sinks import Sink
+from .sinks.guard import SinkGuard
 from .sources import Pacer, Source
 from .stats import Average, RateMeter
 
@@ -43,19 +44,6 @@ class RunnerConfig:
     engine: str = ""
 
 
-class _Ready:
-    """A frame computed at once (processors without `submit`, paused passthrough)."""
-
-    def __init__(self, out: np.ndarray) -> None:
-        self._out = out
-
-    def done(self) -> bool:
-        return True
-
-    def result(self) -> np.ndarray:
-        return self._out
-
-
 @dataclass
 class _Job:
     """A frame started on the processor, published when its result is collected."""
@@ -64,9 +52,8 @@ class _Job:
     t_start: float
     settings: StreamSettings
     version: int
-    work: Any  # .done() -> bool, .result() -> image
+    work: Work
     t0: float | None = None  # perf_counter at submit; None: not inferred (paused)
-    counts_skips: bool = False
     skipped: bool = False
 
 
@@ -87,6 +74,7 @@ class Runner:
         load_processor: Callable[[], Processor] | None = None,
     ) -> None:
         self.source, self.sink, self.store, self.board, self.config = source, sink, store, board, config
+        self.sink_guard = SinkGuard(sink)  # the failure policy: report once, retry, or stop for good
         self.processor = processor
         self._load_processor = load_processor
         self.in_box: Mailbox[Frame] = Mailbox()
@@ -107,6 +95,7 @@ class Runner:
         self.last_captured: Frame | None = None  # newest input, for previews
         self.history: collections.deque[tuple[int, dict]] = collections.deque(maxlen=512)  # processed frames
         self._last_status = 0.0
+        self._last_graph = ""
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -213,7 +202,7 @@ class Runner:
             if pending and len(pending) >= self._depth():
                 self._finish(pending.popleft())
                 continue
-            frame = self.in_box.get(timeout=0.002 if pending else 0.1)
+            frame = self.in_box.get(timeout=self._wait_s(pending))
             if frame is None:
                 if pending:
                     self._finish(pending.popleft())
@@ -221,6 +210,14 @@ class Runner:
             job = self._start(frame)
             if job is not None:
                 pending.append(job)
+
+    def _wait_s(self, pending: "collections.deque[_Job]") -> float:
+        """How long to wait for a new frame: with frames in flight, until the oldest is expected
+        to be done (its submit time + the mean submit-to-result time), then it is published."""
+        if not pending or pending[0].t0 is None:
+            return 0.0 if pending else 0.1
+        expected = pending[0].t0 + self._infer_ms.mean() / 1000.0
+        return min(0.1, max(0.0, expected - time.perf_counter()))
 
     def _ready(self, job: "_Job") -> bool:
         """Finished (or failed: `_finish` then reports it), without waiting."""
@@ -230,8 +227,7 @@ class Runner:
             return True
 
     def _depth(self) -> int:
-        processor = self.processor
-        return max(1, int(getattr(processor, "lanes", 1))) if hasattr(processor, "submit") else 1
+        return self.processor.lanes if self.processor is not None else 1
 
     def _start(self, frame: Frame) -> "_Job | None":
         t_start = time.monotonic()
@@ -239,18 +235,17 @@ class Runner:
         width, height, policy = self.config.width, self.config.height, self.config.resize
         processor = self.processor
         if settings.paused or processor is None:
-            return _Job(frame, t_start, settings, version, _Ready(fit(frame.image, width, height, policy)))
+            return _Job(frame, t_start, settings, version, Ready(fit(frame.image, width, height, policy)))
         # the core fits frames itself, on the GPU; anything else gets them fitted here
-        image = frame.image if fits_frames(processor) else fit(frame.image, width, height, policy)
-        skipped_before = getattr(processor, "frames_skipped", None)
+        image = frame.image if processor.fits_frames else fit(frame.image, width, height, policy)
+        skipped_before = processor.frames_skipped
         t0 = time.perf_counter()
         try:
-            work = processor.submit(image) if hasattr(processor, "submit") else _Ready(processor(image))
+            work = processor.submit(image)
         except Exception as exc:
             self._frame_failed(exc)
             return None
-        skipped = skipped_before is not None and processor.frames_skipped != skipped_before
-        return _Job(frame, t_start, settings, version, work, t0, skipped_before is not None, skipped)
+        return _Job(frame, t_start, settings, version, work, t0, processor.frames_skipped != skipped_before)
 
     def _finish(self, job: "_Job") -> None:
         try:
@@ -261,8 +256,7 @@ class Runner:
         if job.t0 is not None:
             self._infer_ms.add((time.perf_counter() - job.t0) * 1000)
             self._fps_infer.tick()
-            if job.counts_skips:  # the core counts frames its similarity filter skipped
-                self._skips.add(1.0 if job.skipped else 0.0)
+            self._skips.add(1.0 if job.skipped else 0.0)  # frames the processor's similarity filter skipped
         frame = job.frame
         meta = dict(frame.meta, settings_version=job.version, t_start=job.t_start, paused=job.settings.paused,
                     t_processed=time.monotonic())
@@ -298,7 +292,7 @@ class Runner:
             return self.active_settings, version
         self._applied_version = version
         try:
-            processor.update(**accepted_kwargs(processor.update, core_update(settings)))
+            processor.update(**core_update(settings))
         except ValueError as exc:
             log.warning("settings rejected by the pipeline: %s", exc)
             self._set_error("settings", f"rejected update: {exc}")
@@ -335,11 +329,14 @@ class Runner:
     def _write(self, frame: Frame, fresh: bool) -> None:
         if self._stop.is_set():
             return
-        try:
-            self.sink.write(frame.image)
-        except Exception as exc:
-            log.warning("sink %s failed: %s", getattr(self.sink, "name", "?"), exc)
-            self._set_error("sink", f"output failed: {exc}", hold=ERROR_HOLD_S)
+        written = self.sink_guard.write(frame.image)
+        if self.sink_guard.error:
+            self._set_error("sink", self.sink_guard.error)
+            if self.sink_guard.failed:
+                self.finished.set()  # nothing more can be written: the run ends (and exits non-zero)
+        elif written and "sink" in self._errors:
+            self._clear_error("sink")
+        if not written:
             return
         self._fps_out.tick()
         self.frames_published += 1
@@ -354,13 +351,17 @@ class Runner:
         if t - self._last_status >= STATUS_PERIOD_S:
             self._last_status = t
             status = self._publish_status(running=True)
+            if status.graph != self._last_graph:  # said once when it appears (and when it clears)
+                self._last_graph = status.graph
+                log.warning("%s", status.graph or "the stream runs as CUDA graphs again")
             log.info(
-                "in %.1f fps | infer %.1f fps %.0f ms | out %.1f fps | latency %.0f ms | dropped %d%s",
+                "in %.1f fps | infer %.1f fps %.0f ms | out %.1f fps | latency %.0f ms | dropped %d%s%s",
                 status.fps_in, status.infer_fps, status.infer_ms, status.fps_out, status.latency_ms,
-                status.dropped, f" | {status.error}" if status.error else "",
+                status.dropped, f" | {status.error}" if status.error else "", f" | {status.graph}" if status.graph else "",
             )
 
     def status(self, running: bool = True) -> Status:
+        processor = self.processor
         return Status(
             running=running,
             fps_in=round(self._fps_in.rate(), 2),
@@ -371,8 +372,9 @@ class Runner:
             latency_ms=round(self._latency_ms.mean(), 1),
             dropped=self.in_box.dropped + self.out_box.dropped,
             model=self.config.model,
-            engine=self.config.engine,
+            engine=processor.engine_name if processor is not None else self.config.engine,
             error=self.error_text(),
+            graph=processor.graph_warning if processor is not None else "",
             extra={"frames_out": self.frames_published, "source": getattr(self.source, "name", "")},
         )
 

@@ -149,6 +149,9 @@ SCHEMA: Tuple[Field, ...] = (
          "Output", "text", cli_short="-o"),
     _app("model", "text", "stabilityai/sd-turbo", "Model", "Hub id, local diffusers folder or .safetensors file.",
          "Model", "text"),
+    _app("model_config", "text", None, "Model configs",
+         "With a single .safetensors/.ckpt model: a local diffusers folder of the same architecture whose "
+         "configs to use (nothing is downloaded).", "Model", "text", nullable=True),
     _app("tiny_vae", "text", "madebyollin/taesd", "Tiny autoencoder",
          "Tiny autoencoder (hub id or folder); 'none' for the model's own VAE.", "Model", "text", nullable=True),
     _app("lcm_lora", "text", None, "LCM-LoRA", "LCM-LoRA to fuse (for SD 1.5 fine-tunes).", "Model", "text",

@@ -13,6 +13,7 @@ import av
 
 from dreamcam.plugin.control_server import send_event
 from dreamcam.plugin.messages import encode
+from dreamcam.plugin.secret import SecretError
 from plugin_helpers import wait_for
 
 
@@ -104,7 +105,7 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         def streaming() -> bool:  # the control port answers during the model load already
             try:
                 return send_event(encode("hello"), port=port, timeout=1)["status"]["running"]
-            except ConnectionError:
+            except (ConnectionError, SecretError):  # not started yet: no port, or no token made yet
                 return proc.poll() is None and False
         assert wait_for(streaming, timeout=60, step=0.2), proc.stderr.read() if proc.poll() is not None else ""
         result = run_cli("set", "prompt=a paper boat", "strength=0.35", "paused=true", "--port", str(port))
@@ -113,7 +114,7 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         reply = send_event(encode("hello"), port=port)
         assert reply["settings"]["prompt"] == "a paper boat" and reply["settings"]["paused"] is True
         bad = run_cli("set", "strength=-1", "--port", str(port))
-        assert bad.returncode == 1 and "strength" in bad.stderr
+        assert bad.returncode == 2 and "strength: must be from 0.0 to 1.0" in bad.stderr  # refused before sending
         assert send_event(encode("hello"), port=port)["settings"]["strength"] == 0.35
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)

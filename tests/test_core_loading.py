@@ -47,8 +47,47 @@ def test_single_file_checkpoint_loads_the_same_weights(tmp_path, tiny_sd15_dir):
 
 def test_single_file_without_configs_offline_says_what_to_pass(tmp_path, tiny_sd15_dir):
     path = save_single_file(tiny_sd15_dir, tmp_path / "tiny.safetensors")
-    with pytest.raises(ModelLoadError, match="config="):
+    with pytest.raises(ModelLoadError) as err:
         load_components(ModelSpec(str(path), tiny_vae=None, local_files_only=True))
+    assert "--model-config FOLDER" in str(err.value) and "config=" not in str(err.value)
+
+
+def test_single_file_with_model_config_from_the_cli_settings_loads(tmp_path, tiny_sd15_dir):
+    """--model-config is a real option: AppSettings.model_config reaches ModelSpec.config."""
+    from dreamcam.plugin.pipeline import model_spec
+    from dreamcam.plugin.settings import AppSettings
+
+    path = save_single_file(tiny_sd15_dir, tmp_path / "tiny.safetensors")
+    app = AppSettings(model=str(path), model_config=str(tiny_sd15_dir), tiny_vae="none")
+    spec = model_spec(app, "cpu", "float32", local_files_only=True)
+    assert spec.config == str(tiny_sd15_dir)
+    assert load_components(spec).family == "sd15"
+
+
+def test_local_folder_uses_its_own_tiny_vae_offline(tmp_path, monkeypatch):
+    """The default tiny VAE ("auto") of a local folder is the folder's own taesd/: no download."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = make_tiny_model(tmp_path / "m", "sd21")
+    comp = load_components(ModelSpec(str(folder), tiny_vae="auto"))
+    assert comp.vae_kind == "tiny"
+    reference = load_components(ModelSpec(str(folder), tiny_vae=str(folder / "taesd")))
+    for key, value in reference.vae.state_dict().items():
+        assert torch.equal(comp.vae.state_dict()[key], value), key
+    import shutil
+
+    shutil.rmtree(folder / "taesd")  # without one, offline: the error names the real fix
+    with pytest.raises(ModelLoadError) as err:
+        load_components(ModelSpec(str(folder), tiny_vae="auto"))
+    text = str(err.value)
+    assert "--tiny-vae none" in text and "--tiny-vae FOLDER" in text and "stabilityai/sd-turbo" not in text
+
+
+def test_broken_model_index_names_the_file(tmp_path):
+    folder = make_tiny_model(tmp_path / "m", "sd21")
+    (folder / "model_index.json").write_text('{"unet": ["diffusers", ')
+    with pytest.raises(ModelLoadError) as err:
+        load_components(ModelSpec(str(folder), tiny_vae=None, local_files_only=True))
+    assert str(folder / "model_index.json") in str(err.value) and "damaged" in str(err.value)
 
 
 def test_lora_is_fused_into_the_unet(tmp_path, tiny_sd15_dir):
@@ -110,10 +149,12 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
 
 
 def test_wrong_tiny_vae_and_bad_device_or_dtype(tiny_model_dir):
-    with pytest.raises(ModelLoadError, match="tiny VAE"):
+    with pytest.raises(ModelLoadError, match="tiny VAE") as err:
         load_components(ModelSpec(str(tiny_model_dir), tiny_vae="/no/taesd", local_files_only=True))
-    with pytest.raises(ModelLoadError, match="LoRA '/no/lora': no such file or folder"):
+    assert "madebyollin/taesd" in str(err.value) and "sd-turbo" not in str(err.value)  # the example fits
+    with pytest.raises(ModelLoadError, match="LoRA '/no/lora': no such file or folder") as err:
         load_components(ModelSpec(str(tiny_model_dir), tiny_vae=None, lcm_lora="/no/lora", local_files_only=True))
+    assert "lcm-lora" in str(err.value) and "sd-turbo" not in str(err.value)
     with pytest.raises(ModelLoadError, match="dtype"):
         load_components(ModelSpec(str(tiny_model_dir), dtype="float8", local_files_only=True))
     if not torch.cuda.is_available():

@@ -14,8 +14,8 @@ from dreamcam.core.loading import ModelSpec, load_components
 from dreamcam.core.stream import StreamDiffusion
 from dreamcam.engines import EngineConfig, EngineUnavailable, Geometry, create_engine
 from dreamcam.engines.factory import _builders
+from dreamcam.engines.driver import StreamDriver
 from dreamcam.engines.graphed import GraphedStep
-from dreamcam.engines.runner import attach_graph, host_pipeline
 
 try:
     import tensorrt  # noqa: F401
@@ -121,21 +121,42 @@ def test_eager_engine_gives_the_same_frames_as_the_core_default(tiny_model_dir, 
     np.testing.assert_array_equal(got, want)
 
 
-def test_graph_runner_off_cuda_runs_uncaptured_with_the_same_frames(tiny_model_dir):
+def test_graph_driver_off_cuda_runs_uncaptured_with_the_same_frames(tiny_model_dir):
     spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
     frames = _frames(3)
     want = _run(StreamDiffusion(load_components(spec), _stream_config()), frames)
     stream = StreamDiffusion(load_components(spec), _stream_config())
-    assert attach_graph(stream) is None  # CPU: nothing to capture
-    pipe = host_pipeline(stream)
-    got = np.stack([pipe(f[None]).numpy()[0] for f in frames])
-    assert isinstance(pipe, GraphedStep) and pipe.capture_error and "no CUDA" in pipe.capture_error
+    driver = StreamDriver(stream)
+    got = _run(driver, frames)
+    status = driver.graph_status()
+    assert not status.applies and status.message == ""  # CPU: nothing to capture, nothing to warn about
     np.testing.assert_array_equal(got, want)
 
 
+def test_the_driver_holds_no_reference_cycle_so_a_dropped_stream_frees_its_graphs_at_once(tiny_model_dir):
+    """A GraphedStep kept alive only by a reference cycle is freed by the cyclic collector at some
+    later allocation, possibly in the middle of another stream's capture (which breaks it)."""
+    import gc
+    import weakref
+
+    spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
+    driver = StreamDriver(StreamDiffusion(load_components(spec), _stream_config()), lanes=2)
+    driver(_frames(1)[0])
+    graphed, stream = weakref.ref(driver.graphed), weakref.ref(driver.stream)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del driver
+        assert graphed() is None and stream() is None  # freed by reference counting alone
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def test_frames_in_flight_need_a_positive_lane_count_and_a_stateless_stream(tiny_model_dir):
-    with pytest.raises(ValueError, match="lanes"):
-        GraphedStep(lambda x: x, lanes=0)
+    for lanes in (0, 5):
+        with pytest.raises(ValueError, match="lanes"):
+            GraphedStep(lambda x: x, lanes=lanes)
     spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
     comps = load_components(spec)
     assert StreamDiffusion(comps, _stream_config().replace(t_index_list=(30,))).stateless
@@ -162,11 +183,12 @@ def test_compiled_engine_on_the_cpu_gives_the_core_frames(tiny_model_dir, tmp_pa
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 2  # fp32; fused kernels round differently
 
 
-def test_frames_in_flight_are_not_used_with_an_engine_that_runs_one_call_at_a_time(caplog):
+def test_frames_in_flight_are_not_used_with_an_engine_that_runs_one_call_at_a_time(tiny_model_dir):
     from dreamcam.engines.factory import Engine
-    from dreamcam.plugin.pipeline import usable_frames_in_flight
 
-    assert usable_frames_in_flight(Engine("compiled", modules=None, reason=""), 3) == 3
-    assert usable_frames_in_flight(Engine("tensorrt", modules=None, reason=""), 3) == 1
-    assert "runs one frame at a time" in caplog.text
-    assert usable_frames_in_flight(None, 2) == 2  # the core's own modules
+    spec = ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))
+    stream = StreamDiffusion(load_components(spec), _stream_config().replace(t_index_list=(30,)))
+    said = []
+    assert Engine("compiled", modules=None, reason="").driver(stream, 3, log=said.append).lanes == 3
+    assert Engine("tensorrt", modules=None, reason="").driver(stream, 3, log=said.append).lanes == 1
+    assert len(said) == 1 and "runs one frame at a time" in said[0]

@@ -79,3 +79,35 @@ def test_tensorrt_plan_profiles_fit_the_exported_models(components, tmp_path):
                 feeds[name] = torch.full(shape, 500.0) if name == "timestep" else torch.randn(shape)
             out = _run(path, feeds)
             assert out.shape[0] == plan.shapes[plan.spec.inputs[0]][which][0]
+
+
+def test_sdxl_unet_export_takes_the_named_conditioning_inputs(tmp_path_factory, tmp_path):
+    """SDXL's pooled text embeddings and time ids are ordinary named inputs of the exported UNet
+    (dynamic batch), so the TensorRT engine builds SDXL like any other model."""
+    from dreamcam.core.tiny import make_tiny_model
+    from dreamcam.engines.contract import unet_conditions
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"), "sdxl")
+    comps = load_components(ModelSpec(str(folder), tiny_vae=str(folder / "taesd")))
+    conditions = unet_conditions(comps)
+    assert [c.name for c in conditions] == ["text_embeds", "time_ids"]
+    modules = eager_modules(comps)
+    dim = comps.unet.config.cross_attention_dim
+    spec = onnx_export.unet_spec(conditions)
+    example = onnx_export.unet_example(1, (8, 8), 77, dim, dtype=torch.float32, device=torch.device("cpu"),
+                                       conditions=conditions)
+    path = onnx_export.export(modules.unet, comps.unet, example, spec, tmp_path / "unet.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(spec.inputs)
+    torch.manual_seed(2)
+    b = 3
+    sample, text = torch.randn(b, 4, 12, 10), torch.randn(b, 77, dim)
+    t = torch.tensor([999.0, 500.0, 20.0])
+    cond = {"text_embeds": torch.randn(b, conditions[0].row_shape[0]),
+            "time_ids": torch.tensor([[96.0, 80.0, 0.0, 0.0, 96.0, 80.0]] * b)}
+    with torch.no_grad():
+        want = modules.unet(sample, t.long(), text, **cond)
+        plain = modules.unet(sample, t.long(), text, **{**cond, "text_embeds": torch.zeros_like(cond["text_embeds"])})
+    assert not torch.allclose(want, plain)  # the pooled embeddings do reach the UNet
+    got = _run(path, {"sample": sample, "timestep": t, "encoder_hidden_states": text, **cond})
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-4)

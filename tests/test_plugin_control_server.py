@@ -222,14 +222,18 @@ def test_refused_updates_change_nothing_name_the_field_and_keep_the_connection(r
 
 
 def test_numbers_that_are_not_numbers_get_a_reply_and_no_traceback(running_app, caplog):
+    """NaN and Infinity are refused by the settings checks, naming the field (the connection stays);
+    lines that are not JSON we can read (5000 digits, deep nesting) are answered and closed."""
     app, port = running_app
     token = secret.load_or_create()
-    for raw in (b'"seed": NaN', b'"strength": Infinity', b'"guidance_scale": -Infinity',
-                b'"seed": ' + b"9" * 5000, b'"t_index_list": ' + b"[" * 20000 + b"]" * 20000):
+    cases = ((b'"seed": NaN', "seed: must be"), (b'"strength": Infinity', "strength: must be"),
+             (b'"guidance_scale": -Infinity', "guidance_scale: must be"), (b'"seed": ' + b"9" * 5000, "not JSON"),
+             (b'"t_index_list": ' + b"[" * 20000 + b"]" * 20000, "not JSON"))
+    for raw, words in cases:
         payload = b'{"token": "%s", "dreamcam": {"v": 1, "kind": "settings", %s}}\n' % (token.encode(), raw)
-        replies, closed = converse(port, payload[:MAX_MESSAGE_BYTES])
+        replies, closed = converse(port, payload[:MAX_MESSAGE_BYTES], timeout=1.5)
         assert len(replies) == 1 and not replies[0]["ok"], (raw[:40], replies)
-        assert "not JSON" in replies[0]["error"] or "line longer" in replies[0]["error"]
+        assert words in replies[0]["error"] or "line longer" in replies[0]["error"], (raw[:40], replies)
     assert app.store.version == 0 and "Traceback" not in caplog.text
 
 

@@ -73,13 +73,12 @@ def test_settings_change_is_visible_in_the_next_processed_frame(tiny_app_setting
 
 def test_filter_and_steps_map_onto_the_core(tiny_app_settings):
     processor = build_processor(tiny_app_settings, StreamSettings(), local_files_only=True)
-    from dreamcam.plugin.processor import accepted_kwargs, core_update
+    from dreamcam.plugin.processor import core_update
 
-    processor.update(**accepted_kwargs(processor.update, core_update(
-        StreamSettings(similarity_filter=False, strength=0.8, steps=3))))
+    processor.update(**core_update(StreamSettings(similarity_filter=False, strength=0.8, steps=3)))
     assert processor.config.similarity_threshold is None
     assert processor.config.num_steps == 3
-    processor.update(**accepted_kwargs(processor.update, core_update(StreamSettings(t_index_list=(20, 40)))))
+    processor.update(**core_update(StreamSettings(t_index_list=(20, 40))))
     assert processor.config.indexes == (20, 40)
     out = processor(np.zeros((SIZE, SIZE, 3), np.uint8))
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
@@ -109,6 +108,6 @@ def test_an_engine_that_cannot_run_here_says_why_it_was_replaced(tiny_app_settin
     from dreamcam.plugin.pipeline import build_processor
 
     with caplog.at_level(logging.WARNING, logger="dreamcam.plugin.pipeline"):
-        stream = build_processor(replace(tiny_app_settings, engine="tensorrt"))
-    assert stream.engine_name != "tensorrt"
+        processor = build_processor(replace(tiny_app_settings, engine="tensorrt"))
+    assert processor.engine_name != "tensorrt"
     assert any("fell back from tensorrt" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

@@ -25,7 +25,7 @@ def test_app_runs_on_the_gpu(tiny_model_dir, frames_in_flight, engine="eager"):
                            frames_in_flight=frames_in_flight)
     processor = build_processor(settings, StreamSettings(similarity_filter=False), local_files_only=True)
     assert processor.device.type == "cuda"
-    assert getattr(processor, "lanes", 1) == frames_in_flight
+    assert processor.lanes == frames_in_flight
     sink = NullSink()
     app = DreamcamApp(settings, StreamSettings(similarity_filter=False), source=PatternSource(256, 256, 60),
                       sink=sink, processor=processor)
@@ -36,8 +36,8 @@ def test_app_runs_on_the_gpu(tiny_model_dir, frames_in_flight, engine="eager"):
         written = sink.frames_written
         assert wait_for(lambda: sink.frames_written >= written + 30, timeout=60)
         status = app.runner.status()
-        print(f"engine={getattr(processor, 'engine_name', '?')} {status}")
-        assert status.error == ""
+        print(f"engine={processor.engine_name} {status}")
+        assert status.error == "" and status.graph == ""  # the step runs as CUDA graphs
         assert processor.config.prompt == "a new prompt" and processor.config.num_steps == 2
     finally:
         assert app.stop()

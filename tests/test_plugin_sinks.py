@@ -129,3 +129,12 @@ def test_preview_window_shows_frames_under_xvfb(xvfb):
         assert "opencv-python" in result.stderr
     else:
         assert result.returncode == 0 and "shown" in result.stdout, result.stderr
+
+
+def test_sink_kinds_import_only_the_base_module():
+    from test_plugin_sources import package_imports
+
+    imports = package_imports("sinks")
+    for kind in ("null", "vcam", "video", "images", "preview"):
+        assert imports[kind] <= {"base"}, (kind, imports[kind])
+    assert imports["base"] == set()

@@ -24,7 +24,7 @@ def clip(tmp_path_factory) -> Path:
     """A 30-frame video of the test pattern (frame index drawn in it), written with PyAV."""
     path = tmp_path_factory.mktemp("clip") / "pattern.mp4"
     pattern = PatternSource(W, H, 1000)
-    sink = VideoFileSink(path, W, H, 30.0, codec="libx264")
+    sink = VideoFileSink(path, W, H, 30.0, codec="libx264", realtime=False)  # a 30 fps clip
     sink.open()
     for i in range(30):
         sink.write(pattern.render(i))
@@ -115,3 +115,28 @@ def test_screen_source_without_a_display_says_so(monkeypatch):
     monkeypatch.setenv("DISPLAY", ":189")
     with pytest.raises(SourceError, match="screen"):
         ScreenSource().open()
+
+
+def package_imports(folder: str) -> dict[str, set[str]]:
+    """module -> the modules of its own package that it imports (relative imports, any depth)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "plugin" / folder
+    found = {}
+    for path in root.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names.add(node.module or "")
+            elif isinstance(node, ast.ImportFrom) and node.level == 2 and node.module == folder:
+                names.add("")  # `from ..sources import x`: the package itself
+        found[path.stem] = names
+    return found
+
+
+def test_source_kinds_import_only_the_base_module():
+    imports = package_imports("sources")
+    assert {"base", "spec", "pattern", "screen", "camera", "video"} <= set(imports)
+    for kind in ("pattern", "screen", "camera", "video"):
+        assert imports[kind] <= {"base"}, (kind, imports[kind])
+    assert imports["base"] == set() and imports["spec"] <= {"base", "pattern", "screen", "camera", "video"}

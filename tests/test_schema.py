@@ -140,3 +140,15 @@ def test_the_schema_imports_no_torch():
     code = "import sys, dreamcam.plugin.schema, dreamcam.plugin.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_json_ships_beside_the_obs_script():
+    from dreamcam.plugin.obs_scene import obs_schema_path, obs_script_path
+
+    assert obs_schema_path() == schema.JSON_PATH and obs_schema_path().parent == obs_script_path().parent
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]
+    assert any(p == "*.json" for key in ("*", "dreamcam.obs_scripts") for p in patterns.get(key, []))

@@ -236,39 +236,63 @@ def control_app(tmp_path):
     app.stop()
 
 
-RAW_LINES = [
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "seed": NaN}}', "seed: must be a whole number"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "guidance_scale": Infinity}}', "guidance_scale"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "delta": -Infinity}}', "delta: must be"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "strength": 1e400}}', "strength: must be"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "seed": ' + "9" * 400 + "}}", "seed: must be from"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "seed": ' + "9" * 5000 + "}}", "not JSON"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "steps": true}}', "steps: must be"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "t_index_list": ' + "[" * 10_000 + "]" * 10_000
-     + "}}", "nested too deeply"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "t_index_list": ' + "[" * 500 + "]" * 500 + "}}",
-     "t_index_list"),
-    ('{"dreamcam": {"v": NaN, "kind": "settings", "prompt": "x"}}', "protocol version"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "preset": NaN}}', "preset"),
-    ('{"dreamcam": {"v": 1, "kind": "settings", "prompt": "x", "sede": 3}}', "sede: unknown setting"),
+RAW_FIELDS = [  # settings refusals: each named, the connection stays open
+    ('"seed": NaN', "seed: must be a whole number"),
+    ('"guidance_scale": Infinity', "guidance_scale"),
+    ('"delta": -Infinity', "delta: must be"),
+    ('"strength": 1e400', "strength: must be a number from 0.0 to 1.0, got inf"),
+    ('"guidance_scale": -1e400', "guidance_scale: must be a number from 0.0 to 20.0, got -inf"),
+    ('"seed": ' + "9" * 400, "seed: must be from"),
+    ('"seed": 2147483648', "seed: must be from 0 to 2147483647, got 2147483648"),
+    ('"steps": true', "steps: must be a whole number from 1 to 8, got True"),
+    ('"t_index_list": ' + "[" * 500 + "]" * 500, "t_index_list: each value must be a whole number"),
+    ('"similarity_filter": 1', "similarity_filter: must be true or false, got 1"),
+    ('"preset": NaN', "preset"),
+    ('"sede": 3', "sede: unknown setting"),
 ]
+RAW_UNREADABLE = [  # not JSON we can read: answered, then the connection is closed
+    ('"seed": ' + "9" * 5000, "not JSON"),
+    ('"t_index_list": ' + "[" * 10_000 + "]" * 10_000, "nested too deeply"),
+]
+
+
+def _raw_line(fields: str) -> bytes:
+    from dreamcam.plugin import secret
+
+    token = json.dumps(secret.load_or_create())
+    return ('{"token": ' + token + ', "dreamcam": {"v": 1, "kind": "settings", "prompt": "x", ' + fields
+            + "}}\n").encode()
+
+
+def _check_reply(raw: bytes, words: str, line: str) -> None:
+    assert raw, f"no reply to {line[:80]}"
+    reply = json.loads(raw)
+    assert reply["ok"] is False and words in reply["error"], (line[:80], reply.get("error"))
+    assert "\n" not in reply["error"] and len(reply["error"]) < 400
 
 
 def test_the_control_socket_answers_every_bad_number_on_the_same_connection(control_app):
     app, port = control_app
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
         reader = conn.makefile("rb")
-        for line, words in RAW_LINES:
-            conn.sendall(line.encode() + b"\n")
-            reply = reader.readline()
-            assert reply, f"no reply to {line[:80]}"
-            reply = json.loads(reply)
-            assert reply["ok"] is False and words in reply["error"], (line[:80], reply.get("error"))
-            assert "\n" not in reply["error"] and len(reply["error"]) < 400
-        conn.sendall(json.dumps(messages.settings_event({"prompt": "after", "seed": 2**31 - 1})).encode() + b"\n")
+        for fields, words in RAW_FIELDS:
+            conn.sendall(_raw_line(fields))
+            _check_reply(reader.readline(), words, fields)
+        conn.sendall(_raw_line('"seed": 2147483647').replace(b'"prompt": "x"', b'"prompt": "after"'))
         assert json.loads(reader.readline())["ok"] is True
     assert (app.store.current.prompt, app.store.current.seed) == ("after", 2**31 - 1)
     assert app.store.version == 1  # none of the bad lines changed anything
+
+
+def test_unreadable_json_is_answered_then_the_connection_closes(control_app):
+    app, port = control_app
+    for fields, words in RAW_UNREADABLE:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(_raw_line(fields))
+            reader = conn.makefile("rb")
+            _check_reply(reader.readline(), words, fields)
+            assert reader.readline() == b""  # closed by the app
+    assert app.store.version == 0
 
 
 def test_send_settings_with_nan_gets_the_apps_refusal(control_app):

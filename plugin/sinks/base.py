@@ -1,4 +1,5 @@
-"""What every frame sink shares: the `Sink` interface, `SinkError` and the `FrameLimit` counter."""
+"""What every frame sink shares: the `Sink` interface, `SinkError` / `SinkFailed` and the
+`FrameLimit` counter."""
 
 from __future__ import annotations
 
@@ -8,7 +9,25 @@ import numpy as np
 
 
 class SinkError(RuntimeError):
-    """A sink could not be opened; the text says what to install or check."""
+    """A sink could not be opened or could not write a frame; the text says what to install or
+    check. Raised by `write`, it is worth retrying later (see `guard.SinkGuard`)."""
+
+
+class SinkFailed(SinkError):
+    """The sink cannot go on (a recording whose disk is full): not retried; the run stops."""
+
+
+DISK_FULL_ERRNOS = frozenset({28, 27, 122})  # ENOSPC, EFBIG (file-size limit), EDQUOT
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """'the disk is full (...)' for a full disk or a size limit, else the error in one line."""
+    errno = getattr(exc, "errno", None)
+    lines = str(exc).splitlines()
+    text = getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
+    if errno in DISK_FULL_ERRNOS:
+        return f"the disk is full ({text})"
+    return str(text)
 
 
 class Sink(Protocol):
@@ -18,7 +37,8 @@ class Sink(Protocol):
 
     def open(self) -> None: ...
 
-    def write(self, image: np.ndarray) -> None: ...
+    def write(self, image: np.ndarray) -> None:
+        """Write one frame; raise SinkError (retried later) or SinkFailed (the sink is done for)."""
 
     def close(self) -> None: ...
 

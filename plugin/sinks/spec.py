@@ -6,8 +6,10 @@ from __future__ import annotations
 from .base import Sink, SinkError
 
 
-def make_sink(spec: str, *, width: int, height: int, fps: float, max_frames: int | None = None) -> Sink:
-    """Build a sink from its spec. Implementations load on demand: their libraries are optional."""
+def make_sink(spec: str, *, width: int, height: int, fps: float, max_frames: int | None = None,
+              overwrite: bool = False) -> Sink:
+    """Build a sink from its spec. Implementations load on demand: their libraries are optional.
+    File and image sinks refuse to replace what is there unless `overwrite`."""
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "null":
@@ -23,13 +25,13 @@ def make_sink(spec: str, *, width: int, height: int, fps: float, max_frames: int
 
         if not arg:
             raise SinkError("sink: file needs a path, e.g. file:out.mp4")
-        return VideoFileSink(arg, width, height, fps, max_frames=max_frames)
+        return VideoFileSink(arg, width, height, fps, max_frames=max_frames, overwrite=overwrite)
     if kind == "images":
         from .images import ImageSequenceSink
 
         if not arg:
             raise SinkError("sink: images needs a folder, e.g. images:frames/")
-        return ImageSequenceSink(arg, max_frames=max_frames)
+        return ImageSequenceSink(arg, max_frames=max_frames, overwrite=overwrite)
     if kind == "preview":
         from .preview import PreviewSink
 

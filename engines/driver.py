@@ -1,0 +1,99 @@
+"""The one graph driver: the core stream's per-frame logic around its step replayed as CUDA graphs.
+
+`StreamDriver(stream, lanes)` is what the app (through plugin/processor.py) and the benchmark run:
+`submit(frame) -> PendingFrame` calls `stream.prepare(frame)` (checks, similarity filter, upload,
+fit, prompt transition, warm-up), runs `stream.step_tensor` through a `GraphedStep` (1 to 4 lanes;
+more than one only for stateless 1-step streams), and `PendingFrame.result()` calls
+`stream.finish(out, frame)` in submit order. Live updates fence the frames in flight first. Off
+CUDA the same path runs the step uncaptured. The driver reads the stream only through its public
+API (`step_tensor`, `step_state`, `shape_key`, `stateless`, ...) and never changes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import EngineConfig
+from .graphed import FrameHandle, GraphedStep, GraphStatus
+
+Frame = np.ndarray | torch.Tensor
+
+
+class PendingFrame:
+    """A submitted frame; `result()` waits for it. Collect in submit order."""
+
+    def __init__(self, stream: Any, frame: Frame, handle: FrameHandle | None) -> None:
+        self._stream, self._frame, self._handle = stream, frame, handle
+
+    @property
+    def skipped(self) -> bool:
+        """The similarity filter skipped this frame: the result repeats the last output."""
+        return self._handle is None
+
+    def done(self) -> bool:
+        return self._handle is None or self._handle.done()
+
+    def result(self) -> Frame:
+        if self._handle is None:
+            return self._stream.repeat_last(self._frame)
+        out = self._handle.result()
+        if out.device.type == "cpu" and out.is_pinned():
+            # a plain pageable copy: the pinned buffer is reused a few submits later
+            out = torch.from_numpy(out.numpy().copy())
+        return self._stream.finish(out, self._frame)
+
+
+def _step_fn(stream: Any, config: EngineConfig | None):
+    if config is not None and config.compile_scope == "step":
+        from .compiled import compile_fn
+
+        return compile_fn(stream.step_tensor, config.compile_mode)
+    return stream.step_tensor
+
+
+class StreamDriver:
+    """Frames in, frames out (like the stream's own `__call__`), the step in CUDA graphs."""
+
+    def __init__(self, stream: Any, lanes: int = 1, *, config: EngineConfig | None = None) -> None:
+        self.stream = stream
+        # closures over the stream only (the stream never points back): no reference cycle, so a
+        # dropped driver frees its graphs at once instead of in a later garbage collection
+        self.graphed = GraphedStep(_step_fn(stream, config), lambda: stream.shape_key, device=stream.device,
+                                   lanes=lanes, stateless_fn=lambda: stream.stateless, state_fn=stream.step_state)
+
+    @property
+    def lanes(self) -> int:
+        """How many frames a caller should keep uncollected: the lanes of the current capture (one
+        for a multi-step stream, where more would only queue), else the configured number."""
+        return self.graphed.active_lanes or self.graphed.lanes
+
+    def graph_status(self) -> GraphStatus:
+        return self.graphed.status()
+
+    @torch.no_grad()
+    def submit(self, frame: Frame | None = None) -> PendingFrame:
+        if self.stream.transition_active:  # prepare() rewrites embeddings frames in flight still read
+            self.graphed.fence()
+        frame, x = self.stream.prepare(frame)
+        if x is None:
+            return PendingFrame(self.stream, frame, None)
+        to_host = isinstance(frame, np.ndarray) or frame.device.type == "cpu"
+        return PendingFrame(self.stream, frame, self.graphed.submit_device(x, to_host=to_host))
+
+    def __call__(self, frame: Frame | None = None) -> Frame:
+        return self.submit(frame).result()
+
+    def update(self, **changes: Any) -> None:
+        self.graphed.fence()  # no state write may land under a frame in flight
+        self.stream.update(**changes)
+
+    def reset(self) -> None:
+        self.graphed.fence()
+        self.stream.reset()
+
+    def close(self) -> None:
+        """Release the CUDA graphs now (a stream that is dropped should not wait for Python's GC)."""
+        self.graphed.close()
