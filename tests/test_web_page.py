@@ -191,7 +191,7 @@ def test_the_page_drives_the_running_app_and_shows_what_others_change(tiny_app, 
         # the input beside the output, when asked
         click(browser, "show-input")
         assert wait_for(lambda: int(browser.execute_script(
-            "return document.getElementById('img-input').dataset.frames || 0")) > 0, 5)
+            "return document.getElementById('img-input').dataset.frames || 0")) > 0, 15)
         click(browser, "show-input")
 
         browser.execute_script("window.scrollTo(0, 0)")
