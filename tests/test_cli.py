@@ -75,7 +75,7 @@ def test_run_writes_a_file_from_the_tiny_model(tmp_path, tiny_model_dir):
     out = tmp_path / "run.mp4"
     result = run_cli("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
                      "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", f"file:{out}",
-                     "--frames", "8", "--control-port", "0", "--prompt", "a lighthouse")
+                     "--frames", "8", "--control-port", "0", "--web-port", "0", "--prompt", "a lighthouse")
     assert result.returncode == 0, result.stderr
     assert count_frames(out) == 8
     assert "stopped: 8 frames written to file:" in " ".join(result.stdout.split()), result.stdout
@@ -99,7 +99,7 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
     proc = subprocess.Popen(
         dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
                  "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", "null",
-                 "--control-port", str(port)),
+                 "--control-port", str(port), "--web-port", "0"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def streaming() -> bool:  # the control port answers during the model load already
@@ -173,7 +173,7 @@ def test_two_apps_started_at_the_same_instant_one_clear_line_for_the_loser(tmp_p
     port = free_port()
     args = dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
                     "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", "null",
-                    "--control-port", str(port))
+                    "--control-port", str(port), "--web-port", "0")
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         assert wait_for(lambda: any(p.poll() is not None for p in procs), timeout=60, step=0.1)
@@ -238,7 +238,7 @@ def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port)
+        result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port, "--web-port", "0")
     assert result.returncode == 1 and f"control port 127.0.0.1:{port} is in use" in result.stderr
 
 
