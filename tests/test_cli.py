@@ -287,7 +287,7 @@ def test_ctrl_c_during_the_model_load_says_so_and_exits_130(tiny_model_dir, caps
 
     app_settings = AppSettings(source="pattern", sink="null", model=str(tiny_model_dir),
                                tiny_vae=str(tiny_model_dir / "taesd"), device="cpu", dtype="float32",
-                               engine="eager", width=64, height=64, control_port=0)
+                               engine="eager", width=64, height=64, control_port=0, web_port=0)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(typer.Exit) as stopped:
