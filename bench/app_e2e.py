@@ -73,7 +73,7 @@ def run_app(folder: Path, extra: list[str], *, frames: int, cache_dir: Path, tim
             size: int = 512, device: str = "cuda", engine: str = "compiled") -> dict[str, Any]:
     cmd = [sys.executable, "-m", "dreamcam.plugin.cli", "run", "--model", str(folder),
            "--tiny-vae", str(folder / "taesd"), "--source", "pattern", "--fps", "240", "--sink", "null",
-           "--engine", engine, "--size", str(size), "--device", device, "--control-port", "0",
+           "--engine", engine, "--size", str(size), "--device", device, "--control-port", "0", "--web-port", "0",
            "--frames", str(frames), "-v", *extra]
     env = dict(os.environ, DREAMCAM_ENGINE_CACHE=str(cache_dir), HF_HUB_OFFLINE="1")
     start = time.monotonic()

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Callable, Protocol
 
 from .control import SettingsStore, StatusBoard
+from .frames import Frame
 from .processor import Processor
 from .runner import Runner, RunnerConfig
 from .settings import AppSettings, StreamSettings
@@ -91,6 +92,11 @@ class DreamcamApp:
     @property
     def runner(self) -> Runner | None:
         return self._runner
+
+    def latest_frames(self) -> tuple[Frame | None, Frame | None]:
+        """(newest captured input, newest published output), None before the first: for previews."""
+        runner = self._runner
+        return (runner.last_captured, runner.last_published) if runner is not None else (None, None)
 
     def open_devices(self) -> None:
         """Open the source and the sink now, raising SourceError/SinkError with a clear message

@@ -57,6 +57,8 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[app] and \\[stream] tables."),
     obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene.",
                                              rich_help_panel="OBS (at start)"),
+    web_host: str = typer.Option("127.0.0.1", help="Address the control page listens on; anything but 127.0.0.1 lets other machines reach it (they still need the token).",
+                                 rich_help_panel="Control (at start)"),
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (or the frames in an images folder)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
@@ -92,7 +94,7 @@ def run(
         _fail(str(exc))
         return
     _run_app(app_settings, stream_settings, obs=app_settings.obs_enabled, frames=frames, obs_camera=obs_camera,
-             overwrite=overwrite, stop=stop, midi=midi)
+             overwrite=overwrite, stop=stop, midi=midi, web_host=web_host)
 
 
 def _midi_mapping(midi_map: str, config: Optional[Path]):
@@ -109,7 +111,7 @@ def _midi_mapping(midi_map: str, config: Optional[Path]):
 
 def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
              obs_camera: Optional[str] = None, build=None, overwrite: bool = False, stop=None,
-             midi=None) -> None:
+             midi=None, web_host: str = "127.0.0.1") -> None:
     """`build(app_settings, stream_settings, progress=...)` makes the processor (default: the
     pipeline's build_processor). `stop`: the StopSignals installed by the caller (else installed
     here for the call)."""
@@ -119,7 +121,7 @@ def _run_app(app_settings, stream_settings, *, obs: bool, frames: Optional[int],
     stop = stop or StopSignals().install()
     try:
         _run_stoppable(app_settings, stream_settings, obs=obs, frames=frames, obs_camera=obs_camera, build=build,
-                       overwrite=overwrite, stop=stop, midi=midi)
+                       overwrite=overwrite, stop=stop, midi=midi, web_host=web_host)
     finally:
         if own:
             stop.restore()
@@ -131,7 +133,7 @@ def _interrupted(stop) -> None:
 
 
 def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional[int], obs_camera: Optional[str],
-                   build, overwrite: bool, stop, midi=None) -> None:
+                   build, overwrite: bool, stop, midi=None, web_host: str = "127.0.0.1") -> None:
     from rich.live import Live
 
     from .app import DreamcamApp
@@ -143,6 +145,8 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
     dream = None
     try:
         osc_feedback = _osc_checks(app_settings)  # a taken OSC port fails now, not after the model load
+        if app_settings.web_port:
+            _web_service().check_port_free(app_settings.web_port, web_host)  # before the model load
         dream = DreamcamApp(app_settings, stream_settings, max_frames=frames, overwrite=overwrite)
         if app_settings.control_port:  # serves from now: a second app fails here, not after the load
             from .control_server import ControlServer
@@ -172,6 +176,7 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
         dream.use_processor(processor)
         _add_services(dream, app_settings, obs, obs_camera)
         _add_controllers(dream, app_settings, osc_feedback, midi)
+        page = _add_web_page(dream, app_settings, web_host)
         dream.start()
     except (SourceError, SinkError, OSError, RuntimeError) as exc:
         dream.stop()
@@ -181,6 +186,8 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
                   f"({app_settings.width}x{app_settings.height}, engine {processor.engine_name}). "
                   "Ctrl+C stops.")
+    if page is not None:
+        console.print(f"control page: {page.url}", highlight=False, markup=False, soft_wrap=True)
     try:
         with Live(status_line(dream.board.latest()), console=console, refresh_per_second=2, transient=True) as live:
             while not stop.requested.wait(0.5):
@@ -264,6 +271,30 @@ def _add_controllers(dream, app_settings, osc_feedback, midi) -> None:
         from .midi_service import MidiInput
 
         dream.add_service(MidiInput(dream.store, midi))
+def _web_service():
+    try:
+        from . import web_service
+    except ImportError as exc:
+        _fail(f"the control page needs {exc.name}: pip install \"dreamcam[web]\" (or turn the page off with "
+              "--web-port 0)")
+        raise
+    return web_service
+
+
+def _add_web_page(dream, app_settings, web_host: str):
+    """The control page service (None when --web-port is 0)."""
+    if not app_settings.web_port:
+        return None
+    page = _web_service().WebService(dream.store, dream.board, dream.latest_frames, app_settings, host=web_host)
+    dream.add_service(page)
+    if web_host in ("0.0.0.0", "::"):
+        console.print(f"the control page listens on {web_host} but answers only 127.0.0.1 and localhost: to reach "
+                      "it from another machine, give --web-host the address that machine will use.",
+                      highlight=False, markup=False)
+    elif web_host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"the control page listens on {web_host}: other machines can reach it (they still need "
+                      "the token; plain HTTP, so only on a network you trust).", highlight=False, markup=False)
+    return page
 
 
 # ---- demo ------------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class SettingsStore:
         with self._lock:
             self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
 
 def _shown(value: Any) -> str:
     if isinstance(value, str):
@@ -121,16 +126,36 @@ class Status:
         return data
 
 
+StatusListener = Callable[[Status], None]
+
+
 class StatusBoard:
-    """Latest Status, written by the runner, read by control surfaces (thread-safe)."""
+    """Latest Status, written by the runner, read by control surfaces (thread-safe). Listeners are
+    called in the publishing thread (the runner's): they must only hand the status on."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._status = Status()
+        self._listeners: list[StatusListener] = []
 
     def publish(self, status: Status) -> None:
         with self._lock:
             self._status = status
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(status)
+            except Exception:  # a broken listener must not stop the frame loop
+                log.exception("status listener failed")
+
+    def subscribe(self, listener: StatusListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: StatusListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def latest(self) -> Status:
         with self._lock:

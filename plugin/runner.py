@@ -92,6 +92,7 @@ class Runner:
         self.frames_published = 0
         self.new_frames_published = 0
         self.last_published: Frame | None = None
+        self.last_captured: Frame | None = None  # newest input, for previews
         self.history: collections.deque[tuple[int, dict]] = collections.deque(maxlen=512)  # processed frames
         self._last_status = 0.0
         self._last_graph = ""
@@ -162,6 +163,7 @@ class Runner:
                 self._recover_source(exc)
                 continue
             self._fps_in.tick()
+            self.last_captured = frame
             self.in_box.put(frame)
 
     def _recover_source(self, exc: Exception) -> None:

@@ -198,6 +198,9 @@ SCHEMA: Tuple[Field, ...] = (
     _app("midi_map", "text", "", "MIDI mapping file",
          "TOML file with a [midi] table mapping controller CCs and notes to settings (empty: none; a [midi] "
          "table in the config file works too); `dreamcam midi learn` writes it.", "Control", "text"),
+    _app("web_port", "int", 7862, "Control page port",
+         "Port of the control page in the browser or as an OBS dock, http://127.0.0.1:PORT/ (0 = off).",
+         "Control", "number", range=Range(0, 65535, integer=True), step=1),
 )
 
 _BY_NAME = {f.name: f for f in SCHEMA}

@@ -74,7 +74,7 @@ def test_run_writes_a_file_from_the_tiny_model(tmp_path, tiny_model_dir):
     out = tmp_path / "run.mp4"
     result = run_cli("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
                      "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", f"file:{out}",
-                     "--frames", "8", "--control-port", "0", "--prompt", "a lighthouse")
+                     "--frames", "8", "--control-port", "0", "--web-port", "0", "--prompt", "a lighthouse")
     assert result.returncode == 0, result.stderr
     assert count_frames(out) == 8
     assert "stopped: 8 frames written to file:" in " ".join(result.stdout.split()), result.stdout
@@ -98,7 +98,7 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
     proc = subprocess.Popen(
         dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
                  "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", "null",
-                 "--control-port", str(port)),
+                 "--control-port", str(port), "--web-port", "0"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         def streaming() -> bool:  # the control port answers during the model load already
@@ -184,7 +184,7 @@ def test_two_apps_started_at_the_same_instant_one_clear_line_for_the_loser(tmp_p
     port = free_port()
     args = dreamcam("run", "--model", str(tiny_model_dir), "--tiny-vae", str(tiny_model_dir / "taesd"),
                     "--device", "cpu", "--engine", "eager", "--size", "64", "--sink", "null",
-                    "--control-port", str(port))
+                    "--control-port", str(port), "--web-port", "0")
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         assert wait_for(lambda: any(p.poll() is not None for p in procs), timeout=60, step=0.1)
@@ -249,7 +249,7 @@ def test_run_fails_fast_and_clearly_without_a_virtual_camera_or_a_model(tmp_path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port)
+        result = run_cli("run", "--sink", "null", "--model", str(tmp_path / "no-model"), "--control-port", port, "--web-port", "0")
     assert result.returncode == 1 and f"control port 127.0.0.1:{port} is in use" in result.stderr
 
 
@@ -298,7 +298,7 @@ def test_ctrl_c_during_the_model_load_says_so_and_exits_130(tiny_model_dir, caps
 
     app_settings = AppSettings(source="pattern", sink="null", model=str(tiny_model_dir),
                                tiny_vae=str(tiny_model_dir / "taesd"), device="cpu", dtype="float32",
-                               engine="eager", width=64, height=64, control_port=0)
+                               engine="eager", width=64, height=64, control_port=0, web_port=0)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(typer.Exit) as stopped:

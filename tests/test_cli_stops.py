@@ -66,7 +66,7 @@ class RunningApp:
 
 def record(model, out, *extra: str) -> tuple[str, ...]:
     return ("--model", str(model), "--device", "cpu", "--engine", "eager", "--size", "64",
-            "--sink", f"file:{out}", "--control-port", "0", *extra)
+            "--sink", f"file:{out}", "--control-port", "0", "--web-port", "0", *extra)
 
 
 def frames_in(path) -> int:
@@ -158,10 +158,10 @@ def test_checks_made_before_the_model_loads(tmp_path):
     existing = tmp_path / "take1.mp4"
     existing.write_bytes(b"an earlier take")
     no_model = str(tmp_path / "no-model")
-    result = run_cli("run", "--model", no_model, "--sink", f"file:{existing}", "--control-port", "0")
+    result = run_cli("run", "--model", no_model, "--sink", f"file:{existing}", "--control-port", "0", "--web-port", "0")
     assert result.returncode == 1 and "already exists; pass --overwrite" in " ".join(result.stderr.split())
     assert existing.read_bytes() == b"an earlier take"
-    result = run_cli("run", "--model", no_model, "--sink", f"file:{existing}", "--control-port", "0",
+    result = run_cli("run", "--model", no_model, "--sink", f"file:{existing}", "--control-port", "0", "--web-port", "0",
                      "--overwrite", "--device", "cpu")
     assert result.returncode == 1 and "no-model" in result.stderr  # past the sink: the model error
     for frames in ("0", "-1"):

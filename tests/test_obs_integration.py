@@ -538,7 +538,7 @@ def test_dreamcam_run_obs_is_controlled_from_obs(obs_studio, tiny_model_dir, tmp
     cmd = [sys.executable, "-m", "dreamcam.plugin.cli", "run", "--obs", "--obs-port", str(obs_studio.port),
            "--source", "pattern", "--sink", "null", "--model", str(tiny_model_dir),
            "--tiny-vae", str(tiny_model_dir / "taesd"), "--device", "cpu", "--size", "64", "--engine", "eager",
-           "--control-port", str(control_port), "--obs-camera", "No Such Camera",
+           "--control-port", str(control_port), "--web-port", "0", "--obs-camera", "No Such Camera",
            "--prompt", prompt, "--strength", "0.2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = None

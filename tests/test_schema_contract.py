@@ -24,7 +24,8 @@ from dreamcam.plugin.settings import AppSettings, SettingsError, StreamSettings,
 from dreamcam.plugin.sinks import NullSink
 from obs_standin import load_script
 
-RUN_OWN_OPTIONS = {"size", "config", "obs_camera", "frames", "verbose", "help"}  # not settings
+RUN_OWN_OPTIONS = {"size", "config", "obs_camera", "frames", "verbose", "help", "overwrite",
+                   "web_host"}  # not settings (web_host: only an explicit flag opens the page to others)
 
 
 @pytest.fixture(autouse=True)
