@@ -24,7 +24,7 @@ from dreamcam.plugin.settings import AppSettings, SettingsError, StreamSettings,
 from dreamcam.plugin.sinks import NullSink
 from obs_standin import load_script
 
-RUN_OWN_OPTIONS = {"size", "config", "obs_camera", "frames", "verbose", "help"}  # not settings
+RUN_OWN_OPTIONS = {"size", "config", "obs_camera", "frames", "overwrite", "verbose", "help"}  # not settings
 
 
 @pytest.fixture(autouse=True)
