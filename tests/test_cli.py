@@ -113,7 +113,7 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         reply = send_event(encode("hello"), port=port)
         assert reply["settings"]["prompt"] == "a paper boat" and reply["settings"]["paused"] is True
         bad = run_cli("set", "strength=-1", "--port", str(port))
-        assert bad.returncode != 0 and "strength" in bad.stderr  # refused (by `set` itself, before sending)
+        assert bad.returncode == 2 and "strength: must be from 0.0 to 1.0" in bad.stderr  # refused before sending (schema check)
         assert send_event(encode("hello"), port=port)["settings"]["strength"] == 0.35
         for command in (("status",), ("set",)):  # both print the settings in force and the status
             shown = run_cli(*command, "--port", str(port))
