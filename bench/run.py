@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"].append({"variant": v.label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
         save()
         del models_v
-    if not args.no_app_e2e:
+    if not args.no_app_e2e and device == "cuda":  # on the CPU (--small) two app runs would take minutes
         results["app_e2e"] = app_e2e(args, budget)
         log(f"app end to end {results['app_e2e']}")
         save()

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 THREAD_PREFIX = "dreamcam-"
 STATUS_PERIOD_S = 1.0
 ERROR_HOLD_S = 5.0  # a frame error stays in the status this long after it last happened
+POLL_IN_FLIGHT_S = 0.002  # with frames in flight: how long to wait for a new frame before publishing the oldest
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 2.0
 
@@ -212,12 +213,9 @@ class Runner:
                 pending.append(job)
 
     def _wait_s(self, pending: "collections.deque[_Job]") -> float:
-        """How long to wait for a new frame: with frames in flight, until the oldest is expected
-        to be done (its submit time + the mean submit-to-result time), then it is published."""
-        if not pending or pending[0].t0 is None:
-            return 0.0 if pending else 0.1
-        expected = pending[0].t0 + self._infer_ms.mean() / 1000.0
-        return min(0.1, max(0.0, expected - time.perf_counter()))
+        """How long to wait for a new frame: with frames in flight only briefly (then the oldest is
+        published), so a slow source adds no delay."""
+        return POLL_IN_FLIGHT_S if pending else 0.1
 
     def _ready(self, job: "_Job") -> bool:
         """Finished (or failed: `_finish` then reports it), without waiting."""
