@@ -116,7 +116,7 @@ class ObsInstance:
         """(Re)start OBS on the same config and wait until its websocket accepts our password."""
         self.script_settings.setdefault("status_file", str(self.status_file))
         write_config(self.config_home, self.port, self.password, self.script_settings, self.script)
-        env = dict(os.environ, DISPLAY=self.display, XDG_CONFIG_HOME=str(self.config_home),
+        env = dict(_without_opencv_qt(os.environ), DISPLAY=self.display, XDG_CONFIG_HOME=str(self.config_home),
                    HOME=str(self.workdir / "home"),
                    PYTHONPATH=str(_python_path_for_obs(self.workdir) if self.give_obsws
                                   else _python_path_without_obsws(self.workdir)),
@@ -215,3 +215,17 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def _without_opencv_qt(environ) -> dict:
+    """The environment without what importing OpenCV (cv2) put in it: its Qt plugin and font folders
+    and its library folder make OBS load cv2's Qt plugins and abort ("could not load the Qt platform
+    plugin xcb"), which happens once any earlier test in the same process imported cv2."""
+    env = {k: v for k, v in environ.items() if k not in ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR")}
+    if "LD_LIBRARY_PATH" in env:
+        kept = [p for p in env["LD_LIBRARY_PATH"].split(os.pathsep) if p and "cv2" not in p]
+        if kept:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(kept)
+        else:
+            del env["LD_LIBRARY_PATH"]
+    return env
