@@ -22,6 +22,33 @@ SHOWN_TEXT_CHARS = 60  # long prompts are cut in the change log line
 Listener = Callable[[StreamSettings, str], None]
 
 
+class _Listeners:
+    """Callbacks of a store or board (thread-safe); a failing one is logged and the others run."""
+
+    def __init__(self, what: str) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Callable[..., None]] = []
+        self._what = what
+
+    def add(self, listener: Callable[..., None]) -> None:
+        with self._lock:
+            self._items.append(listener)
+
+    def remove(self, listener: Callable[..., None]) -> None:
+        with self._lock:
+            if listener in self._items:
+                self._items.remove(listener)
+
+    def call(self, *args: Any) -> None:
+        with self._lock:
+            items = list(self._items)
+        for listener in items:
+            try:
+                listener(*args)
+            except Exception:  # a broken listener must not break the control path or the frame loop
+                log.exception("%s listener failed", self._what)
+
+
 class SettingsStore:
     """Thread-safe holder of the StreamSettings in force."""
 
@@ -30,7 +57,7 @@ class SettingsStore:
         self._current = initial or StreamSettings()
         self._version = 0
         self._origin = "start"
-        self._listeners: list[Listener] = []
+        self._listeners = _Listeners("settings")
 
     @property
     def current(self) -> StreamSettings:
@@ -68,24 +95,16 @@ class SettingsStore:
                 self._current = new
                 self._version += 1
                 self._origin = origin or "?"
-            listeners = list(self._listeners)
         if changed:
             changes_log.info("settings from %s: %s", origin or "?", describe_changes(old, new))
-            for listener in listeners:
-                try:
-                    listener(new, origin)
-                except Exception:  # a broken listener must not break the control path
-                    log.exception("settings listener failed")
+            self._listeners.call(new, origin)
         return new
 
     def subscribe(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def unsubscribe(self, listener: Listener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+        self._listeners.remove(listener)
 
 
 def _shown(value: Any) -> str:
@@ -136,26 +155,18 @@ class StatusBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._status = Status()
-        self._listeners: list[StatusListener] = []
+        self._listeners = _Listeners("status")
 
     def publish(self, status: Status) -> None:
         with self._lock:
             self._status = status
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(status)
-            except Exception:  # a broken listener must not stop the frame loop
-                log.exception("status listener failed")
+        self._listeners.call(status)
 
     def subscribe(self, listener: StatusListener) -> None:
-        with self._lock:
-            self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def unsubscribe(self, listener: StatusListener) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+        self._listeners.remove(listener)
 
     def latest(self) -> Status:
         with self._lock:
