@@ -141,14 +141,20 @@ def test_the_app_state_is_shown_and_nothing_is_sent_back():
     assert panel.drafts() == []
 
 
-def test_sliders_go_out_debounced_and_prompts_only_when_applied():
+def connected_panel(sender: str):
+    """A panel with its defaults that has shown the app's first state: (module, clock, panel, values)."""
     module, _ = load_script()
     clock = Clock()
-    panel = module.Panel(clock=clock, sender="obs-panel-test")
+    panel = module.Panel(clock=clock, sender=sender)
     values = {name: spec["default"] for name, spec in module.FIELDS.items()}
     panel.update(values)
     panel.on_event(state(module))
     panel.take_shown()
+    return module, clock, panel, values
+
+
+def test_sliders_go_out_debounced_and_prompts_only_when_applied():
+    module, clock, panel, values = connected_panel("obs-panel-test")
     for text in ["a", "a c", "a ca", "a cat"]:  # typing a prompt: nothing goes out, however long
         clock.t += 0.3
         panel.update(dict(values, prompt=text))
@@ -169,13 +175,7 @@ def test_sliders_go_out_debounced_and_prompts_only_when_applied():
 
 
 def test_a_state_never_undoes_what_the_user_is_changing():
-    module, _ = load_script()
-    clock = Clock()
-    panel = module.Panel(clock=clock, sender="obs-panel-me")
-    values = {name: spec["default"] for name, spec in module.FIELDS.items()}
-    panel.update(values)
-    panel.on_event(state(module))
-    panel.take_shown()
+    module, clock, panel, values = connected_panel("obs-panel-me")
     panel.update(dict(values, strength=0.7, prompt="my draft"))  # dragging; a prompt typed
     panel.on_event(state(module, "tray", version=2, strength=0.1, prompt="from the tray", seed=9))
     assert panel.take_shown() == {"seed": 9}  # the drag and the draft stay
