@@ -13,6 +13,8 @@ CFG_TYPES = ("none", "full", "self", "initialize")
 MODES = ("img2img", "txt2img")
 RESIZE_POLICIES = ("crop", "letterbox", "stretch")
 MAX_PROMPT_CHARS = 4000
+# ControlNet preprocessors by name (core/preprocess.py; `external`: the image of a second source)
+PREPROCESSOR_NAMES = ("canny", "soft_edge", "depth", "passthrough", "external")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,19 @@ class LoraSpec:
         return self.name or source_name(self.source) or "lora"
 
 
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA read from its source and checked against the UNet, not applied yet (`LoraStack.read`):
+    reading (slow: files, the hub) can happen away from the frame loop, `apply(files=...)` then only
+    puts it on the UNet."""
+
+    source: str
+    unet_state: dict
+    alphas: dict | None
+    family: str | None
+    skipped: int  # text-encoder weights that are not applied
+
+
 @dataclass
 class _Adapter:
     spec: LoraSpec
@@ -94,9 +107,10 @@ class LoraStack:
             _write_weight(adapter, float(weight))
 
     # ------------------------------------------------------------------ the set of LoRAs
-    def apply(self, specs: Sequence[LoraSpec]) -> None:
+    def apply(self, specs: Sequence[LoraSpec], files: Mapping[str, LoraFile] | None = None) -> None:
         """Make the applied LoRAs exactly `specs`: new ones are loaded, missing ones removed, the
-        weights written. On any error nothing changes (LoRAs loaded by this call are removed again)."""
+        weights written. `files`: LoRAs already read (`read`) by source; the others are read here.
+        On any error nothing changes (LoRAs loaded by this call are removed again)."""
         wanted: dict[str, LoraSpec] = {}
         for spec in specs:
             name = spec.adapter_name
@@ -111,7 +125,7 @@ class LoraStack:
                 if spec.adapter_name in self._adapters:  # same name, other file: load under a temporary name
                     raise LoraError(f"LoRA {spec.source!r}: the name {spec.adapter_name!r} is already used by "
                                     f"{self._adapters[spec.adapter_name].spec.source!r}; remove it first or rename")
-                self._load(spec)
+                self._load(spec, (files or {}).get(spec.source))
                 loaded.append(spec.adapter_name)
         except Exception:
             for name in loaded:
@@ -127,8 +141,8 @@ class LoraStack:
         self.apply([])
 
     # ------------------------------------------------------------------ internals
-    def _load(self, spec: LoraSpec) -> None:
-        name, source = spec.adapter_name, spec.source
+    def read(self, source: str) -> LoraFile:
+        """Read a LoRA and check that it fits this UNet, changing nothing (LoraError otherwise)."""
         state, alphas = self._read(source)
         unet_state = {k: v for k, v in state.items() if k.startswith("unet.")}
         skipped = [k for k in state if k.startswith(_TEXT_ENCODER_PREFIXES)]
@@ -138,13 +152,18 @@ class LoraStack:
             raise LoraError(f"LoRA {source!r}: {what}it has no UNet weights (keys 'unet.*' or 'lora_unet_*'); "
                             "give a LoRA trained for the UNet of this model")
         self._check_fits(source, unet_state, family)
-        if skipped:
+        return LoraFile(source, unet_state, alphas, family, len(skipped))
+
+    def _load(self, spec: LoraSpec, file: LoraFile | None = None) -> None:
+        name, source = spec.adapter_name, spec.source
+        file = file if file is not None and file.source == source else self.read(source)
+        if file.skipped:
             log.warning("LoRA %r: its %d text-encoder weights are not applied (only the UNet part is)",
-                        source, len(skipped))
+                        source, file.skipped)
         unet = self.c.unet
         try:
-            unet.load_lora_adapter(unet_state, prefix="unet", network_alphas=alphas, adapter_name=name,
-                                   low_cpu_mem_usage=False)
+            unet.load_lora_adapter(dict(file.unet_state), prefix="unet", network_alphas=file.alphas,
+                                   adapter_name=name, low_cpu_mem_usage=False)
         except Exception as exc:
             self._forget(name)
             raise LoraError(f"LoRA {source!r}: diffusers could not apply it ({type(exc).__name__}: "
@@ -155,7 +174,7 @@ class LoraStack:
             if isinstance(lora_b, torch.nn.ModuleDict) and name in lora_b:
                 for param in lora_b[name].parameters():
                     originals.append((param, param.detach().clone()))
-        self._adapters[name] = _Adapter(spec, originals, family)
+        self._adapters[name] = _Adapter(spec, originals, file.family)
         self.loads += 1
 
     def _read(self, source: str) -> tuple[dict, dict | None]:

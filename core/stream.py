@@ -51,6 +51,9 @@ class StreamDiffusion:
         self.components = components
         self.config = config or StreamConfig()
         self.modules = modules or eager_modules(components)
+        self._plain_modules = self.modules  # without ControlNets (set_controlnets)
+        self.loras: Any = None  # LoraStack on the UNet (set_loras): its structure joins shape_key
+        self.controlnets: Any = None  # ControlNetStack (set_controlnets)
         self.device, self.dtype = components.device, components.dtype
         self.prompts = PromptEncoder(components, prompt_cache_size)
         self.filter = SimilarityFilter(self.config.similarity_threshold, self.config.similarity_max_skip,
@@ -96,7 +99,27 @@ class StreamDiffusion:
     def shape_key(self) -> tuple:
         """Changes exactly when the state tensors are reallocated (engines recapture then)."""
         c = self.config
-        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch)
+        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
+                self.structure_key)
+
+    # ---- conditioning objects. MINIMAL STAND-IN (helper "surf", for the plugin's tests): helper "cn"
+    # owns set_controlnets / structure_key; merge toward cn's version.
+    @property
+    def structure_key(self) -> tuple:
+        """Changes exactly when the set of running nets / adapters changes (never on a scale or weight)."""
+        return (self.loras.structure_key if self.loras is not None else (),
+                self.controlnets.structure_key if self.controlnets is not None else ())
+
+    def set_loras(self, stack: Any) -> None:
+        """The LoraStack on this stream's UNet (core/lora.py), or None: its adapters join shape_key."""
+        self.loras = stack
+
+    def set_controlnets(self, stack: Any) -> None:
+        """Run `stack` (a ControlNetStack; None or empty: none) from the next step on; between frames."""
+        from .controlnet import controlled_modules
+
+        self.controlnets = stack if stack is not None and stack.units else None
+        self.modules = controlled_modules(self._plain_modules, stack) if self.controlnets else self._plain_modules
 
     def _allocate(self) -> None:
         c, dev = self.config, self.device

@@ -93,6 +93,10 @@ class StreamDriver:
         self.graphed.fence()
         self.stream.reset()
 
+    def fence(self) -> None:
+        """Wait for the frames in flight (before the stream's models or conditioning change)."""
+        self.graphed.fence()
+
     def close(self) -> None:
         """Release the CUDA graphs now (a stream that is dropped should not wait for Python's GC)."""
         self.graphed.close()

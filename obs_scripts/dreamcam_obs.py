@@ -155,8 +155,8 @@ def normalize(values: Mapping[str, Any]) -> Dict[str, Any]:
                     out[name] = round(number, 6)
             elif kind == "bool":
                 out[name] = bool(value)
-            else:
-                out[name] = clean_text(str(value))
+            else:  # a nullable text the app holds as null (a LoRA slot that is off) shows as empty
+                out[name] = "" if value is None else clean_text(str(value))
         except (TypeError, ValueError, OverflowError):
             pass
     return out
@@ -831,7 +831,8 @@ def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_string(settings, "host", CONNECTION["obs_host"]["default"])
     obs.obs_data_set_default_int(settings, "port", CONNECTION["obs_port"]["default"])
     for name, spec in FIELDS.items():
-        _data_fn("set_default", spec["type"])(settings, name, spec["default"])
+        default = spec["default"]
+        _data_fn("set_default", spec["type"])(settings, name, "" if default is None else default)
     for title in list(GROUPS) + list(PANEL_GROUPS):
         obs.obs_data_set_default_bool(settings, group_setting(title), title in OPEN_GROUPS)
 
@@ -875,9 +876,14 @@ def _add_field(box: Any, name: str, spec: Mapping[str, Any]) -> List[Any]:
                                                                  spec["step"]))
         if name == "seed":
             added.append(obs.obs_properties_add_button(box, "randomize_seed", "New seed", _on_randomize_seed))
-    if APPLIED_FIELDS and name == APPLIED_FIELDS[-1]:
-        added.append(obs.obs_properties_add_button(box, "apply_prompts", "Apply prompts", _on_apply_prompts))
     return added
+
+
+def apply_button(group: str) -> tuple:
+    """(name, label) of the Apply button that ends a group holding text fields (prompts, sources)."""
+    if group == "Prompt":
+        return "apply_prompts", "Apply prompts"
+    return "apply_" + group_setting(group)[len("group_"):], "Apply typed %s changes" % group
 
 
 def _boxes(props: Any) -> Dict[str, Any]:
@@ -895,6 +901,9 @@ def script_properties() -> Any:
         for name, spec in FIELDS.items():
             if spec["group"] == group:
                 children[group] += _add_field(boxes[group], name, spec)
+        if any(FIELDS[name]["group"] == group for name in APPLIED_FIELDS):  # typed text goes out on Apply
+            button, label = apply_button(group)
+            children[group].append(obs.obs_properties_add_button(boxes[group], button, label, _on_apply_prompts))
     presets = boxes["Presets"]
     pick = obs.obs_properties_add_list(presets, "preset_pick", "App preset", obs.OBS_COMBO_TYPE_LIST,
                                        obs.OBS_COMBO_FORMAT_STRING)

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from .cli_options import setting_options
-from .schema import app_fields, field, from_text, live_fields
+from .conditioning import slot_options
+from .schema import app_fields, field, from_text, live_fields, unknown_setting
 from .settings import STREAM_FIELDS, SettingsError
 
 app = typer.Typer(
@@ -62,6 +63,13 @@ def run(
     frames: Optional[int] = typer.Option(None, help="Stop after writing this many frames (file, image and null sinks)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (or the frames in an images folder)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
+    controlnet: Optional[List[str]] = typer.Option(
+        None, "--controlnet", help="PREPROCESSOR:SOURCE[@SCALE], repeatable: fills controlnet_1, _2, _3 in order, "
+                                   "e.g. canny:lllyasviel/sd-controlnet-canny@0.8.",
+        rich_help_panel="ControlNet (live)"),
+    lora: Optional[List[str]] = typer.Option(
+        None, "--lora", help="SOURCE[@WEIGHT], repeatable: fills lora_1 to lora_4 in order, e.g. style.safetensors@0.7.",
+        rich_help_panel="LoRA (live)"),
     **settings: Any,
 ) -> None:
     """Capture, transform and publish until Ctrl+C. Every setting has an option (see the schema,
@@ -83,6 +91,8 @@ def run(
         for name, text in settings.items():
             if text is not None and field(name).type == "int_list":
                 settings[name] = from_text(name, text)  # "32,45"
+        settings.update(slot_options("controlnet", controlnet or [], settings))
+        settings.update(slot_options("lora", lora or [], settings))
         cli_app = {f.name: settings.get(f.name) for f in app_fields()}
         cli_app.update(width=width, height=height)
         cli_stream = {f.name: settings.get(f.name) for f in live_fields()}
@@ -440,7 +450,7 @@ def _pairs(items: Optional[List[str]]) -> dict[str, Any]:
         if not sep or not key:
             _fail(f"expected FIELD=VALUE, got {item!r}")
         if key not in STREAM_FIELDS:  # the app would refuse them; say so before connecting
-            _fail(f"{key}: unknown setting (known: {', '.join(sorted(STREAM_FIELDS))})")
+            _fail(f"{key}: {unknown_setting(key, STREAM_FIELDS)}")
         out[key] = from_text(key, value)
     return out
 

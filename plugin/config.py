@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from .schema import app_names, live_names, preset_names
+from .schema import app_names, known_names, live_names, preset_names
 from .settings import AppSettings, SettingsError, StreamSettings, apply_changes
 
 if sys.version_info >= (3, 11):
@@ -79,7 +79,7 @@ def build_app_settings(*layers: Mapping[str, Any]) -> AppSettings:
         merged.update({k: v for k, v in layer.items() if v is not None})
     unknown = sorted(set(merged) - APP_FIELDS)
     if unknown:
-        raise SettingsError(unknown[0], f"unknown app setting (known: {', '.join(sorted(APP_FIELDS))})")
+        raise SettingsError(unknown[0], f"unknown app setting (known: {known_names(APP_FIELDS)})")
     try:
         return AppSettings(**merged)
     except TypeError as exc:
@@ -96,7 +96,7 @@ def build_stream_settings(*layers: Mapping[str, Any]) -> StreamSettings:
             settings, _ = apply_changes(settings, load_preset(name))
         settings, unknown = apply_changes(settings, layer)
         if unknown:
-            raise SettingsError(unknown[0], f"unknown stream setting (known: {', '.join(sorted(STREAM_KEYS))})")
+            raise SettingsError(unknown[0], f"unknown stream setting (known: {known_names(STREAM_KEYS)})")
     return settings
 
 
@@ -138,7 +138,7 @@ def load_preset(name: str) -> dict[str, Any]:
         raise SettingsError("preset", f"{path} must hold an object")
     unknown = sorted(str(k) for k in data if k not in STREAM_KEYS)  # older files may hold `paused`: ignored
     if unknown:
-        raise SettingsError(unknown[0], f"unknown preset setting in {path} (known: {', '.join(sorted(PRESET_FIELDS))})")
+        raise SettingsError(unknown[0], f"unknown preset setting in {path} (known: {known_names(PRESET_FIELDS)})")
     data = {k: v for k, v in data.items() if k in PRESET_FIELDS}
     try:
         apply_changes(StreamSettings(), data)  # validate everything before anyone uses it

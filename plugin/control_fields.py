@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
-from .schema import Field, live_fields
+from .schema import Field, known_names, live_fields
 from .settings import SettingsError
 
 NUMBER_TYPES = ("int", "float")
@@ -22,7 +22,7 @@ def field_named(name: str) -> Field:
     for f in control_fields():
         if f.name == name:
             return f
-    known = ", ".join(f.name for f in control_fields())
+    known = known_names(f.name for f in control_fields())
     raise SettingsError(str(name)[:60], f"not a setting a controller can set (known: {known})")
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from .control import SettingsStore, Status
-from .schema import live_names
+from .schema import live_names, unknown_setting
 from .settings import SettingsError, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def settings_changes(message: Message, presets: PresetStore | None = None) -> di
     changes = {k: v for k, v in message.fields.items() if k != "from"}
     unknown = sorted(str(k) for k in changes if k not in SETTINGS_FIELDS)
     if unknown:  # a misspelt field must not be answered "ok"
-        raise SettingsError(unknown[0][:60], f"unknown setting (known: {', '.join(sorted(SETTINGS_FIELDS))})")
+        raise SettingsError(unknown[0][:60], unknown_setting(unknown[0], SETTINGS_FIELDS))
     name = changes.get("preset")
     if name:
         if not isinstance(name, str):

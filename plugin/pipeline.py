@@ -80,8 +80,14 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
 
 
 def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
-                    progress: Progress | None = None, local_files_only: bool = False) -> CoreProcessor:
-    """Load the model and build the stream and its graph driver; `progress` gets one line per stage."""
+                    progress: Progress | None = None, local_files_only: bool = False,
+                    loaders: Any = None) -> CoreProcessor:
+    """Load the model and build the stream and its graph driver; `progress` gets one line per stage.
+    The ControlNets, IP-Adapter and LoRAs of `settings` are loaded before it returns (later changes
+    load in the background); `loaders`: the plugin.conditioner.Loaders to read them with."""
+    from .conditioner import Conditioner
+    from .conditioning import conditioning_of
+
     from dreamcam.core.loading import load_components
     from dreamcam.core.stream import StreamDiffusion
 
@@ -98,4 +104,9 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
     if stream.device.type == "cuda":
         say(f"per-frame step runs as CUDA graphs, up to {driver.lanes} frame(s) at once"
             + (" (1-step streams; more steps run one at a time)" if driver.lanes > 1 else ""))
-    return CoreProcessor(driver, built.name)
+    conditioner = Conditioner(stream, driver.fence, built.name, loaders=loaders, local_files_only=local_files_only)
+    wanted = conditioning_of(settings)
+    if any(wanted.keys().values()):
+        say("loading the ControlNets, IP-Adapter and LoRAs")
+    conditioner.load_now(wanted, settings)
+    return CoreProcessor(driver, built.name, conditioner)

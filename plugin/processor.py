@@ -9,6 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .conditioning import Conditioning
+from .conditioning_loader import Outcome
 from .settings import StreamSettings
 
 
@@ -41,7 +43,10 @@ class Processor(ABC):
       nothing changed when one is bad;
     - `lanes`: how many frames the runner may keep uncollected; `frames_skipped`: frames the
       processor's own similarity filter skipped so far; `engine_name`; `graph_warning`: '' or the
-      line saying the stream runs without a CUDA graph (and how much slower)."""
+      line saying the stream runs without a CUDA graph (and how much slower);
+    - `condition(wanted, settings)`: the ControlNets, IP-Adapter and LoRAs the settings ask for
+      (plugin/conditioning.py): numbers apply at once, new sources load in the background;
+      `swap()`, between two frames: put in what finished loading, and say what happened."""
 
     engine_name: str = "none"
     fits_frames: bool = False  # True: resizes any input to its own size itself (the core, on its device)
@@ -54,6 +59,13 @@ class Processor(ABC):
 
     @abstractmethod
     def update(self, **changes: Any) -> None: ...
+
+    def condition(self, wanted: Conditioning, settings: StreamSettings) -> None:
+        """Follow the conditioning settings (never waits); this processor has none to load."""
+
+    def swap(self) -> list[Outcome]:
+        """Between two frames: install finished loads; the outcomes (loading, loaded, failed)."""
+        return []
 
     def close(self) -> None:
         """Release what the processor holds (GPU graphs); the app calls it once, at stop."""
@@ -92,9 +104,10 @@ class CoreProcessor(Processor):
 
     fits_frames = True
 
-    def __init__(self, driver: Any, engine_name: str) -> None:
+    def __init__(self, driver: Any, engine_name: str, conditioner: Any = None) -> None:
         self.driver = driver
         self.engine_name = engine_name
+        self.conditioner = conditioner  # plugin.conditioner.Conditioner, or None: no ControlNets, LoRAs, ...
 
     @property
     def stream(self) -> Any:
@@ -127,7 +140,16 @@ class CoreProcessor(Processor):
     def graph_warning(self) -> str:
         return self.driver.graph_status().message
 
+    def condition(self, wanted: Conditioning, settings: StreamSettings) -> None:
+        if self.conditioner is not None:
+            self.conditioner.condition(wanted, settings)
+
+    def swap(self) -> list[Outcome]:
+        return self.conditioner.swap() if self.conditioner is not None else []
+
     def close(self) -> None:
+        if self.conditioner is not None:
+            self.conditioner.close()
         self.driver.close()
 
 

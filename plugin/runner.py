@@ -19,6 +19,8 @@ import numpy as np
 from .control import SettingsStore, Status, StatusBoard
 from .frames import Frame, fit
 from .mailbox import Mailbox
+from .conditioning import LABELS, conditioning_of
+from .conditioning_loader import FAILED, LOADED, LOADING, Outcome
 from .processor import Processor, Ready, Work, core_update
 from .settings import StreamSettings
 from .sinks import Sink
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 THREAD_PREFIX = "dreamcam-"
 STATUS_PERIOD_S = 1.0
 ERROR_HOLD_S = 5.0  # a frame error stays in the status this long after it last happened
+LOAD_ERROR_HOLD_S = 30.0  # a failed ControlNet / IP-Adapter / LoRA load stays in the status this long
 POLL_IN_FLIGHT_S = 0.002  # with frames in flight: how long to wait for a new frame before publishing the oldest
 BACKOFF_START_S = 0.2
 BACKOFF_MAX_S = 2.0
@@ -229,6 +232,8 @@ class Runner:
 
     def _start(self, frame: Frame) -> "_Job | None":
         t_start = time.monotonic()
+        if self.processor is not None:
+            self._swap_loaded(self.processor)
         settings, version = self._settings_for_frame()
         width, height, policy = self.config.width, self.config.height, self.config.resize
         processor = self.processor
@@ -279,6 +284,37 @@ class Runner:
             self._clear_error("model")
         threading.Thread(target=load, name=THREAD_PREFIX + "load", daemon=True).start()
 
+    def _swap_loaded(self, processor: Processor) -> None:
+        """Between two frames: what finished loading goes in; each outcome is reported once, and a
+        failed load's settings go back to those in force (the field keeps its old value)."""
+        for outcome in processor.swap():
+            self._report_load(outcome)
+
+    def _report_load(self, outcome: Outcome) -> None:
+        topic = "load " + outcome.kind
+        if outcome.state == LOADING:
+            log.info("loading %s", outcome.what)
+            self._set_error(topic, f"loading {outcome.what}")
+        elif outcome.state == LOADED:
+            log.info("%s: in use", outcome.what)
+            self._clear_error(topic)
+        elif outcome.state == FAILED:
+            text = f"{LABELS[outcome.kind]} not changed: {outcome.error}"
+            log.warning("%s", text)
+            self._set_error(topic, text, hold=LOAD_ERROR_HOLD_S)
+            self._restore(outcome)
+        else:  # dropped: a newer request of that kind took its place
+            self._clear_error(topic)
+
+    def _restore(self, outcome: Outcome) -> None:
+        """Put back the source settings of a failed load that nobody changed since."""
+        restore = outcome.context
+        current = self.store.current
+        back = {name: restore.in_force[name] for name, tried in restore.tried.items()
+                if getattr(current, name) == tried and tried != restore.in_force[name]}
+        if back:
+            self.store.apply(back, origin="loader")
+
     def _settings_for_frame(self) -> tuple[StreamSettings, int]:
         """Apply a newer settings version to the processor as one update; on rejection the
         previous settings stay in force and the error goes to the status."""
@@ -290,7 +326,9 @@ class Runner:
             return self.active_settings, version
         self._applied_version = version
         try:
+            wanted = conditioning_of(settings)  # checks first: nothing is applied when it refuses
             processor.update(**core_update(settings))
+            processor.condition(wanted, settings)  # numbers now, new sources load in the background
         except ValueError as exc:
             log.warning("settings rejected by the pipeline: %s", exc)
             self._set_error("settings", f"rejected update: {exc}")

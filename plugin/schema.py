@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Tuple
 
-from dreamcam.core.limits import CFG_TYPES, MAX_PROMPT_CHARS, RANGES, RESIZE_POLICIES, STEPS, Range, shown
+from dreamcam.core.limits import (CFG_TYPES, MAX_PROMPT_CHARS, PREPROCESSOR_NAMES, RANGES, RESIZE_POLICIES, STEPS,
+                                  Range, shown)
 
 SCHEMA_VERSION = 1
 TYPES = ("text", "int", "float", "bool", "choice", "int_list")
 WIDGETS = ("text", "multiline", "slider", "number", "toggle", "choice", "list")
-GROUPS = ("Prompt", "Diffusion", "Similarity filter", "Output", "Input", "Model", "OBS", "Control")
+GROUPS = ("Prompt", "Diffusion", "Similarity filter", "Output", "ControlNet", "IP-Adapter", "LoRA", "Input", "Model",
+          "OBS", "Control")
 ENGINES = ("auto", "eager", "compiled", "tensorrt")
 DTYPES = ("float16", "bfloat16", "float32")
 NONE_WORDS = ("", "none")  # a nullable text field given one of these is None (CLI, TOML: "none")
@@ -62,6 +64,7 @@ class Field:
     cli_short: Optional[str] = None
     panel: bool = True
     in_preset: bool = True
+    syntax: str = ""  # text with a form checked by validate(): "controlnet" = PREPROCESSOR:SOURCE
 
     @property
     def option(self) -> Optional[str]:
@@ -97,6 +100,55 @@ def _stream(name: str, type: str, default: Any, label: str, help: str, group: st
 def _app(name: str, type: str, default: Any, label: str, help: str, group: str, widget: str,
          **extra: Any) -> Field:
     return Field(name, type, default, False, label, help, group, widget, panel=False, in_preset=False, **extra)
+
+
+CONTROLNET_SLOTS, LORA_SLOTS = 3, 4
+SOURCE_CHARS = 1000  # a hub id, folder or file path (with a preprocessor name for ControlNets)
+SCALE_RANGE = Range(0.0, 2.0)  # ControlNet and IP-Adapter scales (0 = no effect)
+WEIGHT_RANGE = Range(-2.0, 2.0)  # LoRA weights
+CANNY_RANGE = Range(0.0, 1000.0)  # Canny thresholds, in grey-level gradient units (core/preprocess.py)
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+
+
+def _source(name: str, label: str, help: str, group: str, **extra: Any) -> Field:
+    """A live model source (loaded in the background, swapped in between two frames): text, none = off.
+    Presets keep numbers and prompts, not files: sources stay out of them (docs/conditioning.md)."""
+    return _stream(name, "text", extra.pop("default", None), label, help, group, "text",
+                   nullable=extra.pop("nullable", True), max_chars=SOURCE_CHARS, in_preset=False, **extra)
+
+
+def _conditioning_fields() -> Tuple[Field, ...]:
+    """ControlNet, IP-Adapter and LoRA slots, like the channels of a mixing desk."""
+    fields = []
+    for i in range(1, CONTROLNET_SLOTS + 1):
+        fields += [
+            _source(f"controlnet_{i}", f"ControlNet {i}",
+                    "PREPROCESSOR:SOURCE, e.g. canny:lllyasviel/sd-controlnet-canny (preprocessors: "
+                    + ", ".join(PREPROCESSOR_NAMES) + "; the source a hub id, folder or .safetensors file); "
+                    "none = off.", "ControlNet", syntax="controlnet"),
+            _stream(f"controlnet_{i}_scale", "float", 1.0, f"ControlNet {i} scale",
+                    f"Conditioning scale of ControlNet {i} (0: it does no work).", "ControlNet", "slider",
+                    range=SCALE_RANGE, step=0.05)]
+    fields += [
+        _stream("canny_low", "float", 100.0, "Canny low threshold",
+                "Edges continue above this gradient (canny preprocessor).", "ControlNet", "slider",
+                range=CANNY_RANGE, step=1),
+        _stream("canny_high", "float", 200.0, "Canny high threshold",
+                "Edges start above this gradient (canny preprocessor; at least the low threshold).", "ControlNet",
+                "slider", range=CANNY_RANGE, step=1),
+        _source("depth_model", "Depth model", "Hub id or folder of a transformers depth model (depth preprocessor).",
+                "ControlNet", default=DEFAULT_DEPTH_MODEL, nullable=False),
+        _source("ip_adapter", "IP-Adapter", "IP-Adapter weights: hub id, folder or file; none = off.", "IP-Adapter"),
+        _source("ip_adapter_image", "IP-Adapter image", "The style or reference image (a file path).", "IP-Adapter"),
+        _stream("ip_adapter_scale", "float", 1.0, "IP-Adapter scale", "How strongly the image steers the output.",
+                "IP-Adapter", "slider", range=SCALE_RANGE, step=0.05)]
+    for i in range(1, LORA_SLOTS + 1):
+        fields += [
+            _source(f"lora_{i}", f"LoRA {i}", "LoRA: hub id, folder or .safetensors file; none = off.", "LoRA"),
+            _stream(f"lora_{i}_weight", "float", 1.0, f"LoRA {i} weight",
+                    f"Strength of LoRA {i} (0: no effect, negative: the opposite).", "LoRA", "slider",
+                    range=WEIGHT_RANGE, step=0.05)]
+    return tuple(fields)
 
 
 SCHEMA: Tuple[Field, ...] = (
@@ -142,6 +194,7 @@ SCHEMA: Tuple[Field, ...] = (
             "Pass the input through unchanged.", "Output", "toggle", in_preset=False),
     _stream("preset", "text", None, "Preset", "Start from a saved preset (its values, then the others given).",
             "Prompt", "text", nullable=True, max_chars=100, panel=False, in_preset=False),
+    *_conditioning_fields(),
     # ---- start-only: AppSettings (a change restarts the pipeline) -----------------------------
     _app("source", "text", "pattern", "Source", "pattern | screen[:N|:x,y,w,h] | camera[:N|:NAME] | file:PATH",
          "Input", "text", cli_short="-s"),
@@ -156,6 +209,9 @@ SCHEMA: Tuple[Field, ...] = (
          "Tiny autoencoder (hub id or folder); 'none' for the model's own VAE.", "Model", "text", nullable=True),
     _app("lcm_lora", "text", None, "LCM-LoRA", "LCM-LoRA to fuse (for SD 1.5 fine-tunes).", "Model", "text",
          nullable=True),
+    _app("control_source", "text", None, "Control source",
+         "Second source for the external ControlNet preprocessor (same forms as source); none = off.",
+         "ControlNet", "text", nullable=True),
     _app("engine", "choice", "auto", "Engine", "Inference engine (auto: the fastest that works here).", "Model",
          "choice", choices=ENGINES),
     _app("device", "text", "auto", "Device", "auto | cpu | cuda | cuda:N", "Model", "text"),
@@ -206,12 +262,36 @@ SCHEMA: Tuple[Field, ...] = (
 _BY_NAME = {f.name: f for f in SCHEMA}
 
 
+def known_names(names: Iterable[str]) -> str:
+    """Names for an error line, numbered slots folded: "..., lora_N (N = 1-4), lora_N_weight (N = 1-4)"."""
+    import re
+
+    groups: dict[str, list[int]] = {}
+    for name in sorted(names):
+        match = re.search(r"_(\d+)(?=_|$)", name)
+        pattern = name if match is None else name[:match.start(1)] + "N" + name[match.end(1):]
+        groups.setdefault(pattern, []).append(int(match.group(1)) if match else 0)
+    return ", ".join(p if len(n) < 2 else f"{p} (N = {min(n)}-{max(n)})" for p, n in groups.items())
+
+
+def unknown_setting(name: Any, names: Iterable[str], what: str = "setting") -> str:
+    """The message for a name that is none of `names`: the nearest one when it is a likely typo
+    (one short line), else all of them."""
+    import difflib
+
+    names = list(names)
+    near = difflib.get_close_matches(str(name)[:60], names, n=1, cutoff=0.75)
+    if near:
+        return f"unknown {what} (did you mean {near[0]}? all settings: docs/control.md)"
+    return f"unknown {what} (known: {known_names(names)})"
+
+
 def field(name: str) -> Field:
     """The field named `name`; SettingsError naming the known ones when there is none."""
     try:
         return _BY_NAME[name]
     except (KeyError, TypeError):
-        raise SettingsError(str(name)[:60], f"unknown setting (known: {', '.join(_BY_NAME)})") from None
+        raise SettingsError(str(name)[:60], unknown_setting(name, _BY_NAME)) from None
 
 
 def live_fields() -> Tuple[Field, ...]:
@@ -263,6 +343,8 @@ def _check(f: Field, value: Any) -> Tuple[Optional[str], Any]:
             return f"must be text, got {type(value).__name__}", value
         if len(value) > f.max_chars:
             return f"must be at most {f.max_chars} characters, got {len(value)}", value
+        if f.syntax == "controlnet":
+            return controlnet_problem(value), value
         return None, value
     return _check_int_list(f, value)
 
@@ -280,6 +362,21 @@ def _check_int_list(f: Field, value: Any) -> Tuple[Optional[str], Any]:
     if list(items) != sorted(set(items)):
         return f"must be strictly increasing, got {list(items)}", value
     return None, items
+
+
+def split_controlnet(text: str) -> Tuple[str, str]:
+    """"canny:lllyasviel/sd-controlnet-canny" -> ("canny", "lllyasviel/sd-controlnet-canny") (split at the
+    first colon, so Windows paths such as canny:C:\\nets\\x keep theirs)."""
+    preprocessor, _, source = text.partition(":")
+    return preprocessor.strip(), source.strip()
+
+
+def controlnet_problem(text: str) -> Optional[str]:
+    preprocessor, source = split_controlnet(text)
+    if preprocessor not in PREPROCESSOR_NAMES or not source:
+        return (f"must be PREPROCESSOR:SOURCE with a preprocessor of {', '.join(PREPROCESSOR_NAMES)}, e.g. "
+                f"canny:lllyasviel/sd-controlnet-canny (or none), got {shown(text)}")
+    return None
 
 
 def from_text(name: str, text: str) -> Any:
@@ -333,6 +430,8 @@ def field_json(f: Field) -> dict:
         data["max_chars"] = f.max_chars
     if f.hint:
         data["hint"] = f.hint
+    if f.syntax:
+        data["syntax"] = f.syntax
     if f.secret:
         data["default"] = ""
     return data

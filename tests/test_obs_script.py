@@ -293,8 +293,8 @@ def test_properties_panel_has_every_control_in_folding_sections(dialog):
     assert props["details"].extra["word_wrap"] is True  # long text wraps instead of widening the panel
     assert [v for _, v in props["cfg_type"].items] == module.FIELDS["cfg_type"]["choices"]
     groups = [p for p in props.values() if p.kind == "group"]
-    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Output", "Presets",
-                                        "Connection", "Details"]
+    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Output", "ControlNet",
+                                        "IP-Adapter", "LoRA", "Presets", "Connection", "Details"]
     assert all(g.extra["group_type"] == obs.OBS_GROUP_CHECKABLE for g in groups)
     assert set(groups[0].extra["box"].props) == {"prompt", "negative_prompt", "apply_prompts", "transition_frames"}
     assert props["guidance_scale"].kind == "float_slider" and props["guidance_scale"].extra["high"] == 20.0
@@ -305,6 +305,12 @@ def test_properties_panel_has_every_control_in_folding_sections(dialog):
     # folded at first: similarity filter, presets, connection, details; open: prompt, diffusion, output
     assert props["prompt"].visible and props["strength"].visible and props["paused"].visible
     assert not props["similarity_threshold"].visible and not props["host"].visible
+    # the model sections are folded at first; typed sources go out with their section's Apply button
+    assert not props["lora_1"].visible and not props["controlnet_1_scale"].visible
+    lora_box = next(g for g in groups if g.desc == "LoRA").extra["box"].props
+    assert list(lora_box)[-1] == "apply_lora" and props["apply_lora"].kind == "button"
+    assert props["lora_1_weight"].kind == "float_slider" and props["lora_1_weight"].extra["low"] == -2.0
+    assert obs.obs_data_get_string(settings, "lora_1") == ""  # none (off) shows as an empty box
     view.user_sets("group_connection", True)  # tick the section's title: it unfolds
     assert view.props.props["host"].visible and view.redraws == 1
     view.user_sets("group_diffusion", False)

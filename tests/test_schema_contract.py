@@ -25,7 +25,7 @@ from dreamcam.plugin.sinks import NullSink
 from obs_standin import load_script
 
 RUN_OWN_OPTIONS = {"size", "config", "obs_camera", "frames", "verbose", "help", "overwrite",
-                   "web_host"}  # not settings (web_host: only an explicit flag opens the page to others)
+                   "web_host", "controlnet", "lora"}  # not settings (web_host: only an explicit flag opens the page to others)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,269 @@
+"""The core stream's ControlNets, IP-Adapter and LoRAs, following the settings live.
+
+`Conditioner.condition(wanted, settings)` applies the live numbers at once (LoRA weights,
+ControlNet and IP-Adapter scales, Canny thresholds: in place, no reload, no recapture) and asks
+the `BackgroundLoader` for any new sources; the loads (files, the hub, weights to the GPU) run in
+its thread while frames keep flowing with what is in force. `swap()`, between two frames, puts
+finished loads on the stream through its explicit methods (`set_loras` + `LoraStack.apply`,
+`set_controlnets`, `set_ip_adapter`), after fencing the frames in flight. Each kind is all or
+nothing: a failed load leaves that kind exactly as it was, and its outcome names the settings to
+put back. The functions that read files and the hub are `Loaders` (the edges tests may slow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from .conditioning import KINDS, Conditioning, ControlSlot, source_values
+from .conditioning_loader import BackgroundLoader, Outcome, Request
+from .schema import field
+
+log = logging.getLogger(__name__)
+
+NO_LIVE_WEIGHTS_ENGINES = ("tensorrt",)  # engines whose UNet is built with its weights and inputs fixed
+
+
+# ---- the edges: everything that reads files or the hub ------------------------------------------
+def read_lora(stack: Any, source: str) -> Any:
+    return stack.read(source)
+
+
+def load_controlnet_net(source: str, components: Any, local_files_only: bool) -> Any:
+    from dreamcam.core.controlnet import load_controlnet
+
+    return load_controlnet(source, components, local_files_only=local_files_only)
+
+
+def build_preprocessor(slot: ControlSlot, wanted: Conditioning, device: Any, local_files_only: bool) -> Any:
+    from dreamcam.core.preprocess import make_preprocessor
+
+    params: dict[str, Any] = {}
+    if slot.preprocessor == "canny":
+        params = dict(low=wanted.canny_low, high=wanted.canny_high)
+    elif slot.preprocessor == "depth":  # helper cn's depth preprocessor: a transformers depth model
+        params = dict(model=wanted.depth_model, local_files_only=local_files_only)
+    return make_preprocessor(slot.preprocessor, device=device, **params)
+
+
+def read_image(path: str) -> np.ndarray:
+    """An RGB uint8 image from a file; ValueError naming the file and the fix."""
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"ip_adapter_image: {str(file.absolute())!r} does not exist; give the path of an image file")
+    try:
+        with Image.open(file) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"ip_adapter_image: {str(file)!r} is not an image ({type(exc).__name__}); "
+                         "give a .png, .jpg or .webp file") from None
+
+
+def load_ip_adapter(source: str, image: np.ndarray, components: Any, local_files_only: bool) -> Any:
+    """Helper ip's core IP-Adapter (dreamcam.core.ip_adapter), its image set."""
+    from dreamcam.core.ip_adapter import load_ip_adapter as load  # noqa: PLC0415 - helper ip's module
+
+    adapter = load(source, components, local_files_only=local_files_only)
+    adapter.set_image(image)
+    return adapter
+
+
+@dataclass(frozen=True)
+class Loaders:
+    lora: Callable[[Any, str], Any] = read_lora
+    controlnet: Callable[[str, Any, bool], Any] = load_controlnet_net
+    preprocessor: Callable[[ControlSlot, Conditioning, Any, bool], Any] = build_preprocessor
+    image: Callable[[str], np.ndarray] = read_image
+    ip_adapter: Callable[[str, np.ndarray, Any, bool], Any] = load_ip_adapter
+
+
+def adapter_name(slot: int, source: str) -> str:
+    """One peft adapter name per slot and source (a slot that changes LoRA loads the new one next
+    to the old, so the swap is all or nothing)."""
+    return f"lora_{slot}_{hashlib.sha1(source.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class _Net:
+    """A ControlNet slot in force: what it was made from, and the core unit."""
+
+    slot: ControlSlot
+    unit: Any
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The context of a load: the source settings it tried, and those in force before it."""
+
+    tried: dict[str, Any]
+    in_force: dict[str, Any]
+
+
+class Conditioner:
+    """Owns the stream's LoRA stack, ControlNet units and IP-Adapter; `fence()` waits for the frames in
+    flight (the graph driver's)."""
+
+    def __init__(self, stream: Any, fence: Callable[[], None], engine_name: str, *,
+                 loaders: Optional[Loaders] = None, local_files_only: bool = False) -> None:
+        from dreamcam.core.lora import LoraStack
+
+        self.stream = stream
+        self.fence = fence
+        self.engine_name = engine_name
+        self.loaders = loaders or Loaders()
+        self.local_files_only = local_files_only
+        self.loras = LoraStack(stream.components, local_files_only=local_files_only)
+        stream.set_loras(self.loras)
+        self.lora_names: dict[int, str] = {}  # slot -> adapter name in force
+        self.nets: dict[int, _Net] = {}  # slot -> ControlNet in force
+        self.ip_adapter: Any = None
+        self.wanted = Conditioning()
+        self._in_force: dict[str, dict[str, Any]] = {}
+        self.loader = BackgroundLoader()
+
+    # ---- from the frame loop ---------------------------------------------------------------
+    def condition(self, wanted: Conditioning, settings: Any) -> None:
+        """Numbers now; new sources start loading (never waits)."""
+        self.wanted = wanted
+        self._apply_numbers()
+        for kind in KINDS:
+            self.loader.want(kind, self._request(kind, wanted, settings))
+
+    def swap(self) -> list[Outcome]:
+        """Between two frames: install what finished loading; what happened."""
+        outcomes = self.loader.swap()
+        if any(o.state == "loaded" for o in outcomes):
+            self._apply_numbers()  # numbers changed during the load apply to the new objects too
+        return outcomes
+
+    def load_now(self, wanted: Conditioning, settings: Any) -> None:
+        """Before the stream starts: load and install in this thread; raises what a load raises."""
+        self.wanted = wanted
+        for kind in KINDS:
+            if wanted.key(kind):
+                self.loader.run_now(kind, self._request(kind, wanted, settings))
+            self._in_force[kind] = source_values(settings, kind)
+        self._apply_numbers()
+
+    def close(self) -> None:
+        self.loader.close()
+
+    # ---- numbers ---------------------------------------------------------------------------
+    def _apply_numbers(self) -> None:
+        w = self.wanted
+        weights = {self.lora_names[s.slot]: s.weight for s in w.loras if s.slot in self.lora_names}
+        if weights:
+            self.loras.set_weights(weights)
+        scales = {s.slot: s.scale for s in w.controlnets}
+        for slot, net in self.nets.items():
+            net.unit.set_scale(scales.get(slot, net.unit.scale))
+            if net.slot.preprocessor == "canny":
+                net.unit.preprocessor.set_thresholds(w.canny_low, w.canny_high)
+        if self.ip_adapter is not None:
+            self.ip_adapter.set_scale(w.ip_adapter_scale)
+
+    # ---- loads -----------------------------------------------------------------------------
+    def _request(self, kind: str, wanted: Conditioning, settings: Any) -> Request:
+        tried = source_values(settings, kind)
+        context = Restore(tried, self._in_force.get(kind, {name: field(name).default for name in tried}))
+        load, install = {"loras": self._lora_job, "controlnets": self._controlnet_job,
+                         "ip_adapter": self._ip_job}[kind](wanted)
+
+        def install_and_record(value: Any) -> None:
+            install(value)
+            self._in_force[kind] = tried
+
+        return Request(wanted.key(kind), load, install_and_record, describe(kind, wanted), context)
+
+    def _check_engine(self, what: str) -> None:
+        if self.engine_name in NO_LIVE_WEIGHTS_ENGINES:
+            raise ValueError(f"{what} need the eager or compiled engine: the {self.engine_name} engine has the "
+                             "UNet's weights and inputs built in (restart with --engine compiled)")
+
+    def _lora_job(self, wanted: Conditioning) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        from dreamcam.core.lora import LoraSpec
+
+        slots = wanted.loras
+        names = {s.slot: adapter_name(s.slot, s.source) for s in slots}
+
+        def load() -> Any:
+            if slots:
+                self._check_engine("LoRAs")
+            loaded = set(self.loras.weights)
+            return {s.source: self.loaders.lora(self.loras, s.source) for s in slots if names[s.slot] not in loaded}
+
+        def install(files: Mapping[str, Any]) -> None:
+            self.fence()
+            specs = [LoraSpec(s.source, s.weight, names[s.slot]) for s in slots]
+            self.loras.apply(specs, files=files)  # all or nothing
+            self.lora_names = names
+
+        return load, install
+
+    def _controlnet_job(self, wanted: Conditioning) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        from dreamcam.core.controlnet import ControlNetStack, ControlNetUnit
+
+        slots = wanted.controlnets
+        components = self.stream.components
+
+        def load() -> Any:
+            if slots:
+                self._check_engine("ControlNets")
+            have = dict(self.nets)
+            nets = {}
+            for slot in slots:
+                old = have.get(slot.slot)
+                same_net = old is not None and old.slot.source == slot.source
+                net = old.unit.net if same_net else self.loaders.controlnet(slot.source, components,
+                                                                            self.local_files_only)
+                same_pre = same_net and old.slot.preprocessor == slot.preprocessor and slot.preprocessor != "depth"
+                pre = old.unit.preprocessor if same_pre else \
+                    self.loaders.preprocessor(slot, wanted, components.device, self.local_files_only)
+                nets[slot.slot] = _Net(slot, ControlNetUnit(slot.name, net, pre, slot.scale))
+            return nets
+
+        def install(nets: dict[int, _Net]) -> None:
+            self.fence()
+            self.stream.set_controlnets(ControlNetStack([nets[s].unit for s in sorted(nets)]))
+            self.nets = nets
+
+        return load, install
+
+    def _ip_job(self, wanted: Conditioning) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+        source, image_path = wanted.ip_adapter, wanted.ip_adapter_image
+        components = self.stream.components
+
+        def load() -> Any:
+            if not source:
+                return None
+            self._check_engine("The IP-Adapter and its image")
+            if not image_path:
+                raise ValueError("ip_adapter_image: the IP-Adapter needs an image; set ip_adapter_image to an image file")
+            return self.loaders.ip_adapter(source, self.loaders.image(image_path), components, self.local_files_only)
+
+        def install(adapter: Any) -> None:
+            self.fence()
+            self.stream.set_ip_adapter(adapter)
+            self.ip_adapter = adapter
+
+        return load, install
+
+
+def describe(kind: str, wanted: Conditioning) -> str:
+    """What a load of `kind` brings, for status lines: "LoRAs lora_1 'style.safetensors'"."""
+    if kind == "loras":
+        parts = [f"{s.name} {s.source!r}" for s in wanted.loras]
+        return "LoRAs " + (", ".join(parts) if parts else "(none)")
+    if kind == "controlnets":
+        parts = [f"{s.name} {s.preprocessor}:{s.source!r}" for s in wanted.controlnets]
+        return "ControlNets " + (", ".join(parts) if parts else "(none)")
+    return f"IP-Adapter {wanted.ip_adapter!r} with {wanted.ip_adapter_image!r}" if wanted.ip_adapter else \
+        "IP-Adapter (none)"
