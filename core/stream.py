@@ -23,6 +23,7 @@ import torch
 from . import blending
 from . import frames as fr
 from .config import StreamConfig
+from .controlnet import ControlNetStack
 from .loading import Components
 from .modules import StepModules, eager_modules, unet_conditions
 from .prompts import PromptEncoder
@@ -53,7 +54,7 @@ class StreamDiffusion:
         self.modules = modules or eager_modules(components)
         self._plain_modules = self.modules  # without ControlNets (set_controlnets)
         self.loras: Any = None  # LoraStack on the UNet (set_loras): its structure joins shape_key
-        self.controlnets: Any = None  # ControlNetStack (set_controlnets)
+        self.control = ControlNetStack()  # set_controlnets (stand-in, see below)
         self.device, self.dtype = components.device, components.dtype
         self.prompts = PromptEncoder(components, prompt_cache_size)
         self.filter = SimilarityFilter(self.config.similarity_threshold, self.config.similarity_max_skip,
@@ -102,24 +103,35 @@ class StreamDiffusion:
         return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
                 self.structure_key)
 
-    # ---- conditioning objects. MINIMAL STAND-IN (helper "surf", for the plugin's tests): helper "cn"
-    # owns set_controlnets / structure_key; merge toward cn's version.
+    # ---- conditioning objects. MINIMAL STAND-IN of helper "cn"'s set_controlnets /
+    # set_controlnet_scales / structure_key (same names; merge toward cn's version). Helper "surf"'s
+    # own part to keep: set_loras, set_lora_weights and the LoRA stack's key in structure_key.
     @property
     def structure_key(self) -> tuple:
         """Changes exactly when the set of running nets / adapters changes (never on a scale or weight)."""
-        return (self.loras.structure_key if self.loras is not None else (),
-                self.controlnets.structure_key if self.controlnets is not None else ())
+        return (self.control.structure_key, self.loras.structure_key if self.loras is not None else ())
 
     def set_loras(self, stack: Any) -> None:
-        """The LoraStack on this stream's UNet (core/lora.py), or None: its adapters join shape_key."""
+        """The LoraStack (core/lora.py) on this stream's UNet, or None: its adapters join structure_key."""
         self.loras = stack
+
+    def set_lora_weights(self, weights: dict[str, float]) -> None:
+        """Live LoRA weights by adapter name (in place: no recapture); the next frame shows them."""
+        self.loras.set_weights(weights)
+        self._force_next = True
 
     def set_controlnets(self, stack: Any) -> None:
         """Run `stack` (a ControlNetStack; None or empty: none) from the next step on; between frames."""
         from .controlnet import controlled_modules
 
-        self.controlnets = stack if stack is not None and stack.units else None
-        self.modules = controlled_modules(self._plain_modules, stack) if self.controlnets else self._plain_modules
+        self.control = stack if stack is not None else ControlNetStack()
+        self.modules = controlled_modules(self._plain_modules, self.control) if self.control.units \
+            else self._plain_modules
+        self._force_next = True
+
+    def set_controlnet_scales(self, scales: dict[str, float]) -> None:
+        self.control.set_scales(scales)
+        self._force_next = True
 
     def _allocate(self) -> None:
         c, dev = self.config, self.device

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .cli_options import setting_options
-from .conditioning import slot_options
+from .conditioning import absolute_source, slot_options
 from .schema import app_fields, field, from_text, live_fields, unknown_setting
 from .settings import STREAM_FIELDS, SettingsError
 
@@ -451,7 +451,7 @@ def _pairs(items: Optional[List[str]]) -> dict[str, Any]:
             _fail(f"expected FIELD=VALUE, got {item!r}")
         if key not in STREAM_FIELDS:  # the app would refuse them; say so before connecting
             _fail(f"{key}: {unknown_setting(key, STREAM_FIELDS)}")
-        out[key] = from_text(key, value)
+        out[key] = absolute_source(key, from_text(key, value))  # a file here is a file there
     return out
 
 

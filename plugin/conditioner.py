@@ -17,15 +17,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-import numpy as np
-
 from .conditioning import KINDS, Conditioning, ControlSlot, source_values
-from .conditioning_loader import BackgroundLoader, Outcome, Request
+from .conditioning_loader import FAILED, LOADED, BackgroundLoader, Outcome, Request
 from .schema import field
 
 log = logging.getLogger(__name__)
 
 NO_LIVE_WEIGHTS_ENGINES = ("tensorrt",)  # engines whose UNet is built with its weights and inputs fixed
+FEED = "control_source"  # the outcome kind of the external ControlNets' second source
 
 
 # ---- the edges: everything that reads files or the hub ------------------------------------------
@@ -39,41 +38,28 @@ def load_controlnet_net(source: str, components: Any, local_files_only: bool) ->
     return load_controlnet(source, components, local_files_only=local_files_only)
 
 
-def build_preprocessor(slot: ControlSlot, wanted: Conditioning, device: Any, local_files_only: bool) -> Any:
+def build_preprocessor(slot: ControlSlot, wanted: Conditioning, components: Any, local_files_only: bool) -> Any:
     from dreamcam.core.preprocess import make_preprocessor
 
     params: dict[str, Any] = {}
     if slot.preprocessor == "canny":
         params = dict(low=wanted.canny_low, high=wanted.canny_high)
-    elif slot.preprocessor == "depth":  # helper cn's depth preprocessor: a transformers depth model
-        params = dict(model=wanted.depth_model, local_files_only=local_files_only)
-    return make_preprocessor(slot.preprocessor, device=device, **params)
+    elif slot.preprocessor == "depth":  # a transformers depth model (helper cn's core/depth.py)
+        params = dict(source=wanted.depth_model, dtype=components.dtype, local_files_only=local_files_only)
+    return make_preprocessor(slot.preprocessor, device=components.device, **params)
 
 
-def read_image(path: str) -> np.ndarray:
-    """An RGB uint8 image from a file; ValueError naming the file and the fix."""
-    from pathlib import Path
-
-    from PIL import Image, UnidentifiedImageError
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ValueError(f"ip_adapter_image: {str(file.absolute())!r} does not exist; give the path of an image file")
-    try:
-        with Image.open(file) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"ip_adapter_image: {str(file)!r} is not an image ({type(exc).__name__}); "
-                         "give a .png, .jpg or .webp file") from None
-
-
-def load_ip_adapter(source: str, image: np.ndarray, components: Any, local_files_only: bool) -> Any:
-    """Helper ip's core IP-Adapter (dreamcam.core.ip_adapter), its image set."""
+def load_ip_adapter(source: str, components: Any, local_files_only: bool) -> Any:
+    """Helper ip's core IP-Adapter (dreamcam.core.ip_adapter), loaded, not attached."""
     from dreamcam.core.ip_adapter import load_ip_adapter as load  # noqa: PLC0415 - helper ip's module
 
-    adapter = load(source, components, local_files_only=local_files_only)
-    adapter.set_image(image)
-    return adapter
+    return load(source, components, local_files_only=local_files_only)
+
+
+def encode_image(adapter: Any, path: str) -> Any:
+    """The style image's embedding (changes nothing: safe in the background); one error line when it is
+    no image."""
+    return adapter.encode_image(path)
 
 
 @dataclass(frozen=True)
@@ -81,8 +67,8 @@ class Loaders:
     lora: Callable[[Any, str], Any] = read_lora
     controlnet: Callable[[str, Any, bool], Any] = load_controlnet_net
     preprocessor: Callable[[ControlSlot, Conditioning, Any, bool], Any] = build_preprocessor
-    image: Callable[[str], np.ndarray] = read_image
-    ip_adapter: Callable[[str, np.ndarray, Any, bool], Any] = load_ip_adapter
+    ip_adapter: Callable[[str, Any, bool], Any] = load_ip_adapter
+    image: Callable[[Any, str], Any] = encode_image
 
 
 def adapter_name(slot: int, source: str) -> str:
@@ -108,11 +94,11 @@ class Restore:
 
 
 class Conditioner:
-    """Owns the stream's LoRA stack, ControlNet units and IP-Adapter; `fence()` waits for the frames in
-    flight (the graph driver's)."""
+    """Owns the stream's LoRA stack, ControlNets and IP-Adapter; `fence()` waits for the frames in
+    flight (the graph driver's); `feed`: the `control_source` of external ControlNets, or None."""
 
     def __init__(self, stream: Any, fence: Callable[[], None], engine_name: str, *,
-                 loaders: Optional[Loaders] = None, local_files_only: bool = False) -> None:
+                 loaders: Optional[Loaders] = None, local_files_only: bool = False, feed: Any = None) -> None:
         from dreamcam.core.lora import LoraStack
 
         self.stream = stream
@@ -120,13 +106,17 @@ class Conditioner:
         self.engine_name = engine_name
         self.loaders = loaders or Loaders()
         self.local_files_only = local_files_only
+        self.feed = feed
         self.loras = LoraStack(stream.components, local_files_only=local_files_only)
         stream.set_loras(self.loras)
         self.lora_names: dict[int, str] = {}  # slot -> adapter name in force
         self.nets: dict[int, _Net] = {}  # slot -> ControlNet in force
         self.ip_adapter: Any = None
+        self.ip_source: Optional[str] = None
         self.wanted = Conditioning()
         self._in_force: dict[str, dict[str, Any]] = {}
+        self._fed = -1  # the feed's frame number last given to the stream
+        self._feed_error = ""
         self.loader = BackgroundLoader()
 
     # ---- from the frame loop ---------------------------------------------------------------
@@ -138,11 +128,12 @@ class Conditioner:
             self.loader.want(kind, self._request(kind, wanted, settings))
 
     def swap(self) -> list[Outcome]:
-        """Between two frames: install what finished loading; what happened."""
+        """Between two frames: install what finished loading, give external ControlNets the control
+        source's newest frame; what happened."""
         outcomes = self.loader.swap()
-        if any(o.state == "loaded" for o in outcomes):
+        if any(o.state == LOADED for o in outcomes):
             self._apply_numbers()  # numbers changed during the load apply to the new objects too
-        return outcomes
+        return outcomes + self._feed_external()
 
     def load_now(self, wanted: Conditioning, settings: Any) -> None:
         """Before the stream starts: load and install in this thread; raises what a load raises."""
@@ -155,20 +146,46 @@ class Conditioner:
 
     def close(self) -> None:
         self.loader.close()
+        if self.feed is not None:
+            self.feed.close()
 
     # ---- numbers ---------------------------------------------------------------------------
     def _apply_numbers(self) -> None:
         w = self.wanted
         weights = {self.lora_names[s.slot]: s.weight for s in w.loras if s.slot in self.lora_names}
         if weights:
-            self.loras.set_weights(weights)
+            self.stream.set_lora_weights(weights)
         scales = {s.slot: s.scale for s in w.controlnets}
-        for slot, net in self.nets.items():
-            net.unit.set_scale(scales.get(slot, net.unit.scale))
+        lost = bool(self._feed_error)
+        if self.nets:  # an external net whose source is lost does no work until it is back
+            self.stream.set_controlnet_scales({
+                net.unit.name: 0.0 if lost and net.slot.preprocessor == "external" else scales.get(slot, net.slot.scale)
+                for slot, net in self.nets.items()})
+        for net in self.nets.values():
             if net.slot.preprocessor == "canny":
                 net.unit.preprocessor.set_thresholds(w.canny_low, w.canny_high)
         if self.ip_adapter is not None:
             self.ip_adapter.set_scale(w.ip_adapter_scale)
+
+    def _feed_external(self) -> list[Outcome]:
+        """The control source's newest frame into each external ControlNet; a lost / returned source is
+        one outcome (its net off meanwhile)."""
+        external = [net.unit.name for net in self.nets.values() if net.slot.preprocessor == "external"]
+        if self.feed is None or not external:
+            return []
+        error = self.feed.error
+        outcomes = []
+        if error != self._feed_error:
+            self._feed_error = error
+            self._apply_numbers()
+            outcomes.append(Outcome(FEED, FAILED if error else LOADED, f"control source {self.feed.name}",
+                                    f"{error}; the external ControlNet is off until it is back" if error else ""))
+        index, image = self.feed.latest()
+        if image is not None and index != self._fed:
+            self._fed = index
+            for name in external:
+                self.stream.set_control_image(name, image)
+        return outcomes
 
     # ---- loads -----------------------------------------------------------------------------
     def _request(self, kind: str, wanted: Conditioning, settings: Any) -> Request:
@@ -217,6 +234,10 @@ class Conditioner:
         def load() -> Any:
             if slots:
                 self._check_engine("ControlNets")
+            for slot in slots:
+                if slot.preprocessor == "external" and self.feed is None:
+                    raise ValueError(f"{slot.name}: the external preprocessor takes its images from a second source; "
+                                     "start the app with --control-source SPEC (e.g. camera:1 or file:PATH)")
             have = dict(self.nets)
             nets = {}
             for slot in slots:
@@ -226,33 +247,38 @@ class Conditioner:
                                                                             self.local_files_only)
                 same_pre = same_net and old.slot.preprocessor == slot.preprocessor and slot.preprocessor != "depth"
                 pre = old.unit.preprocessor if same_pre else \
-                    self.loaders.preprocessor(slot, wanted, components.device, self.local_files_only)
+                    self.loaders.preprocessor(slot, wanted, components, self.local_files_only)
                 nets[slot.slot] = _Net(slot, ControlNetUnit(slot.name, net, pre, slot.scale))
             return nets
 
         def install(nets: dict[int, _Net]) -> None:
             self.fence()
-            self.stream.set_controlnets(ControlNetStack([nets[s].unit for s in sorted(nets)]))
+            self.stream.set_controlnets(ControlNetStack([nets[s].unit for s in sorted(nets)]))  # checks first
             self.nets = nets
+            self._fed = -1  # a new external net gets the newest control frame at once
 
         return load, install
 
     def _ip_job(self, wanted: Conditioning) -> tuple[Callable[[], Any], Callable[[Any], None]]:
-        source, image_path = wanted.ip_adapter, wanted.ip_adapter_image
+        source, image = wanted.ip_adapter, wanted.ip_adapter_image
         components = self.stream.components
 
         def load() -> Any:
             if not source:
-                return None
-            self._check_engine("The IP-Adapter and its image")
-            if not image_path:
-                raise ValueError("ip_adapter_image: the IP-Adapter needs an image; set ip_adapter_image to an image file")
-            return self.loaders.ip_adapter(source, self.loaders.image(image_path), components, self.local_files_only)
+                return None, None
+            self._check_engine("The IP-Adapter")
+            # the same weights with another image: only the image is encoded (the adapter stays)
+            adapter = self.ip_adapter if source == self.ip_source else \
+                self.loaders.ip_adapter(source, components, self.local_files_only)
+            return adapter, (self.loaders.image(adapter, image) if image else None)
 
-        def install(adapter: Any) -> None:
+        def install(value: tuple) -> None:
+            adapter, embeds = value
             self.fence()
+            if adapter is not None:
+                adapter.set_image(embeds)  # None: no image (the unconditional image rows)
             self.stream.set_ip_adapter(adapter)
-            self.ip_adapter = adapter
+            self.ip_adapter, self.ip_source = adapter, source
 
         return load, install
 

@@ -9,6 +9,7 @@ must be loaded (its `keys()`: a new key of a kind means a background load) and t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from .schema import CONTROLNET_SLOTS, LORA_SLOTS, SettingsError, field, split_controlnet, validate
@@ -105,6 +106,19 @@ def conditioning_of(settings: Any) -> Conditioning:
 def source_values(settings: Any, kind: str) -> dict[str, Any]:
     """The source settings of a kind, {field: value}."""
     return {name: getattr(settings, name) for name in SOURCE_FIELDS[kind]}
+
+
+def absolute_source(name: str, value: Any) -> Any:
+    """A source setting sent to a running app (`dreamcam set`): a relative path that exists here
+    becomes absolute (the app may run in another folder); hub ids and other values stay."""
+    f = field(name)
+    if f.syntax not in ("source", "controlnet") or not isinstance(value, str):
+        return value
+    head, source = ("", value) if f.syntax == "source" else split_controlnet(value)
+    path = Path(source).expanduser()
+    if not source or path.is_absolute() or not path.exists():
+        return value
+    return f"{head}:{path.absolute()}" if head else str(path.absolute())
 
 
 # ---- the CLI shorthand: --lora SOURCE@WEIGHT, --controlnet PREPROCESSOR:SOURCE@SCALE ------------

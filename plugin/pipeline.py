@@ -104,7 +104,15 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
     if stream.device.type == "cuda":
         say(f"per-frame step runs as CUDA graphs, up to {driver.lanes} frame(s) at once"
             + (" (1-step streams; more steps run one at a time)" if driver.lanes > 1 else ""))
-    conditioner = Conditioner(stream, driver.fence, built.name, loaders=loaders, local_files_only=local_files_only)
+    feed = None
+    if app.control_source:  # the external ControlNets' second source
+        from .control_feed import ControlFeed
+        from .sources import make_source
+
+        feed = ControlFeed(make_source(app.control_source, width=app.width, height=app.height, fps=app.fps))
+        feed.start()
+    conditioner = Conditioner(stream, driver.fence, built.name, loaders=loaders, local_files_only=local_files_only,
+                              feed=feed)
     wanted = conditioning_of(settings)
     if any(wanted.keys().values()):
         say("loading the ControlNets, IP-Adapter and LoRAs")

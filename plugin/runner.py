@@ -296,13 +296,15 @@ class Runner:
             log.info("loading %s", outcome.what)
             self._set_error(topic, f"loading {outcome.what}")
         elif outcome.state == LOADED:
-            log.info("%s: in use", outcome.what)
+            log.info("%s: in use", outcome.what)  # (a control source: back)
             self._clear_error(topic)
         elif outcome.state == FAILED:
-            text = f"{LABELS[outcome.kind]} not changed: {outcome.error}"
+            loaded = outcome.kind in LABELS  # else the control source: its error lasts until it is back
+            text = f"{LABELS[outcome.kind]} not changed: {outcome.error}" if loaded else outcome.error
             log.warning("%s", text)
-            self._set_error(topic, text, hold=LOAD_ERROR_HOLD_S)
-            self._restore(outcome)
+            self._set_error(topic, text, hold=LOAD_ERROR_HOLD_S if loaded else None)
+            if loaded:
+                self._restore(outcome)
         else:  # dropped: a newer request of that kind took its place
             self._clear_error(topic)
 

@@ -64,7 +64,7 @@ class Field:
     cli_short: Optional[str] = None
     panel: bool = True
     in_preset: bool = True
-    syntax: str = ""  # text with a form checked by validate(): "controlnet" = PREPROCESSOR:SOURCE
+    syntax: str = ""  # "source": a hub id, folder or file; "controlnet": PREPROCESSOR:SOURCE (checked)
 
     @property
     def option(self) -> Optional[str]:
@@ -114,7 +114,8 @@ def _source(name: str, label: str, help: str, group: str, **extra: Any) -> Field
     """A live model source (loaded in the background, swapped in between two frames): text, none = off.
     Presets keep numbers and prompts, not files: sources stay out of them (docs/conditioning.md)."""
     return _stream(name, "text", extra.pop("default", None), label, help, group, "text",
-                   nullable=extra.pop("nullable", True), max_chars=SOURCE_CHARS, in_preset=False, **extra)
+                   nullable=extra.pop("nullable", True), max_chars=SOURCE_CHARS, in_preset=False,
+                   syntax=extra.pop("syntax", "source"), **extra)
 
 
 def _conditioning_fields() -> Tuple[Field, ...]:

@@ -16,7 +16,7 @@ from dreamcam.plugin import config as cfg
 from dreamcam.plugin.app import DreamcamApp
 from dreamcam.plugin.cli import app as cli_app
 from dreamcam.plugin.conditioner import Loaders, read_lora
-from dreamcam.plugin.conditioning import conditioning_of, slot_options
+from dreamcam.plugin.conditioning import absolute_source, conditioning_of, slot_options
 from dreamcam.plugin.conditioning_loader import FAILED, LOADED, LOADING, BackgroundLoader, Request
 from dreamcam.plugin.control_server import ControlServer
 from dreamcam.plugin.pipeline import build_processor
@@ -111,6 +111,16 @@ def test_slots_read_from_settings_and_the_cli_shorthand():
             slot_options(kind, items, explicit)
     with pytest.raises(SettingsError, match="canny_low: must be at most canny_high"):
         conditioning_of(StreamSettings(canny_low=300.0, canny_high=200.0))
+
+
+def test_dreamcam_set_sends_local_sources_as_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    (tmp_path / "nets").mkdir()
+    assert absolute_source("lora_1", "style.safetensors") == str(tmp_path / "style.safetensors")
+    assert absolute_source("controlnet_1", "canny:nets") == f"canny:{tmp_path / 'nets'}"
+    assert absolute_source("lora_1", "owner/style") == "owner/style"  # not here: a hub id, sent as typed
+    assert absolute_source("prompt", "nets") == "nets" and absolute_source("lora_1", None) is None
 
 
 def test_cli_lora_shorthand_loads_at_start_and_a_wrong_family_fails_with_one_line(app_settings, models, tmp_path):
@@ -226,7 +236,7 @@ def test_dreamcam_set_changes_a_lora_weight_and_a_controlnet_scale_in_a_running_
         assert not np.array_equal(moved, first)
         result = CliRunner().invoke(cli_app, ["set", "controlnet_1_scale=0", "--port", str(server.port)])
         assert result.exit_code == 0, result.output
-        assert wait_for(lambda: processor.stream.controlnets.structure_key == ())  # scale 0: the net does no work
+        assert wait_for(lambda: not unit.active)  # scale 0: the net does no work
         assert not np.array_equal(settled(sink, app), moved)
         assert processor.conditioner.nets[1].unit is unit  # a scale never reloads the net
     finally:
@@ -246,6 +256,37 @@ def test_a_controlnet_that_does_not_fit_is_one_error_and_the_stream_goes_on(app_
         assert wait_for(lambda: "ControlNets not changed" in app.board.latest().error, timeout=30)
         assert "SD 1.5 ControlNet" in app.board.latest().error
         assert wait_for(lambda: app.store.current.controlnet_2 is None)
-        assert np.array_equal(frames_after(sink, 3), plain) and processor.stream.controlnets is None
+        assert np.array_equal(frames_after(sink, 3), plain) and processor.conditioner.nets == {}
+    finally:
+        assert app.stop()
+
+
+# ---- the external ControlNets' second source -------------------------------------------------
+def test_the_control_source_keeps_the_newest_frame_and_says_when_it_is_lost_and_back():
+    from dreamcam.plugin.control_feed import ControlFeed
+    from plugin_helpers import UnpluggableSource
+
+    source = UnpluggableSource(SIZE, SIZE, 30)
+    feed = ControlFeed(source, "camera:1")
+    feed.start()
+    try:
+        assert wait_for(lambda: feed.latest()[1] is not None)
+        assert feed.latest()[1].shape == (SIZE, SIZE, 3) and feed.error == ""
+        source.plugged.clear()
+        assert wait_for(lambda: "control source camera:1 lost" in feed.error)
+        index = feed.latest()[0]
+        source.plugged.set()
+        assert wait_for(lambda: feed.error == "" and feed.latest()[0] > index)
+    finally:
+        feed.close()
+    assert "dreamcam-control-source" not in dreamcam_threads()
+
+
+def test_an_external_controlnet_without_a_control_source_is_one_error(app_settings, models):
+    app, processor, sink = start(app_settings, StreamSettings(similarity_filter=False))
+    try:
+        app.store.apply({"controlnet_1": f"external:{models['controlnet']}"}, origin="test")
+        assert wait_for(lambda: "--control-source" in app.board.latest().error, timeout=30)
+        assert wait_for(lambda: app.store.current.controlnet_1 is None) and processor.conditioner.nets == {}
     finally:
         assert app.stop()
