@@ -117,6 +117,7 @@ class Conditioner:
         self._in_force: dict[str, dict[str, Any]] = {}
         self._fed = -1  # the feed's frame number last given to the stream
         self._feed_error = ""
+        self._written: dict[str, Any] = {}  # the numbers last written into the stream's objects
         self.loader = BackgroundLoader()
 
     # ---- from the frame loop ---------------------------------------------------------------
@@ -132,7 +133,8 @@ class Conditioner:
         source's newest frame; what happened."""
         outcomes = self.loader.swap()
         if any(o.state == LOADED for o in outcomes):
-            self._apply_numbers()  # numbers changed during the load apply to the new objects too
+            self._written = {}  # new objects: every number is written again (also those changed meanwhile)
+            self._apply_numbers()
         return outcomes + self._feed_external()
 
     def load_now(self, wanted: Conditioning, settings: Any) -> None:
@@ -142,6 +144,7 @@ class Conditioner:
             if wanted.key(kind):
                 self.loader.run_now(kind, self._request(kind, wanted, settings))
             self._in_force[kind] = source_values(settings, kind)
+        self._written = {}
         self._apply_numbers()
 
     def close(self) -> None:
@@ -151,21 +154,27 @@ class Conditioner:
 
     # ---- numbers ---------------------------------------------------------------------------
     def _apply_numbers(self) -> None:
+        """Write the numbers that differ from those last written (a prompt change rewrites no LoRA)."""
         w = self.wanted
         weights = {self.lora_names[s.slot]: s.weight for s in w.loras if s.slot in self.lora_names}
-        if weights:
-            self.stream.set_lora_weights(weights)
         scales = {s.slot: s.scale for s in w.controlnets}
-        lost = bool(self._feed_error)
-        if self.nets:  # an external net whose source is lost does no work until it is back
-            self.stream.set_controlnet_scales({
-                net.unit.name: 0.0 if lost and net.slot.preprocessor == "external" else scales.get(slot, net.slot.scale)
-                for slot, net in self.nets.items()})
-        for net in self.nets.values():
-            if net.slot.preprocessor == "canny":
-                net.unit.preprocessor.set_thresholds(w.canny_low, w.canny_high)
-        if self.ip_adapter is not None:
+        lost = bool(self._feed_error)  # an external net whose source is lost does no work until it is back
+        net_scales = {net.unit.name: 0.0 if lost and net.slot.preprocessor == "external" else
+                      scales.get(slot, net.slot.scale) for slot, net in self.nets.items()}
+        thresholds = (w.canny_low, w.canny_high)
+        written = self._written
+        if weights and weights != written.get("weights"):
+            self.stream.set_lora_weights(weights)
+        if net_scales and net_scales != written.get("scales"):
+            self.stream.set_controlnet_scales(net_scales)
+        if thresholds != written.get("thresholds"):
+            for net in self.nets.values():
+                if net.slot.preprocessor == "canny":
+                    net.unit.preprocessor.set_thresholds(*thresholds)
+        if self.ip_adapter is not None and w.ip_adapter_scale != written.get("ip_scale"):
             self.ip_adapter.set_scale(w.ip_adapter_scale)
+        self._written = {"weights": weights, "scales": net_scales, "thresholds": thresholds,
+                         "ip_scale": w.ip_adapter_scale if self.ip_adapter is not None else None}
 
     def _feed_external(self) -> list[Outcome]:
         """The control source's newest frame into each external ControlNet; a lost / returned source is

@@ -290,3 +290,42 @@ def test_an_external_controlnet_without_a_control_source_is_one_error(app_settin
         assert wait_for(lambda: app.store.current.controlnet_1 is None) and processor.conditioner.nets == {}
     finally:
         assert app.stop()
+
+
+# ---- IP-Adapter (helper ip's core/ip_adapter.py: skipped until it is merged) -----------------------
+def test_ip_adapter_loads_in_the_background_a_new_image_is_only_encoded_and_a_bad_image_changes_nothing(
+        tiny_sd15_dir, tmp_path):
+    pytest.importorskip("dreamcam.core.ip_adapter")
+    from PIL import Image
+
+    from dreamcam.core.tiny import make_tiny_ip_adapter
+
+    weights = make_tiny_ip_adapter(tiny_sd15_dir, tmp_path / "ip" / "models" / "ip-adapter_test.safetensors", seed=1)
+    styles = []
+    for seed in (1, 2):
+        path = tmp_path / f"style{seed}.png"
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
+        styles.append(str(path))
+    (tmp_path / "notes.png").write_text("not an image")
+    settings = AppSettings(model=str(tiny_sd15_dir), tiny_vae=str(tiny_sd15_dir / "taesd"), device="cpu",
+                           dtype="float32", engine="eager", width=SIZE, height=SIZE, control_port=0, web_port=0)
+    app, processor, sink = start(settings, StreamSettings(similarity_filter=False))
+    try:
+        plain = settled(sink, app)
+        app.store.apply({"ip_adapter": str(weights), "ip_adapter_image": styles[0]}, origin="test")
+        assert wait_for(lambda: processor.conditioner.ip_adapter is not None, timeout=60)
+        first = settled(sink, app)
+        assert not np.array_equal(first, plain)
+        adapter = processor.conditioner.ip_adapter
+        app.store.apply({"ip_adapter_image": styles[1]}, origin="test")
+        assert wait_for(lambda: adapter.image_source == styles[1] or "IP-Adapter not changed" in app.runner.error_text(),
+                        timeout=60)
+        assert processor.conditioner.ip_adapter is adapter  # the same weights: only the image was encoded
+        second = settled(sink, app)
+        assert not np.array_equal(second, first)
+        app.store.apply({"ip_adapter_image": str(tmp_path / "notes.png")}, origin="test")
+        assert wait_for(lambda: "IP-Adapter not changed" in app.board.latest().error, timeout=60)
+        assert wait_for(lambda: app.store.current.ip_adapter_image == styles[1])
+        assert np.array_equal(frames_after(sink, 3), second)
+    finally:
+        assert app.stop()
