@@ -484,6 +484,9 @@ def set_(
     if not reply.get("ok"):
         _fail(reply.get("error", "rejected"), 1)
     console.print("applied: " + ", ".join(f"{k}={reply['settings'].get(k)!r}" for k in update), highlight=False, markup=False)
+    if any(field(k).syntax for k in update if k != "preset"):  # a ControlNet, IP-Adapter or LoRA source
+        console.print("sources load in the background; `dreamcam status` says when they are in use, or why not",
+                      highlight=False, markup=False)
 
 
 @app.command()

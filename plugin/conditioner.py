@@ -199,13 +199,16 @@ class Conditioner:
     # ---- loads -----------------------------------------------------------------------------
     def _request(self, kind: str, wanted: Conditioning, settings: Any) -> Request:
         tried = source_values(settings, kind)
-        context = Restore(tried, self._in_force.get(kind, {name: field(name).default for name in tried}))
+        if kind == "controlnets" and not any(s.preprocessor == "depth" for s in wanted.controlnets):
+            tried.pop("depth_model")  # not loaded now: a failure must not put it back
+        in_force = self._in_force.get(kind, {})
+        context = Restore(tried, {name: in_force.get(name, field(name).default) for name in tried})
         load, install = {"loras": self._lora_job, "controlnets": self._controlnet_job,
                          "ip_adapter": self._ip_job}[kind](wanted)
 
         def install_and_record(value: Any) -> None:
             install(value)
-            self._in_force[kind] = tried
+            self._in_force[kind] = {**self._in_force.get(kind, {}), **tried}
 
         return Request(wanted.key(kind), load, install_and_record, describe(kind, wanted), context)
 
