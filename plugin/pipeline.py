@@ -81,10 +81,11 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
 
 def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
                     progress: Progress | None = None, local_files_only: bool = False,
-                    loaders: Any = None) -> CoreProcessor:
+                    loaders: Any = None, control_source: Any = None) -> CoreProcessor:
     """Load the model and build the stream and its graph driver; `progress` gets one line per stage.
     The ControlNets, IP-Adapter and LoRAs of `settings` are loaded before it returns (later changes
-    load in the background); `loaders`: the plugin.conditioner.Loaders to read them with."""
+    load in the background); `loaders`: the plugin.conditioner.Loaders to read them with;
+    `control_source`: the Source of external ControlNets (default: the one `app.control_source` names)."""
     from .conditioner import Conditioner
     from .conditioning import conditioning_of
 
@@ -105,11 +106,12 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
         say(f"per-frame step runs as CUDA graphs, up to {driver.lanes} frame(s) at once"
             + (" (1-step streams; more steps run one at a time)" if driver.lanes > 1 else ""))
     feed = None
-    if app.control_source:  # the external ControlNets' second source
+    if control_source is not None or app.control_source:  # the external ControlNets' second source
         from .control_feed import ControlFeed
         from .sources import make_source
 
-        feed = ControlFeed(make_source(app.control_source, width=app.width, height=app.height, fps=app.fps))
+        feed = ControlFeed(control_source or make_source(app.control_source, width=app.width, height=app.height,
+                                                         fps=app.fps), app.control_source or "")
         feed.start()
     conditioner = Conditioner(stream, driver.fence, built.name, loaders=loaders, local_files_only=local_files_only,
                               feed=feed)

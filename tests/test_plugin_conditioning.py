@@ -21,6 +21,7 @@ from dreamcam.plugin.conditioning_loader import FAILED, LOADED, LOADING, Backgro
 from dreamcam.plugin.control_server import ControlServer
 from dreamcam.plugin.pipeline import build_processor
 from dreamcam.plugin.settings import AppSettings, SettingsError, StreamSettings
+from dreamcam.plugin.sources import SourceError
 from plugin_helpers import dreamcam_threads, wait_for
 
 SIZE = 64
@@ -64,8 +65,9 @@ class Gate:
         return read_lora(stack, source)
 
 
-def start(app_settings, initial, loaders=None):
-    processor = build_processor(app_settings, initial, local_files_only=True, loaders=loaders)
+def start(app_settings, initial, loaders=None, control_source=None):
+    processor = build_processor(app_settings, initial, local_files_only=True, loaders=loaders,
+                                control_source=control_source)
     sink = RecordingSink()
     app = DreamcamApp(app_settings, initial, source=StillCamera(SIZE, SIZE, fps=30), sink=sink, processor=processor)
     app.start()
@@ -329,3 +331,51 @@ def test_ip_adapter_loads_in_the_background_a_new_image_is_only_encoded_and_a_ba
         assert np.array_equal(frames_after(sink, 3), second)
     finally:
         assert app.stop()
+
+
+class UnpluggableStill(StillCamera):
+    """A second camera on a still scene that can be unplugged (reads and re-opens fail meanwhile)."""
+
+    name = "camera:1"
+
+    def __init__(self) -> None:
+        super().__init__(SIZE, SIZE, fps=30, seed=9)
+        self.plugged = threading.Event()
+        self.plugged.set()
+
+    def open(self) -> None:
+        if not self.plugged.is_set():
+            raise SourceError("camera:1 is unplugged")
+        super().open()
+
+    def read(self):
+        if not self.plugged.is_set():
+            raise SourceError("camera:1 stopped sending frames")
+        return super().read()
+
+
+def test_an_external_controlnet_follows_its_source_and_goes_off_while_the_source_is_lost(app_settings, models):
+    from dreamcam.core import preprocess
+
+    if "external" not in preprocess.PREPROCESSORS:
+        pytest.skip("the external preprocessor is helper cn's (core/preprocess.py)")
+    second = UnpluggableStill()
+    initial = StreamSettings(similarity_filter=False, controlnet_1=f"external:{models['controlnet']}")
+    app, processor, sink = start(app_settings, initial, control_source=second)
+    try:
+        controlled = settled(sink, app)
+        unit = processor.conditioner.nets[1].unit
+        assert unit.active
+        second.plugged.clear()
+        assert wait_for(lambda: "control source camera:1 lost" in app.board.latest().error, timeout=30)
+        assert "the external ControlNet is off" in app.board.latest().error
+        assert wait_for(lambda: not unit.active)
+        without = settled(sink, app)  # the stream goes on without that net
+        assert not np.array_equal(without, controlled)
+        second.plugged.set()
+        assert wait_for(lambda: unit.active and "control source" not in app.board.latest().error, timeout=30)
+        assert np.array_equal(settled(sink, app), controlled)
+        assert app.store.current.controlnet_1 == initial.controlnet_1  # the setting never changed
+    finally:
+        assert app.stop()
+    assert dreamcam_threads() == []
