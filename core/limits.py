@@ -8,13 +8,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+# ControlNet preprocessors by name (core/preprocess.py; `external`: the image of a second source)
+PREPROCESSOR_NAMES = ("canny", "soft_edge", "depth", "passthrough", "external")
 NUM_INDEXES = 50  # the LCM schedule's indexes 0..49 (index i = timestep 999 - 20 i)
 CFG_TYPES = ("none", "full", "self", "initialize")
 MODES = ("img2img", "txt2img")
 RESIZE_POLICIES = ("crop", "letterbox", "stretch")
 MAX_PROMPT_CHARS = 4000
-# ControlNet preprocessors by name (core/preprocess.py; `external`: the image of a second source)
-PREPROCESSOR_NAMES = ("canny", "soft_edge", "depth", "passthrough", "external")
 
 
 @dataclass(frozen=True)

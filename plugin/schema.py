@@ -13,7 +13,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from dreamcam.core.limits import (CFG_TYPES, MAX_PROMPT_CHARS, PREPROCESSOR_NAMES, RANGES, RESIZE_POLICIES, STEPS,
                                   Range, shown)
@@ -64,7 +64,8 @@ class Field:
     cli_short: Optional[str] = None
     panel: bool = True
     in_preset: bool = True
-    syntax: str = ""  # "source": a hub id, folder or file; "controlnet": PREPROCESSOR:SOURCE (checked)
+    text_problem: Optional[Callable[[str], Optional[str]]] = None  # a text field's own check (from the core)
+    syntax: str = ""  # "source": names a hub id, folder or file; "controlnet": PREPROCESSOR:SOURCE
 
     @property
     def option(self) -> Optional[str]:
@@ -102,6 +103,21 @@ def _app(name: str, type: str, default: Any, label: str, help: str, group: str, 
     return Field(name, type, default, False, label, help, group, widget, panel=False, in_preset=False, **extra)
 
 
+def split_controlnet(text: str) -> Tuple[str, str]:
+    """"canny:lllyasviel/sd-controlnet-canny" -> ("canny", "lllyasviel/sd-controlnet-canny") (split at the
+    first colon, so Windows paths such as canny:C:\\nets\\x keep theirs)."""
+    preprocessor, _, source = text.partition(":")
+    return preprocessor.strip(), source.strip()
+
+
+def controlnet_problem(text: str) -> Optional[str]:
+    preprocessor, source = split_controlnet(text)
+    if preprocessor not in PREPROCESSOR_NAMES or not source:
+        return (f"must be PREPROCESSOR:SOURCE with a preprocessor of {', '.join(PREPROCESSOR_NAMES)}, e.g. "
+                f"canny:lllyasviel/sd-controlnet-canny (or none), got {shown(text)}")
+    return None
+
+
 CONTROLNET_SLOTS, LORA_SLOTS = 3, 4
 SOURCE_CHARS = 1000  # a hub id, folder or file path (with a preprocessor name for ControlNets)
 SCALE_RANGE = Range(0.0, 2.0)  # ControlNet and IP-Adapter scales (0 = no effect)
@@ -126,7 +142,7 @@ def _conditioning_fields() -> Tuple[Field, ...]:
             _source(f"controlnet_{i}", f"ControlNet {i}",
                     "PREPROCESSOR:SOURCE, e.g. canny:lllyasviel/sd-controlnet-canny (preprocessors: "
                     + ", ".join(PREPROCESSOR_NAMES) + "; the source a hub id, folder or .safetensors file); "
-                    "none = off.", "ControlNet", syntax="controlnet"),
+                    "none = off.", "ControlNet", syntax="controlnet", text_problem=controlnet_problem),
             _stream(f"controlnet_{i}_scale", "float", 1.0, f"ControlNet {i} scale",
                     f"Conditioning scale of ControlNet {i} (0: it does no work).", "ControlNet", "slider",
                     range=SCALE_RANGE, step=0.05)]
@@ -344,9 +360,7 @@ def _check(f: Field, value: Any) -> Tuple[Optional[str], Any]:
             return f"must be text, got {type(value).__name__}", value
         if len(value) > f.max_chars:
             return f"must be at most {f.max_chars} characters, got {len(value)}", value
-        if f.syntax == "controlnet":
-            return controlnet_problem(value), value
-        return None, value
+        return (f.text_problem(value) if f.text_problem else None), value
     return _check_int_list(f, value)
 
 
@@ -363,21 +377,6 @@ def _check_int_list(f: Field, value: Any) -> Tuple[Optional[str], Any]:
     if list(items) != sorted(set(items)):
         return f"must be strictly increasing, got {list(items)}", value
     return None, items
-
-
-def split_controlnet(text: str) -> Tuple[str, str]:
-    """"canny:lllyasviel/sd-controlnet-canny" -> ("canny", "lllyasviel/sd-controlnet-canny") (split at the
-    first colon, so Windows paths such as canny:C:\\nets\\x keep theirs)."""
-    preprocessor, _, source = text.partition(":")
-    return preprocessor.strip(), source.strip()
-
-
-def controlnet_problem(text: str) -> Optional[str]:
-    preprocessor, source = split_controlnet(text)
-    if preprocessor not in PREPROCESSOR_NAMES or not source:
-        return (f"must be PREPROCESSOR:SOURCE with a preprocessor of {', '.join(PREPROCESSOR_NAMES)}, e.g. "
-                f"canny:lllyasviel/sd-controlnet-canny (or none), got {shown(text)}")
-    return None
 
 
 def from_text(name: str, text: str) -> Any:
