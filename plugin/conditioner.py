@@ -162,7 +162,12 @@ class Conditioner:
         net_scales = {net.unit.name: 0.0 if lost and net.slot.preprocessor == "external" else
                       scales.get(slot, net.slot.scale) for slot, net in self.nets.items()}
         thresholds = (w.canny_low, w.canny_high)
+        ip_scale = w.ip_adapter_scale if self.ip_adapter is not None else None
         written = self._written
+        if (weights, net_scales, thresholds, ip_scale) == tuple(written.get(k) for k in
+                                                              ("weights", "scales", "thresholds", "ip_scale")):
+            return
+        self.fence()  # no write lands under a frame in flight
         if weights and weights != written.get("weights"):
             self.stream.set_lora_weights(weights)
         if net_scales and net_scales != written.get("scales"):
@@ -171,10 +176,9 @@ class Conditioner:
             for net in self.nets.values():
                 if net.slot.preprocessor == "canny":
                     net.unit.preprocessor.set_thresholds(*thresholds)
-        if self.ip_adapter is not None and w.ip_adapter_scale != written.get("ip_scale"):
-            self.ip_adapter.set_scale(w.ip_adapter_scale)
-        self._written = {"weights": weights, "scales": net_scales, "thresholds": thresholds,
-                         "ip_scale": w.ip_adapter_scale if self.ip_adapter is not None else None}
+        if ip_scale is not None and ip_scale != written.get("ip_scale"):
+            self.ip_adapter.set_scale(ip_scale)
+        self._written = {"weights": weights, "scales": net_scales, "thresholds": thresholds, "ip_scale": ip_scale}
 
     def _feed_external(self) -> list[Outcome]:
         """The control source's newest frame into each external ControlNet; a lost / returned source is
