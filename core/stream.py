@@ -109,7 +109,8 @@ class StreamDiffusion:
     @property
     def structure_key(self) -> tuple:
         """Changes exactly when the set of running nets / adapters changes (never on a scale or weight)."""
-        return (self.control.structure_key, self.loras.structure_key if self.loras is not None else ())
+        loras = self.loras.structure_key if self.loras is not None else ()
+        return (self.control.structure_key,) + ((loras,) if loras else ())  # LoRA adapters: helper surf's part
 
     def set_loras(self, stack: Any) -> None:
         """The LoraStack (core/lora.py) on this stream's UNet, or None: its adapters join structure_key."""
