@@ -103,6 +103,29 @@ def conditioning_of(settings: Any) -> Conditioning:
                         settings.ip_adapter, settings.ip_adapter_image, settings.ip_adapter_scale)
 
 
+def idle_fields(values: Mapping[str, Any]) -> set[str]:
+    """The conditioning settings that do nothing now (a slot that is off and its number, the Canny
+    thresholds without a canny net, ...), for short listings such as `dreamcam status`."""
+    idle: set[str] = set()
+    for i in range(1, LORA_SLOTS + 1):
+        if not values.get(lora_field(i)):
+            idle |= {lora_field(i), f"lora_{i}_weight"}
+    used = set()
+    for i in range(1, CONTROLNET_SLOTS + 1):
+        text = values.get(controlnet_field(i))
+        if text:
+            used.add(split_controlnet(text)[0])
+        else:
+            idle |= {controlnet_field(i), f"controlnet_{i}_scale"}
+    if "canny" not in used:
+        idle |= {"canny_low", "canny_high"}
+    if "depth" not in used:
+        idle.add("depth_model")
+    if not values.get("ip_adapter"):
+        idle |= {"ip_adapter", "ip_adapter_image", "ip_adapter_scale"}
+    return idle
+
+
 def source_values(settings: Any, kind: str) -> dict[str, Any]:
     """The source settings of a kind, {field: value}."""
     return {name: getattr(settings, name) for name in SOURCE_FIELDS[kind]}

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 from rich.text import Text
 
 from .control import Status
+from .conditioning import idle_fields
+from .schema import known_names
 
 # Shown without --verbose: the OBS connection (connects, drops, comes back), every applied
 # settings change (from any surface) and preset changes made through the protocol.
@@ -72,7 +74,10 @@ def state_lines(reply: Mapping[str, Any]) -> list[str]:
     lines.append(f"settings in force (version {reply.get('version', '?')}, last change from "
                  f"{reply.get('origin') or '?'}):")
     width = max((len(k) for k in settings), default=0)
-    lines += [f"  {name.ljust(width)} = {json.dumps(value)}" for name, value in settings.items()]
+    idle = idle_fields(settings)  # ControlNet / IP-Adapter / LoRA slots that are off: one line for all
+    lines += [f"  {name.ljust(width)} = {json.dumps(value)}" for name, value in settings.items() if name not in idle]
+    if idle:
+        lines.append(f"  (off, not shown: {known_names(n for n in settings if n in idle)})")
     presets = reply.get("presets")
     if presets is not None:
         lines.append("presets: " + (", ".join(presets) if presets else "none saved (dreamcam preset save NAME ...)"))

@@ -288,7 +288,10 @@ def known_names(names: Iterable[str]) -> str:
         match = re.search(r"_(\d+)(?=_|$)", name)
         pattern = name if match is None else name[:match.start(1)] + "N" + name[match.end(1):]
         groups.setdefault(pattern, []).append(int(match.group(1)) if match else 0)
-    return ", ".join(p if len(n) < 2 else f"{p} (N = {min(n)}-{max(n)})" for p, n in groups.items())
+    def numbers(n: list) -> str:
+        return f"{min(n)}-{max(n)}" if n == list(range(min(n), max(n) + 1)) else ", ".join(map(str, n))
+
+    return ", ".join(p if len(n) < 2 else f"{p} (N = {numbers(n)})" for p, n in groups.items())
 
 
 def unknown_setting(name: Any, names: Iterable[str], what: str = "setting") -> str:

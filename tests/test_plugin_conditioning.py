@@ -115,6 +115,18 @@ def test_slots_read_from_settings_and_the_cli_shorthand():
         conditioning_of(StreamSettings(canny_low=300.0, canny_high=200.0))
 
 
+def test_dreamcam_status_lists_the_slots_in_use_and_folds_those_that_are_off():
+    from dreamcam.plugin.live_status import state_lines
+
+    values = StreamSettings(lora_1="a.safetensors", controlnet_2="canny:x").as_dict()
+    lines = state_lines({"settings": values, "status": {}})
+    shown = {line.split("=")[0].strip() for line in lines if line.startswith("  ") and "=" in line.split()[1:2]}
+    assert {"lora_1", "lora_1_weight", "controlnet_2", "controlnet_2_scale", "canny_low", "prompt"} <= shown
+    assert not shown & {"lora_2", "lora_2_weight", "controlnet_1", "depth_model", "ip_adapter_scale"}
+    assert lines[-1] == ("  (off, not shown: controlnet_N (N = 1, 3), controlnet_N_scale (N = 1, 3), depth_model, "
+                         "ip_adapter, ip_adapter_image, ip_adapter_scale, lora_N (N = 2-4), lora_N_weight (N = 2-4))")
+
+
 def test_dreamcam_set_sends_local_sources_as_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "style.safetensors").write_bytes(b"")
