@@ -118,5 +118,10 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
     wanted = conditioning_of(settings)
     if any(wanted.keys().values()):
         say("loading the ControlNets, IP-Adapter and LoRAs")
-    conditioner.load_now(wanted, settings)
+    try:
+        conditioner.load_now(wanted, settings)
+    except BaseException:  # nothing is left running (the control source's thread, the graphs)
+        conditioner.close()
+        driver.close()
+        raise
     return CoreProcessor(driver, built.name, conditioner)

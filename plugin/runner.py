@@ -16,11 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from .conditioning import LABELS, conditioning_of
+from .conditioning_loader import FAILED, LOADED, LOADING, Outcome
 from .control import SettingsStore, Status, StatusBoard
 from .frames import Frame, fit
 from .mailbox import Mailbox
-from .conditioning import LABELS, conditioning_of
-from .conditioning_loader import FAILED, LOADED, LOADING, Outcome
 from .processor import Processor, Ready, Work, core_update
 from .settings import StreamSettings
 from .sinks import Sink
