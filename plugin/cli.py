@@ -64,11 +64,11 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file (or the frames in an images folder)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
     controlnet: Optional[List[str]] = typer.Option(
-        None, "--controlnet", help="PREPROCESSOR:SOURCE[@SCALE], repeatable: fills controlnet_1, _2, _3 in order, "
+        None, "--controlnet", help="PREPROCESSOR:SOURCE\\[@SCALE], repeatable: fills controlnet_1, _2, _3 in order, "
                                    "e.g. canny:lllyasviel/sd-controlnet-canny@0.8.",
         rich_help_panel="ControlNet (live)"),
     lora: Optional[List[str]] = typer.Option(
-        None, "--lora", help="SOURCE[@WEIGHT], repeatable: fills lora_1 to lora_4 in order, e.g. style.safetensors@0.7.",
+        None, "--lora", help="SOURCE\\[@WEIGHT], repeatable: fills lora_1 to lora_4 in order, e.g. style.safetensors@0.7.",
         rich_help_panel="LoRA (live)"),
     **settings: Any,
 ) -> None:
