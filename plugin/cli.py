@@ -548,12 +548,16 @@ def preset_save(
 
     try:
         base = cfg.load_file(config)[1] if config else {}
-        settings = cfg.build_stream_settings(base, _pairs(values))
+        given = _pairs(values)
+        settings = cfg.build_stream_settings(base, given)
         path = cfg.save_preset(name, settings)
     except SettingsError as exc:
         _fail(str(exc))
         return
     console.print(f"saved preset {name!r} to {path}", highlight=False, markup=False)
+    left_out = sorted(k for k in {**base, **given} if k not in cfg.PRESET_FIELDS and k != "preset")
+    if left_out:  # e.g. LoRA and ControlNet sources: presets keep numbers and prompts, not files
+        console.print(f"not in presets (not saved): {', '.join(left_out)}", highlight=False, markup=False)
 
 
 @presets_app.command("list")

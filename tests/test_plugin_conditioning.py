@@ -127,6 +127,14 @@ def test_dreamcam_status_lists_the_slots_in_use_and_folds_those_that_are_off():
                          "ip_adapter, ip_adapter_image, ip_adapter_scale, lora_N (N = 2-4), lora_N_weight (N = 2-4))")
 
 
+def test_presets_keep_weights_and_scales_but_not_sources():
+    result = CliRunner().invoke(cli_app, ["preset", "save", "Look", "lora_1=owner/style", "lora_1_weight=0.4",
+                                          "controlnet_1_scale=0.6", "prompt=ink"])
+    assert result.exit_code == 0 and "not in presets (not saved): lora_1" in result.output, result.output
+    saved = cfg.load_preset("Look")
+    assert saved["lora_1_weight"] == 0.4 and saved["controlnet_1_scale"] == 0.6 and "lora_1" not in saved
+
+
 def test_dreamcam_set_sends_local_sources_as_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "style.safetensors").write_bytes(b"")
