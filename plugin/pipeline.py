@@ -65,9 +65,14 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
     """The built engine (dreamcam.engines.Engine), after the fallback chain."""
     from dreamcam.engines import EngineConfig, Geometry, create_engine
 
+    from .conditioning import conditioning_of
+
     engine = app.engine
     if device == "cpu" and engine == "auto":
         engine = "eager"  # compiled and TensorRT engines are for GPUs
+    elif engine == "auto" and any(conditioning_of(settings).keys().values()):
+        engine = "compiled"  # TensorRT's UNet has its weights and inputs built in: no live ControlNet, LoRA, ...
+        log.info("engine auto: starting at compiled (ControlNets, IP-Adapter and LoRAs need a UNet that takes them live)")
     geometry = Geometry(height=app.height, width=app.width, frame_batch=app.frame_buffer_size,
                         unet_batch=unet_batch(settings, app.frame_buffer_size))
     config = EngineConfig(geometry=geometry, dtype=ENGINE_DTYPES[dtype], probe=engine != "eager")
