@@ -86,6 +86,28 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def sdxl_rows(results: dict) -> list[str]:
+    """SDXL-Turbo scenarios: host to host one at a time and in flight, with the graph status of each."""
+    rows = []
+    for v in results.get("variants", []):
+        for name, r in v.get("scenarios", {}).items():
+            if not name.startswith("sdxl-"):
+                continue
+            if "device" not in r:
+                rows.append(f"| {name} | {v['variant']} | {r.get('error') or r.get('skipped')} |||||||")
+                continue
+            h = r.get("host_to_host") or {}
+            flight = r.get("in_flight", {})
+            lanes = " / ".join(f"{_f(flight[k]['fps'])} ({_f(flight[k]['latency_p50_ms'], 1)} ms)"
+                               for k in ("2", "4") if k in flight) or "-"
+            errors = {r.get("graph_error")} | {st.get("graph_error") for st in flight.values()}
+            failures = r.get("capture_failures", 0) + sum(st.get("capture_failures", 0) for st in flight.values())
+            graph = "; ".join(e for e in errors if e) or "captured"
+            rows.append(f"| {name} | {v['variant']} | {_f(h.get('fps'))} | {_f(h.get('p50_ms'), 2)} | {lanes} | "
+                        f"{_f(r['device']['fps'])} | {_f(r.get('peak_mem_gb'), 2)} | {graph}, {failures} failed |")
+    return rows
+
+
 def render(results: dict) -> str:
     env = results.get("env", {})
     lines = ["# Benchmarks", "",
@@ -156,6 +178,18 @@ def render(results: dict) -> str:
             lines.append(f"| {name} | {_f(r['fps_in'])} | {_f(r['infer_fps'])} | {_f(r['infer_ms'])} | "
                          f"{_f(r['fps_out'])} | {_f(r['latency_ms'])} | {r.get('graph_warning') or 'captured'} |")
         lines.append("")
+    sdxl = sdxl_rows(results)
+    if sdxl:
+        floor_1024 = results.get("floor_1024")
+        lines += ["## SDXL-Turbo (SDXL UNet, TAESD-XL, random weights; `bench.run --sdxl`)", "",
+                  "host->host = numpy uint8 in, numpy uint8 out, one frame at a time; 2 / 4 in flight = host to host "
+                  "with that many frames on the GPU (latency p50); graph = `graph_error` of the scenario and of each "
+                  "in-flight driver, and their capture failures.", "",
+                  "| scenario | variant | host->host fps | p50 ms | 2 / 4 in flight fps | device fps | peak GB | graph |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |", *sdxl, ""]
+        if floor_1024:
+            lines += [f"Arithmetic floor at 1024x1024: {floor_1024['total_gflop']} GFLOP (UNet "
+                      f"{floor_1024['gflop']['unet_b1']}) = {floor_1024['floor_ms']} ms ({floor_1024['floor_fps']} fps).", ""]
     flight = in_flight_rows(results)
     if flight:
         lines += ["## Frames in flight (host uint8 -> host uint8)", "",
@@ -164,8 +198,8 @@ def render(results: dict) -> str:
                   "enough for this; fbs2 = two frames batched per call (frame_buffer_size 2).", "",
                   "| scenario | variant | in flight | fps | latency p50 ms | latency p99 ms |",
                   "| --- | --- | --- | --- | --- | --- |", *flight, ""]
-    stage_rows = [(v["variant"], r["stages_ms"]) for v in results.get("variants", [])
-                  for r in v.get("scenarios", {}).values() if "stages_ms" in r]
+    stage_rows = [(f"{name}, {v['variant']}", r["stages_ms"]) for v in results.get("variants", [])
+                  for name, r in v.get("scenarios", {}).items() if "stages_ms" in r]
     if stage_rows:
         keys = list(stage_rows[0][1])
         lines += ["## Per-stage GPU time, 1-step img2img 512 (ms, each stage alone in a CUDA graph)", "",

@@ -75,23 +75,28 @@ def environment() -> dict:
     return env
 
 
-def floor(models, device: str, dtype) -> dict:
+def floor(models, device: str, dtype, size: int = 512) -> dict:
+    from dreamcam.core.modules import example_conditions, unet_conditions
+
     from .floor import count_flops, matmul_tflops
+    from .models import components
 
     unet, vae = models.unet, models.vae
-    x = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
+    x = torch.randn(1, 4, size // 8, size // 8, device=device, dtype=dtype)
     t = torch.tensor([999], device=device)
     text = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    img = torch.rand(1, 3, 512, 512, device=device, dtype=dtype) * 2 - 1
+    cond = example_conditions(unet_conditions(components(models, device, dtype)), 1, dtype=dtype, device=device)
+    added = {"added_cond_kwargs": cond} if cond else {}  # SDXL: text_embeds, time_ids
+    img = torch.rand(1, 3, size, size, device=device, dtype=dtype) * 2 - 1
     flops = {
-        "unet_b1": count_flops(lambda: unet(x, t, encoder_hidden_states=text)),
+        "unet_b1": count_flops(lambda: unet(x, t, encoder_hidden_states=text, **added)),
         "taesd_encode": count_flops(lambda: vae.encode(img)),
         "taesd_decode": count_flops(lambda: vae.decode(x)),
     }
     rate = matmul_tflops(dtype) if device == "cuda" else float("nan")
     total = sum(flops.values())
     ms = total / (rate * 1e12) * 1e3
-    return {"gflop": {k: round(v / 1e9, 1) for k, v in flops.items()}, "total_gflop": round(total / 1e9, 1),
+    return {"size": size, "gflop": {k: round(v / 1e9, 1) for k, v in flops.items()}, "total_gflop": round(total / 1e9, 1),
             "matmul_tflops": round(rate, 1), "floor_ms": round(ms, 3), "floor_fps": round(1e3 / ms, 1)}
 
 
@@ -102,8 +107,8 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     from .scenarios import SCENARIOS, run_scenario
 
     comps = make_components(models, device, dtype)
-    # Restore a clean model each variant (earlier variants may have fused QKV or changed dtype).
-    config = EngineConfig(geometry=Geometry(512, 512), cache_dir=cache_dir, **v.options)
+    first = SCENARIOS[v.scenarios[0]]  # the engine is built (probed, compiled) at the first scenario's size
+    config = EngineConfig(geometry=Geometry(first.height, first.width), cache_dir=cache_dir, **v.options)
     out: dict[str, Any] = {"variant": v.label, "engine": v.engine}
     t0 = time.perf_counter()
     engine = create_engine(v.engine, comps, config, log=log)
@@ -131,11 +136,12 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     return out
 
 
-def second_start(cache_dir: Path, budget: Budget, *, small: bool = False) -> dict:
+def second_start(cache_dir: Path, budget: Budget, *, small: bool = False, family: str = "sd21") -> dict:
     """The compiled engine's start in a fresh process, reusing the cache this run just filled."""
     if budget.left() < 90:
         return {"skipped": "time budget"}
-    cmd = [sys.executable, "-m", "bench.start_time", "--engine", "compiled", "--cache-dir", str(cache_dir)]
+    cmd = [sys.executable, "-m", "bench.start_time", "--engine", "compiled", "--cache-dir", str(cache_dir),
+           "--family", family, "--one"]
     try:
         done = subprocess.run(cmd + (["--small"] if small else []), capture_output=True, text=True,
                               timeout=budget.left(), cwd=Path(__file__).resolve().parent.parent)
@@ -149,13 +155,15 @@ def second_start(cache_dir: Path, budget: Budget, *, small: bool = False) -> dic
 
 def app_e2e(args: argparse.Namespace, budget: Budget) -> dict:
     """`dreamcam run` end to end (child processes) on a random-weight SD-Turbo folder saved once."""
-    from .app_e2e import CASES, run_cases, save_model
+    from .app_e2e import cases_for, run_cases, save_model
 
+    cases = cases_for(args.family)
     if budget.left() < 120:
-        return {name: {"skipped": "time budget"} for name in CASES}
-    folder = save_model(args.cache_dir / "app-e2e-model", small=args.small)
-    per_case = max(60.0, (budget.left() - 30) / len(CASES))
-    return run_cases(folder, frames=args.app_frames, cache_dir=args.cache_dir, timeout_s=per_case, small=args.small)
+        return {name: {"skipped": "time budget"} for name in cases}
+    folder = save_model(args.cache_dir / f"app-e2e-model-{args.family}", small=args.small, family=args.family)
+    per_case = max(args.app_timeout_s, (budget.left() - 30) / len(cases))
+    return run_cases(folder, frames=args.app_frames, cache_dir=args.cache_dir, timeout_s=per_case, small=args.small,
+                     family=args.family)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip timing the compiled engine's start in a fresh process with the warm cache")
     ap.add_argument("--no-app-e2e", action="store_true", help="skip the app end to end (`dreamcam run`, bench/app_e2e.py)")
     ap.add_argument("--app-frames", type=int, default=2000, help="frames of each app end-to-end run")
+    ap.add_argument("--app-timeout-s", type=float, default=300,
+                    help="least time each app run gets (a first compile of SDXL takes minutes)")
+    ap.add_argument("--sdxl", action="store_true",
+                    help="SDXL-Turbo (SDXL UNet, TAESD-XL, random weights) instead of SD-Turbo: its scenarios "
+                         "(1 step, 512 and 1024), its app end to end and its second start")
     args = ap.parse_args(argv)
+    args.family = "sdxl" if args.sdxl else "sd21"
 
     from .models import build
     from .reference import run_reference
-    from .scenarios import SCENARIOS
+    from .scenarios import SCENARIOS, family_scenarios
 
     budget = Budget(args.budget_s)
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
@@ -191,11 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
 
-    models = build(device, dtype, small=args.small)
+    models = build(device, dtype, small=args.small, family=args.family)
+    results["env"]["family"] = args.family
     results["floor"] = floor(models, device, dtype)
+    if args.sdxl:
+        results["floor_1024"] = floor(models, device, dtype, size=1024)
     log(f"floor {results['floor']}")
     save()
-    if not args.skip_reference:
+    if not args.skip_reference and not args.sdxl:  # the reference is diffusers' SD img2img pipeline
         ref = run_reference(models, (512, 512), args.reference_frames, device, dtype)
         results["reference"] = {k: v.as_dict() for k, v in ref.items()}
         log(f"reference {results['reference']}")
@@ -205,13 +222,16 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"].append({"variant": VARIANTS[key].label, "skipped": "time budget"})
             continue
         v = VARIANTS[key]
+        if args.sdxl:  # the same variant on the SDXL models: its one-step 512 scenario by default
+            v = Variant(v.label, v.engine, v.options, v.qkv_fusion, ("sdxl-img2img-1step-512",))
         if key == args.all_scenarios:
-            chosen = tuple(k for k in args.scenarios.split(",") if k) or tuple(SCENARIOS)
+            chosen = tuple(k for k in args.scenarios.split(",") if k) or family_scenarios(args.family)
             unknown = [k for k in chosen if k not in SCENARIOS]
             if unknown:
                 ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
-        models_v = build(device, dtype, small=args.small) if v.qkv_fusion or v.options.get("dtype") else models
+        fresh = v.qkv_fusion or v.options.get("dtype")
+        models_v = build(device, dtype, small=args.small, family=args.family) if fresh else models
         try:
             results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir))
         except Exception as exc:  # noqa: BLE001
@@ -224,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"app end to end {results['app_e2e']}")
         save()
     if not args.no_second_start and any(r.get("engine") == "compiled" and "scenarios" in r for r in results["variants"]):
-        results["second_start"] = second_start(args.cache_dir, budget, small=args.small)
+        results["second_start"] = second_start(args.cache_dir, budget, small=args.small, family=args.family)
         log(f"second start {results['second_start']}")
     save()
     from .report import render

@@ -26,6 +26,7 @@ class Scenario:
     app_path: bool = False  # also time host uint8 -> host uint8
     stages: bool = False  # also time encode / unet / decode alone
     lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
+    family: str = "sd21"  # the models it runs on (bench/models.py): "sdxl" scenarios run with `bench.run --sdxl`
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -45,7 +46,17 @@ SCENARIOS = {
     "img2img-1step-768x432": Scenario("img2img-1step-768x432", width=768, height=432, app_path=True),
     "img2img-1step-512-fbs2": Scenario("img2img-1step-512-fbs2", frame_buffer_size=2, lanes=(1, 2)),
     "img2img-1step-512-fbs4": Scenario("img2img-1step-512-fbs4", frame_buffer_size=4, lanes=(1, 2)),
+    # SDXL-Turbo (SDXL UNet, TAESD-XL), 1 step, host uint8 -> host uint8 one at a time and 2 / 4 in flight
+    "sdxl-img2img-1step-512": Scenario("sdxl-img2img-1step-512", app_path=True, stages=True, lanes=(1, 2, 4),
+                                       family="sdxl"),
+    "sdxl-img2img-1step-1024": Scenario("sdxl-img2img-1step-1024", width=1024, height=1024, app_path=True,
+                                        stages=True, lanes=(1, 2, 4), family="sdxl"),
 }
+
+
+def family_scenarios(family: str) -> tuple[str, ...]:
+    """The scenarios that run on one model family (what `--all-scenarios` runs without `--scenarios`)."""
+    return tuple(name for name, s in SCENARIOS.items() if s.family == family)
 
 
 def frames_for(s: Scenario, count: int = 8, seed: int = 0) -> list[np.ndarray]:

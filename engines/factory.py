@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from .choice import Choice, Detected, choose_engine, detect
 from .config import EngineConfig
 from .contract import StepModules, example_conditions, model_parts, unet_conditions
 from .errors import EngineUnavailable, describe_failure
@@ -84,7 +85,10 @@ def probe(modules: StepModules, components: Any, config: EngineConfig) -> None:
     g = config.geometry
     h, w = g.latent_hw
     dtype, device = param.dtype, param.device
-    with torch.inference_mode():
+    # no_grad, never inference_mode: the stream's step runs under no_grad, and Dynamo guards on the
+    # inputs' dispatch keys (inference tensors have no autograd keys), so probing in inference mode
+    # compiled every module a second time at the first frame (seen on the CPU: 3 recompiles)
+    with torch.no_grad():
         # Laid out as the stream makes them (uint8 NHWC frames permuted): a compiled module then
         # sees the same strides in the stream and is not compiled a second time.
         frames = torch.randint(0, 256, (g.frame_batch, g.height, g.width, 3), dtype=torch.uint8, device=device)
@@ -109,19 +113,23 @@ def create_engine(
     *,
     builders: dict[str, Builder] | None = None,
     log: Callable[[str], None] | None = None,
+    detected: Detected | None = None,
 ) -> Engine:
-    """Step modules from the engine `name` ("eager", "compiled", "tensorrt", "auto"), or the next that works."""
+    """Step modules from the engine `name` ("eager", "compiled", "tensorrt", "auto"), or the next that works.
+
+    `auto` starts where `choose_engine` says (TensorRT if it works, else compiled if Triton is
+    usable, else eager; `detected` overrides what `detect` finds on this machine)."""
     if name not in ENGINE_NAMES:
         raise ValueError(f"engine must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
     config = config or EngineConfig()
     builders = builders or _builders()
     chain = CHAIN if name == "auto" else CHAIN[CHAIN.index(name):]
     attempts: list[tuple[str, str]] = []
-    if name == "auto" and _model_device(components).type != "cuda":
-        # Not worth minutes of CPU compilation: auto means "the fastest that makes sense here".
-        why = "the model is on the CPU; compiled and TensorRT engines are for CUDA GPUs"
-        attempts += [(n, why) for n in CHAIN[:-1]]
-        chain = CHAIN[-1:]
+    choice: Choice | None = None
+    if name == "auto":
+        choice = choose_engine(detected or detect(str(_model_device(components))))
+        attempts += list(choice.skipped)
+        chain = CHAIN[CHAIN.index(choice.engine):]
     for candidate in chain:
         start = time.perf_counter()
         try:
@@ -135,7 +143,8 @@ def create_engine(
                 log(f"dreamcam: {candidate} engine unavailable: {why}; trying the next one")
             _release_memory()
             continue
-        reason = _reason(name, candidate, attempts)
+        reason = (f"auto picked it: {choice.reason}" if choice is not None and candidate == choice.engine
+                  else _reason(name, candidate, attempts))
         engine = Engine(candidate, modules, reason, attempts, time.perf_counter() - start)
         if log:
             log(f"dreamcam: {engine.describe()}")
