@@ -197,7 +197,7 @@ def load_components(spec: ModelSpec) -> Components:
     if kind == "file":
         parts = _load_single_file(spec, local_only)
     else:
-        parts = _load_folder(spec.model, spec.tiny_vae is None, local_only)
+        parts = _load_folder(spec.model, spec.tiny_vae is None, local_only, dtype)
     family = detect_family(parts["unet"].config)
     force_zeros = parts.pop("force_zeros_for_empty_prompt", None)
     force_zeros = family == "sdxl" and (True if force_zeros is None else bool(force_zeros))  # diffusers' default
@@ -254,7 +254,9 @@ def _read_index(index: Path) -> dict:
     return data
 
 
-def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
+def _load_folder(name: str, need_vae: bool, local_only: bool, dtype: torch.dtype | None = None) -> dict:
+    """`dtype`: the UNet is read in it (diffusers otherwise reads fp16 weights into fp32 host memory, twice
+    the bytes, then the stream casts them back: seconds at every start of an SDXL model)."""
     import diffusers
     import transformers
 
@@ -271,6 +273,8 @@ def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
         library = diffusers if entry[0] == "diffusers" else transformers
         cls = getattr(library, entry[1])
         kwargs = {"local_files_only": local_only, "subfolder": key}
+        if key == "unet" and dtype is not None:
+            kwargs["torch_dtype"] = dtype
         try:
             parts[key] = cls.from_pretrained(source, **kwargs)
         except Exception as exc:

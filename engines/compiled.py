@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from .background import live_modules
 from .cache import use_compile_cache
 from .config import EngineConfig
 from .contract import StepModules
@@ -77,4 +78,5 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     tune_inductor(config.inductor_tuning and on_gpu)
     raise_recompile_limit()
     modules, dtype, io = prepare(components, config)
-    return cast_modules(compile_modules(modules, config), dtype, io)
+    # new shapes after the start (a live change of steps or guidance) compile in the background
+    return cast_modules(live_modules(compile_modules(modules, config), modules), dtype, io)

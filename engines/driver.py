@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import background
 from .config import EngineConfig
 from .graphed import FrameHandle, GraphedStep, GraphStatus
 
@@ -61,7 +62,8 @@ class StreamDriver:
         # closures over the stream only (the stream never points back): no reference cycle, so a
         # dropped driver frees its graphs at once instead of in a later garbage collection
         self.graphed = GraphedStep(_step_fn(stream, config), lambda: stream.shape_key, device=stream.device,
-                                   lanes=lanes, stateless_fn=lambda: stream.stateless, state_fn=stream.step_state)
+                                   lanes=lanes, stateless_fn=lambda: stream.stateless, state_fn=stream.step_state,
+                                   defer_fn=background.compiling)
 
     @property
     def lanes(self) -> int:

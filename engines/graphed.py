@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator
@@ -36,6 +37,10 @@ UNCAPTURED_SLOWDOWN = "about 5x"
 def uncaptured_message(reason: str) -> str:
     """The one line every surface (status line, OBS, doctor, log) shows when capture failed."""
     return (f"the stream runs without a CUDA graph ({UNCAPTURED_SLOWDOWN} slower): capture failed: {reason}")
+
+
+class _Deferred(Exception):
+    """A capture put off until a background compile is done (engines/background.py)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class GraphedStep:
         lanes: int = 1,
         stateless_fn: Callable[[], bool] | None = None,
         state_fn: Callable[[], list[torch.Tensor]] | None = None,
+        defer_fn: Callable[[], bool] | None = None,
     ) -> None:
         if not 1 <= lanes <= 4:
             raise ValueError(f"lanes must be 1 to 4, got {lanes}")
@@ -140,9 +146,13 @@ class GraphedStep:
         self.n_slots = max(slots, lanes)
         self.stateless_fn = stateless_fn or (lambda: False)
         self.state_fn = state_fn  # the step's persistent state: restored after warm-up, so capture has no side effect
+        # True while a new capture must wait (a module compiles new shapes in the background): the
+        # step then runs uncaptured, and the capture happens at the first frame after it is False
+        self.defer_fn = defer_fn or (lambda: False)
         self.captures = 0
         self.failures = 0  # capture attempts that failed (each retried once)
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
+        self.timings: dict[str, float] = {}  # the last capture: warmup_s (first calls: compiles, autotuning), capture_s
         self._failed_key: Hashable = None
         self._key: Hashable = object()
         self._lanes: list[_Lane] = []
@@ -170,6 +180,7 @@ class GraphedStep:
         # caller's; several: each lane is warmed up, captured and replayed on a stream of its own
         streams = [torch.cuda.Stream(self.device) for _ in range(n_lanes)] if n_lanes > 1 else [None]
         current = torch.cuda.current_stream(self.device)
+        start = time.perf_counter()
         try:
             for stream in streams:
                 side = stream or torch.cuda.Stream(self.device)
@@ -179,9 +190,13 @@ class GraphedStep:
                         self.step_fn(static_in)
                 current.wait_stream(side)
             torch.cuda.synchronize(self.device)
+            if self.defer_fn():  # the warm-up met new shapes that now compile in the background
+                raise _Deferred
+            warmed = time.perf_counter()
             with _collector_paused():
                 lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
                          for i, stream in enumerate(streams)]
+            self.timings = {"warmup_s": warmed - start, "capture_s": time.perf_counter() - warmed}
         finally:  # warm-up steps must not count as frames, whether or not the capture worked
             with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
                 for tensor, value in zip(state, saved):
@@ -216,6 +231,9 @@ class GraphedStep:
                     self._capture(first, n_lanes)
                     self.capture_error = None
                     return True
+                except _Deferred:  # not a failure: captured at the first frame after the compile
+                    self._release()
+                    return False
                 except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
                     self.failures += 1
                     self._release()
@@ -244,6 +262,9 @@ class GraphedStep:
         if self.capture_error is not None and self._failed_key == key:
             return self._run_uncaptured(frames, to_host)
         if not self._lanes or self._key != key:
+            if self.defer_fn():
+                self._release()  # the old shape's graphs are of no more use
+                return self._run_uncaptured(frames, to_host)
             if not self._try_capture(frames):
                 return self._run_uncaptured(frames, to_host)
         slot, lane = self._next_slot()

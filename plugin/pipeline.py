@@ -72,7 +72,7 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
                         unet_batch=unet_batch(settings, app.frame_buffer_size))
     config = EngineConfig(geometry=geometry, dtype=ENGINE_DTYPES[dtype], probe=engine != "eager")
     progress(f"building the {engine} engine (the first build of a compiled or TensorRT engine takes minutes)")
-    built = create_engine(engine, components, config, log=lambda text: log.info("%s", text))
+    built = create_engine(engine, components, config, log=lambda text: log.info("%s", text), progress=progress)
     if engine not in ("auto", built.name):  # asked for another engine: say why it is not used
         log.warning("%s", built.describe())
     progress(built.describe())
