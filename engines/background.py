@@ -36,6 +36,19 @@ def compiling() -> bool:
         return _running > 0
 
 
+def wait_idle(timeout_s: float = 1800.0, poll_s: float = 0.05) -> bool:
+    """Wait until no background compile runs (benchmarks: time the compiled, captured step, not the
+    stand-in). True when idle."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while compiling():
+        if time.monotonic() > end:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
 def _started() -> None:
     global _running
     with _lock:
