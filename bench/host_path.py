@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamcam.core.frames import like_input
+
 from .scenarios import SCENARIOS, frames_for
 from .timing import sync, throughput
 
@@ -41,7 +43,10 @@ def phase_times(driver: Any, host: list[np.ndarray], frames: int) -> dict[str, f
         t2 = time.perf_counter()
         out = handle.result()
         t3 = time.perf_counter()
-        stream.finish(torch.from_numpy(out.numpy().copy()) if handle.pinned else out, frame)
+        if handle.pinned:  # numpy frames, as engines/driver.py PendingFrame.result
+            stream.finish(handle.kept, frame, returned=like_input(out, frame))
+        else:
+            stream.finish(out, frame)
         t4 = time.perf_counter()
         for name, value in zip((*PHASES, "frame"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             totals[name] += value
