@@ -27,8 +27,9 @@ import torch
 # the runner's status log line (plugin/runner.py: Runner._maybe_publish_status)
 STATUS_LINE = re.compile(r"in (?P<fps_in>[\d.]+) fps \| infer (?P<infer_fps>[\d.]+) fps (?P<infer_ms>[\d.]+) ms \| "
                          r"out (?P<fps_out>[\d.]+) fps \| latency (?P<latency_ms>[\d.]+) ms \| dropped (?P<dropped>\d+)")
-CASES = {  # name -> extra CLI options (the two app runs)
+CASES = {  # name -> extra CLI options (the two app runs, and the first without its similarity filter)
     "one-at-a-time": [],
+    "one-at-a-time-no-filter": ["--no-similarity-filter"],
     "in-flight-4-guidance-1": ["--frames-in-flight", "4", "--guidance", "1.0"],
 }
 SDXL_CASES = {  # name -> extra CLI options, the --size each runs at

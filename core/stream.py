@@ -279,12 +279,15 @@ class StreamDiffusion:
             self.prime(x)
         return frame, x
 
-    def finish(self, out: Tensor, frame: np.ndarray | Tensor) -> np.ndarray | Tensor:
-        """Keep `out` (uint8 fbs x H x W x 3, any device) as the last output; return it like `frame`."""
+    def finish(self, out: Tensor, frame: np.ndarray | Tensor, *,
+               returned: np.ndarray | Tensor | None = None) -> np.ndarray | Tensor:
+        """Keep `out` (uint8 fbs x H x W x 3, any device) as the last output; return it like `frame`.
+        `returned`: the same values already in that form (`frames.like_input`, made by an engine
+        from its own buffer), returned as they are: the caller then gets one copy, not two."""
         self.last_output = out
         self.frames_processed += 1
         self._force_next = False
-        return fr.like_input(out, frame)
+        return returned if returned is not None else fr.like_input(out, frame)
 
     def repeat_last(self, frame: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """The output for a frame the similarity filter skipped: the last output again, like `frame`."""

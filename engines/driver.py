@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamcam.core.frames import like_input
+
 from . import background
 from .config import EngineConfig
 from .graphed import FrameHandle, GraphedStep, GraphStatus
@@ -41,8 +43,12 @@ class PendingFrame:
         if self._handle is None:
             return self._stream.repeat_last(self._frame)
         out = self._handle.result()
-        if self._handle.pinned:  # a plain pageable copy: the pinned buffer is reused a few submits later
-            out = torch.from_numpy(out.numpy().copy())
+        if self._handle.pinned and isinstance(self._frame, np.ndarray):
+            # the pinned buffer is reused a few submits later: the caller gets a numpy copy of it and the
+            # stream keeps the device copy (one host copy per frame, not two)
+            return self._stream.finish(self._handle.kept, self._frame, returned=like_input(out, self._frame))
+        if self._handle.pinned:  # a host tensor frame: a tensor of its own
+            out = out.clone()
         return self._stream.finish(out, self._frame)
 
 

@@ -77,12 +77,15 @@ class _Lane:
 
 class FrameHandle:
     """A frame in flight; `result()` waits for it: pinned host frames (valid until this slot is
-    reused, `slots` submits later) or a device tensor ordered on the caller's current stream."""
+    reused, `slots` submits later) or a device tensor ordered on the caller's current stream.
+    With pinned host frames, `kept` is a device copy of the same frame that stays valid (what a
+    caller keeps as its last output, so that the host frame needs only one copy, the caller's)."""
 
     def __init__(self, slot: _Slot | None, out: torch.Tensor, lane_stream: torch.cuda.Stream | None,
-                 *, pinned: bool = False) -> None:
+                 *, pinned: bool = False, kept: torch.Tensor | None = None) -> None:
         self._slot, self._out, self._lane_stream = slot, out, lane_stream
         self.pinned = pinned  # `result()` is a reused pinned buffer: copy it before the slot comes round again
+        self.kept = kept
 
     def done(self) -> bool:
         """True once the output is complete (never waits)."""
@@ -288,12 +291,12 @@ class GraphedStep:
             if slot.host_out is None or slot.host_out.shape != lane.static_out.shape:
                 slot.host_out = torch.empty(lane.static_out.shape, dtype=torch.uint8, pin_memory=True)
             slot.host_out.copy_(lane.static_out, non_blocking=True)
-            out = slot.host_out
+            out, kept = slot.host_out, lane.static_out.clone()  # a device copy is cheaper than a host one
         else:
-            out = lane.static_out.clone()  # the graph's output buffer is reused next frame
+            out = kept = lane.static_out.clone()  # the graph's output buffer is reused next frame
         slot.done.record()
         slot.busy = True
-        return FrameHandle(slot, out, stream, pinned=to_host)
+        return FrameHandle(slot, out, stream, pinned=to_host, kept=kept)
 
     def _next_slot(self) -> tuple[_Slot, _Lane]:
         index = self._next
