@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from .cache import save_compile_artifacts
 from .choice import Choice, Detected, choose_engine, detect
 from .config import EngineConfig
 from .contract import StepModules, example_conditions, model_parts, unet_conditions
@@ -160,6 +161,8 @@ def create_engine(
             if config.probe:
                 probe(modules, components, config, engine=candidate,
                       progress=progress if candidate in COMPILING else None)
+                if candidate in COMPILING and (failed := save_compile_artifacts()) and log:
+                    log(f"dreamcam: the Dynamo precompile cache was not written: {failed}")
         except Exception as exc:  # noqa: BLE001 - every failure means "try the next engine"
             why = describe_failure(exc)
             attempts.append((candidate, why))
