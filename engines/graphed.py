@@ -39,6 +39,10 @@ def uncaptured_message(reason: str) -> str:
     return (f"the stream runs without a CUDA graph ({UNCAPTURED_SLOWDOWN} slower): capture failed: {reason}")
 
 
+WAITING = ("compiling the new shapes in the background: frames run without a CUDA graph (slower) until "
+           "they are ready")
+
+
 class _Deferred(Exception):
     """A capture put off until a background compile is done (engines/background.py)."""
 
@@ -50,11 +54,16 @@ class GraphStatus:
     applies: bool
     lanes: int = 0  # lanes captured for the current shape (0: not captured yet, or failed)
     error: str | None = None  # why the capture failed (the step then runs uncaptured)
+    waiting: bool = False  # new shapes compile in the background: uncaptured until they are ready
 
     @property
     def message(self) -> str:
-        """Empty while all is well (or off CUDA), else `uncaptured_message`."""
-        return uncaptured_message(self.error) if self.applies and self.error else ""
+        """Empty while all is well (or off CUDA), else `uncaptured_message` (or, for a while, `WAITING`)."""
+        if not self.applies:
+            return ""
+        if self.error:
+            return uncaptured_message(self.error)
+        return WAITING if self.waiting else ""
 
 
 @dataclass
@@ -156,6 +165,7 @@ class GraphedStep:
         self.failures = 0  # capture attempts that failed (each retried once)
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
         self.timings: dict[str, float] = {}  # the last capture: warmup_s (first calls: compiles, autotuning), capture_s
+        self._waiting = False  # the current shape waits for a background compile (see defer_fn)
         self._failed_key: Hashable = None
         self._key: Hashable = object()
         self._lanes: list[_Lane] = []
@@ -168,7 +178,7 @@ class GraphedStep:
         return len(self._lanes)
 
     def status(self) -> GraphStatus:
-        return GraphStatus(self.device.type == "cuda", len(self._lanes), self.capture_error)
+        return GraphStatus(self.device.type == "cuda", len(self._lanes), self.capture_error, self._waiting)
 
     # -- capture ---------------------------------------------------------------------------
     def _capture(self, first: torch.Tensor, n_lanes: int) -> None:
@@ -266,9 +276,12 @@ class GraphedStep:
             return self._run_uncaptured(frames, to_host)
         if not self._lanes or self._key != key:
             if self.defer_fn():
-                self._release()  # the old shape's graphs are of no more use
+                self.close()  # the old shape's graphs are of no more use (after its frames in flight)
+                self._waiting = True
                 return self._run_uncaptured(frames, to_host)
-            if not self._try_capture(frames):
+            captured = self._try_capture(frames)
+            self._waiting = not captured and self.capture_error is None  # put off, not failed
+            if not captured:
                 return self._run_uncaptured(frames, to_host)
         slot, lane = self._next_slot()
         if lane.stream is None:  # one lane: everything on the caller's stream, no stream switch

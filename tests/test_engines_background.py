@@ -112,3 +112,12 @@ def test_a_failed_background_compile_leaves_the_eager_module_serving(caplog):
     _wait_for_background()
     assert live(torch.zeros(2)).tolist() == [1, 1] and eager_calls == [2, 2]  # still eager, not retried
     assert "inductor failed" in caplog.text
+
+
+def test_the_status_says_while_new_shapes_compile_and_a_failure_still_wins():
+    from dreamcam.engines.graphed import WAITING, GraphStatus
+
+    assert GraphStatus(applies=True, waiting=True).message == WAITING
+    assert GraphStatus(applies=True, error="boom", waiting=True).message.startswith("the stream runs without a CUDA graph")
+    assert GraphStatus(applies=False, waiting=True).message == ""  # off CUDA there is no graph to wait for
+    assert GraphStatus(applies=True).message == ""
