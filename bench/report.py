@@ -159,12 +159,18 @@ def render(results: dict) -> str:
     second = results.get("second_start")
     if second:
         first = next((v for v in results.get("variants", []) if v.get("engine") == "compiled"), {})
-        one = first.get("scenarios", {}).get("img2img-1step-512", {})
+        scenarios = first.get("scenarios", {})
+        one = scenarios.get("img2img-1step-512") or scenarios.get("sdxl-img2img-1step-512") or {}
         lines += ["Compiled engine start, 1-step 512: first start in this run "
                   f"{_f(first.get('engine_s'))} s engine + {_f(one.get('capture_s'))} s first frame; "
                   "second start (a fresh process, the engine cache from the first): "
                   + (f"{_f(second.get('engine_s'))} s + {_f(second.get('first_frame_s'))} s."
                      if "engine_s" in second else f"{second.get('error') or second.get('skipped')}."), ""]
+        if "engine_s" in second:
+            phases = ", ".join(f"{k[:-2]} {_f(second.get(k))} s" for k in
+                               ("import_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "total_s"))
+            lines += [f"Second start by phase: {phases}; recompiles at the first frame: "
+                      f"{second.get('recompiles_at_first_frame')}.", ""]
     app = results.get("app_e2e")
     if app:
         lines += ["## The app end to end (`dreamcam run`, random-weight SD-Turbo folder, pattern 240 fps -> null sink)", "",
