@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from .timing import VariantTimeout, deadline
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,25 @@ VARIANTS = {
     "compiled": Variant("compiled+graph", "compiled"),
     "compiled-tuned": Variant("compiled+graph, inductor tuning", "compiled", {"inductor_tuning": True}),
     "compiled-qkv": Variant("compiled+graph, fused QKV", "compiled", qkv_fusion=True),
-    "compiled-autotune": Variant("compiled max-autotune+graph", "compiled", {"compile_mode": "max-autotune-no-cudagraphs"}),
     "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
     "step": Variant("eager modules, whole step compiled+graph", "eager", {"compile_scope": "step"}),
+    # issue 11 directions (docs/benchmarks.md "Issue 11 directions: how to run")
+    "compiled-autotune": Variant("compiled max-autotune (bounded)+graph", "compiled",
+                                 {"compile_mode": "max-autotune-no-cudagraphs"}),
+    "compiled-autotune-cd": Variant("compiled max-autotune (bounded) + coordinate descent+graph", "compiled",
+                                    {"compile_mode": "max-autotune-no-cudagraphs", "coordinate_descent": True}),
+    "compiled-autotune-full": Variant("compiled max-autotune (Inductor's full mode)+graph", "compiled",
+                                      {"compile_mode": "max-autotune-no-cudagraphs", "autotune_search": "full"}),
+    "compiled-cl": Variant("compiled channels_last io+graph", "compiled", {"channels_last_io": True}),
+    "compiled-gnsilu": Variant("compiled fused GroupNorm+SiLU+graph", "compiled", {"fuse_norm_silu": True}),
+    "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}),
+    "compiled-combo": Variant("compiled max-autotune + channels_last + GN+SiLU+graph", "compiled",
+                              {"compile_mode": "max-autotune-no-cudagraphs", "channels_last_io": True,
+                               "fuse_norm_silu": True}),
 }
+BASELINE = "compiled"  # the variant every other one is compared with (numerical difference, speed-up)
+
+
 
 
 class Budget:
@@ -95,7 +113,10 @@ def floor(models, device: str, dtype) -> dict:
             "matmul_tflops": round(rate, 1), "floor_ms": round(ms, 3), "floor_fps": round(1e3 / ms, 1)}
 
 
-def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path) -> dict:
+def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path,
+                *, timeout_s: float | None = None, outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """`timeout_s` bounds the engine build (compile + probe) and each scenario's first capture;
+    a variant that runs past it, or that fell back to another engine, is reported as an error."""
     from dreamcam.engines import EngineConfig, Geometry, create_engine
 
     from .models import components as make_components
@@ -104,9 +125,18 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     comps = make_components(models, device, dtype)
     # Restore a clean model each variant (earlier variants may have fused QKV or changed dtype).
     config = EngineConfig(geometry=Geometry(512, 512), cache_dir=cache_dir, **v.options)
-    out: dict[str, Any] = {"variant": v.label, "engine": v.engine}
+    out: dict[str, Any] = {"variant": v.label, "engine": v.engine, "options": v.options}
     t0 = time.perf_counter()
-    engine = create_engine(v.engine, comps, config, log=log)
+    limit = None if timeout_s is None else min(timeout_s, max(budget.left() - 30, 1))
+    try:
+        with deadline(limit):
+            engine = create_engine(v.engine, comps, config, log=log)
+    except VariantTimeout as exc:
+        out["error"] = f"engine build {exc} (compile timeout)"
+        return out
+    if engine.name != v.engine:
+        out["error"] = f"fell back to {engine.name}: {engine.reason}"
+        return out
     if v.qkv_fusion:
         from dreamcam.engines.eager import fuse_qkv
 
@@ -122,13 +152,32 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             continue
         log(f"  {v.label} / {name}")
         try:
-            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config)
+            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config,
+                             outputs=outputs, first_frame_timeout_s=limit)
+        except VariantTimeout as exc:
+            r = {"error": f"first frame {exc} (compile timeout)"}
         except Exception as exc:  # noqa: BLE001 - record and go on
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()
         out["scenarios"][name] = r
         log(f"    {json.dumps(r)}")
     return out
+
+
+def add_differences(results: dict, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+    """Each variant's output frames against the baseline variant's (same inputs, same weights):
+    mean and max absolute difference in uint8 levels, per scenario ("diff_vs_baseline")."""
+    base_key = BASELINE if BASELINE in outputs else next(iter(outputs), None)
+    base = outputs.get(base_key, {}) if base_key else {}
+    for v in results["variants"]:
+        for name, r in v.get("scenarios", {}).items():
+            mine = outputs.get(v.get("key", ""), {}).get(name)
+            if mine is None or name not in base or v.get("key") == base_key or mine.shape != base[name].shape:
+                continue
+            diff = np.abs(mine.astype(np.int16) - base[name].astype(np.int16))
+            r["diff_vs_baseline"] = {"baseline": VARIANTS[base_key].label, "frames": int(diff.shape[0]),
+                                     "mean_abs": round(float(diff.mean()), 3), "max_abs": int(diff.max()),
+                                     "per_frame_mean_abs": [round(float(d.mean()), 3) for d in diff]}
 
 
 def second_start(cache_dir: Path, budget: Budget, *, small: bool = False) -> dict:
@@ -175,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip timing the compiled engine's start in a fresh process with the warm cache")
     ap.add_argument("--no-app-e2e", action="store_true", help="skip the app end to end (`dreamcam run`, bench/app_e2e.py)")
     ap.add_argument("--app-frames", type=int, default=2000, help="frames of each app end-to-end run")
+    ap.add_argument("--variant-timeout-s", type=float, default=0,
+                    help="longest engine build (and first frame) of one variant; past it the variant is an error")
     args = ap.parse_args(argv)
 
     from .models import build
@@ -185,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     results: dict[str, Any] = {"env": environment(), "variants": []}
+    outputs: dict[str, dict[str, np.ndarray]] = {}  # variant key -> scenario -> uint8 output frames
     log(f"env {results['env']}")
 
     def save() -> None:
@@ -212,11 +264,15 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
         models_v = build(device, dtype, small=args.small) if v.qkv_fusion or v.options.get("dtype") else models
+        kept = outputs.setdefault(key, {})
         try:
-            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir))
-        except Exception as exc:  # noqa: BLE001
+            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir,
+                                                   timeout_s=args.variant_timeout_s or None, outputs=kept))
+        except (Exception, VariantTimeout) as exc:  # noqa: BLE001
             traceback.print_exc()
             results["variants"].append({"variant": v.label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        results["variants"][-1]["key"] = key
+        add_differences(results, outputs)
         save()
         del models_v
     if not args.no_app_e2e and device == "cuda":  # on the CPU (--small) two app runs would take minutes
