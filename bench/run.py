@@ -35,6 +35,9 @@ class Variant:
     scenarios: tuple[str, ...] = ("img2img-1step-512",)
 
 
+SPEED = ("speed-1step-512",)  # one frame at a time, stages, kernels: the variants' comparison
+AUTOTUNE = {"compile_mode": "max-autotune-no-cudagraphs"}  # bounded search (engines/compiled.py)
+
 VARIANTS = {
     "eager": Variant("eager+graph", "eager"),
     "compiled": Variant("compiled+graph", "compiled"),
@@ -42,23 +45,21 @@ VARIANTS = {
     "compiled-qkv": Variant("compiled+graph, fused QKV", "compiled", qkv_fusion=True),
     "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
     "step": Variant("eager modules, whole step compiled+graph", "eager", {"compile_scope": "step"}),
-    # issue 11 directions (docs/benchmarks.md "Issue 11 directions: how to run")
-    "compiled-autotune": Variant("compiled max-autotune (bounded)+graph", "compiled",
-                                 {"compile_mode": "max-autotune-no-cudagraphs"}),
+    # issue 11 directions (docs/benchmarks.md "Issue 11 directions: how to run"); the baseline runs
+    # the same scenario with `--all-scenarios compiled --scenarios speed-1step-512`
+    "compiled-autotune": Variant("compiled max-autotune (bounded)+graph", "compiled", AUTOTUNE, scenarios=SPEED),
     "compiled-autotune-cd": Variant("compiled max-autotune (bounded) + coordinate descent+graph", "compiled",
-                                    {"compile_mode": "max-autotune-no-cudagraphs", "coordinate_descent": True}),
+                                    {**AUTOTUNE, "coordinate_descent": True}, scenarios=SPEED),
     "compiled-autotune-full": Variant("compiled max-autotune (Inductor's full mode)+graph", "compiled",
-                                      {"compile_mode": "max-autotune-no-cudagraphs", "autotune_search": "full"}),
-    "compiled-cl": Variant("compiled channels_last io+graph", "compiled", {"channels_last_io": True}),
-    "compiled-gnsilu": Variant("compiled fused GroupNorm+SiLU+graph", "compiled", {"fuse_norm_silu": True}),
-    "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}),
+                                      {**AUTOTUNE, "autotune_search": "full"}, scenarios=SPEED),
+    "compiled-cl": Variant("compiled channels_last io+graph", "compiled", {"channels_last_io": True}, scenarios=SPEED),
+    "compiled-gnsilu": Variant("compiled fused GroupNorm+SiLU+graph", "compiled", {"fuse_norm_silu": True},
+                               scenarios=SPEED),
+    "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}, scenarios=SPEED),
     "compiled-combo": Variant("compiled max-autotune + channels_last + GN+SiLU+graph", "compiled",
-                              {"compile_mode": "max-autotune-no-cudagraphs", "channels_last_io": True,
-                               "fuse_norm_silu": True}),
+                              {**AUTOTUNE, "channels_last_io": True, "fuse_norm_silu": True}, scenarios=SPEED),
 }
 BASELINE = "compiled"  # the variant every other one is compared with (numerical difference, speed-up)
-
-
 
 
 class Budget:
