@@ -173,9 +173,11 @@ def render(results: dict) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *compared, ""]
     second = results.get("second_start")
     if second:
-        first = next((v for v in results.get("variants", []) if v.get("engine") == "compiled"), {})
-        one = first.get("scenarios", {}).get("img2img-1step-512", {})
-        lines += ["Compiled engine start, 1-step 512: first start in this run "
+        key = second.get("variant", "compiled")
+        first = next((v for v in results.get("variants", []) if v.get("key", "compiled") == key), {})
+        scenarios = first.get("scenarios", {})
+        one = scenarios.get("img2img-1step-512") or next(iter(scenarios.values()), {})
+        lines += [f"Compiled engine start (`{key}`), 1-step 512: first start in this run "
                   f"{_f(first.get('engine_s'))} s engine + {_f(one.get('capture_s'))} s first frame; "
                   "second start (a fresh process, the engine cache from the first): "
                   + (f"{_f(second.get('engine_s'))} s + {_f(second.get('first_frame_s'))} s."

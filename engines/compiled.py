@@ -26,6 +26,7 @@ BOUNDED_AUTOTUNE = {
     "max_autotune": True,
     "max_autotune_gemm_backends": "TRITON,ATEN",
     "max_autotune_conv_backends": "ATEN",  # cuDNN convolutions (benchmark mode picks the kernel)
+    "conv_1x1_as_mm": True,  # the resnets' 1x1 shortcut convs as tuned GEMMs (the residual add fused)
     "max_autotune_gemm_search_space": "DEFAULT",
     "epilogue_fusion": True,  # bias, activations, residual adds into the GEMM templates
     "autotune_local_cache": True,  # choices kept under TORCHINDUCTOR_CACHE_DIR (the engine cache)
