@@ -134,6 +134,8 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             engine = create_engine(v.engine, comps, config, log=log)
     except VariantTimeout as exc:
         out["error"] = f"engine build {exc} (compile timeout)"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the interrupted build held
         return out
     if engine.name != v.engine:
         out["error"] = f"fell back to {engine.name}: {engine.reason}"

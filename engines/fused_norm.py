@@ -155,7 +155,7 @@ def triton_group_norm_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                         HAS_SHIFT=shift is not None, CL=channels_last, BLOCK=BLOCK)
     _apply_kernel[grid](x, y, weight, bias, shift_arg, part, hw, cpg, groups, s_n, s_c, s_p, chunk, split,
                         1.0 / (cpg * hw), eps, HAS_SHIFT=shift is not None, CL=channels_last,
-                        SPLIT_P2=triton.next_power_of_2(split), BLOCK=BLOCK)
+                        SPLIT_P2=max(16, triton.next_power_of_2(split)), BLOCK=BLOCK)
     return y
 
 
