@@ -105,6 +105,31 @@ def sdxl_rows(results: dict) -> list[str]:
             graph = "; ".join(e for e in errors if e) or "captured"
             rows.append(f"| {name} | {v['variant']} | {_f(h.get('fps'))} | {_f(h.get('p50_ms'), 2)} | {lanes} | "
                         f"{_f(r['device']['fps'])} | {_f(r.get('peak_mem_gb'), 2)} | {graph}, {failures} failed |")
+def variant_rows(results: dict) -> list[str]:
+    """Issue 11: each engine variant against the baseline in the same run, one frame at a time."""
+    rows = []
+    base_fps: dict[str, float] = {}
+    for v in results.get("variants", []):
+        if v.get("key") == "compiled":
+            base_fps = {n: r["host_to_host"]["fps"] for n, r in v.get("scenarios", {}).items() if "host_to_host" in r}
+    for v in results.get("variants", []):
+        if "scenarios" not in v:
+            rows.append(f"| {v.get('key', '-')} | - | {v.get('error') or v.get('skipped')} ||||||||")
+            continue
+        for name, r in v["scenarios"].items():
+            if "host_to_host" not in r:
+                if "error" in r or "skipped" in r:
+                    rows.append(f"| {v.get('key', '-')} | {name} | {r.get('error') or r.get('skipped')} ||||||||")
+                continue
+            fps = r["host_to_host"]["fps"]
+            ratio = fps / base_fps[name] if base_fps.get(name) else None
+            stages = r.get("stages_ms", {})
+            kernels = (r.get("top_kernels") or [[None, None, None]])[0][2]
+            diff = r.get("diff_vs_baseline", {})
+            rows.append(f"| {v.get('key', '-')} | {name} | {_f(fps)} | {_f(ratio, 2) + 'x' if ratio else '-'} | "
+                        f"{_f(stages.get('encode'), 3)} / {_f(stages.get('unet'), 3)} / {_f(stages.get('decode'), 3)} | "
+                        f"{_f(kernels)} | {_f(diff.get('mean_abs'), 3)} | {_f(diff.get('max_abs'))} | "
+                        f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
     return rows
 
 
@@ -156,12 +181,23 @@ def render(results: dict) -> str:
                 f"{_f(r.get('core_call_numpy', {}).get('fps'))} | {_f(r.get('peak_mem_gb'), 2)} | "
                 f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
     lines.append("")
+    compared = variant_rows(results)
+    if len(compared) > 1:
+        lines += ["## Engine variants against the plain compiled engine (issue 11)", "",
+                  "host->host fps one frame at a time; speed-up against `compiled` in this run; GPU ms of each stage "
+                  "alone; kernels per frame (torch.profiler); difference of the uint8 output frames from `compiled`'s "
+                  "for the same input frames (mean / max absolute, in levels of 255); engine build + first frame s.", "",
+                  "| variant | scenario | host->host fps | vs compiled | encode / unet / decode ms | kernels | "
+                  "diff mean | diff max | build+first s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *compared, ""]
     second = results.get("second_start")
     if second:
-        first = next((v for v in results.get("variants", []) if v.get("engine") == "compiled"), {})
+        key = second.get("variant", "compiled")
+        first = next((v for v in results.get("variants", []) if v.get("key", "compiled") == key), {})
         scenarios = first.get("scenarios", {})
-        one = scenarios.get("img2img-1step-512") or scenarios.get("sdxl-img2img-1step-512") or {}
-        lines += ["Compiled engine start, 1-step 512: first start in this run "
+        one = (scenarios.get("img2img-1step-512") or scenarios.get("sdxl-img2img-1step-512")
+               or next(iter(scenarios.values()), {}))
+        lines += [f"Compiled engine start (`{key}`), 1-step 512: first start in this run "
                   f"{_f(first.get('engine_s'))} s engine + {_f(one.get('capture_s'))} s first frame; "
                   "second start (a fresh process, the engine cache from the first): "
                   + (f"{_f(second.get('engine_s'))} s + {_f(second.get('first_frame_s'))} s."

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from .timing import VariantTimeout, deadline
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,31 @@ class Variant:
     scenarios: tuple[str, ...] = ("img2img-1step-512",)
 
 
+SPEED = ("speed-1step-512",)  # one frame at a time, stages, kernels: the variants' comparison
+AUTOTUNE = {"compile_mode": "max-autotune-no-cudagraphs"}  # bounded search (engines/compiled.py)
+
 VARIANTS = {
     "eager": Variant("eager+graph", "eager"),
     "compiled": Variant("compiled+graph", "compiled"),
     "compiled-tuned": Variant("compiled+graph, inductor tuning", "compiled", {"inductor_tuning": True}),
     "compiled-qkv": Variant("compiled+graph, fused QKV", "compiled", qkv_fusion=True),
-    "compiled-autotune": Variant("compiled max-autotune+graph", "compiled", {"compile_mode": "max-autotune-no-cudagraphs"}),
     "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
     "step": Variant("eager modules, whole step compiled+graph", "eager", {"compile_scope": "step"}),
+    # issue 11 directions (docs/benchmarks.md "Issue 11 directions: how to run"); the baseline runs
+    # the same scenario with `--all-scenarios compiled --scenarios speed-1step-512`
+    "compiled-autotune": Variant("compiled max-autotune (bounded)+graph", "compiled", AUTOTUNE, scenarios=SPEED),
+    "compiled-autotune-cd": Variant("compiled max-autotune (bounded) + coordinate descent+graph", "compiled",
+                                    {**AUTOTUNE, "coordinate_descent": True}, scenarios=SPEED),
+    "compiled-autotune-full": Variant("compiled max-autotune (Inductor's full mode)+graph", "compiled",
+                                      {**AUTOTUNE, "autotune_search": "full"}, scenarios=SPEED),
+    "compiled-cl": Variant("compiled channels_last io+graph", "compiled", {"channels_last_io": True}, scenarios=SPEED),
+    "compiled-gnsilu": Variant("compiled fused GroupNorm+SiLU+graph", "compiled", {"fuse_norm_silu": True},
+                               scenarios=SPEED),
+    "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}, scenarios=SPEED),
+    "compiled-combo": Variant("compiled max-autotune + channels_last + GN+SiLU+graph", "compiled",
+                              {**AUTOTUNE, "channels_last_io": True, "fuse_norm_silu": True}, scenarios=SPEED),
 }
+BASELINE = "compiled"  # the variant every other one is compared with (numerical difference, speed-up)
 
 
 class Budget:
@@ -100,7 +119,10 @@ def floor(models, device: str, dtype, size: int = 512) -> dict:
             "matmul_tflops": round(rate, 1), "floor_ms": round(ms, 3), "floor_fps": round(1e3 / ms, 1)}
 
 
-def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path) -> dict:
+def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path,
+                *, timeout_s: float | None = None, outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """`timeout_s` bounds the engine build (compile + probe) and each scenario's first capture;
+    a variant that runs past it, or that fell back to another engine, is reported as an error."""
     from dreamcam.engines import EngineConfig, Geometry, create_engine
 
     from .models import components as make_components
@@ -109,9 +131,20 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     comps = make_components(models, device, dtype)
     first = SCENARIOS[v.scenarios[0]]  # the engine is built (probed, compiled) at the first scenario's size
     config = EngineConfig(geometry=Geometry(first.height, first.width), cache_dir=cache_dir, **v.options)
-    out: dict[str, Any] = {"variant": v.label, "engine": v.engine}
+    out: dict[str, Any] = {"variant": v.label, "engine": v.engine, "options": v.options}
     t0 = time.perf_counter()
-    engine = create_engine(v.engine, comps, config, log=log)
+    limit = None if timeout_s is None else min(timeout_s, max(budget.left() - 30, 1))
+    try:
+        with deadline(limit):
+            engine = create_engine(v.engine, comps, config, log=log)
+    except VariantTimeout as exc:
+        out["error"] = f"engine build {exc} (compile timeout)"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the interrupted build held
+        return out
+    if engine.name != v.engine:
+        out["error"] = f"fell back to {engine.name}: {engine.reason}"
+        return out
     if v.qkv_fusion:
         from dreamcam.engines.eager import fuse_qkv
 
@@ -127,7 +160,10 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             continue
         log(f"  {v.label} / {name}")
         try:
-            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config)
+            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config,
+                             outputs=outputs, first_frame_timeout_s=limit)
+        except VariantTimeout as exc:
+            r = {"error": f"first frame {exc} (compile timeout)"}
         except Exception as exc:  # noqa: BLE001 - record and go on
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()
@@ -136,12 +172,30 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     return out
 
 
-def second_start(cache_dir: Path, budget: Budget, *, small: bool = False, family: str = "sd21") -> dict:
-    """The compiled engine's start in a fresh process, reusing the cache this run just filled."""
+def add_differences(results: dict, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+    """Each variant's output frames against the baseline variant's (same inputs, same weights):
+    mean and max absolute difference in uint8 levels, per scenario ("diff_vs_baseline")."""
+    base_key = BASELINE if BASELINE in outputs else next(iter(outputs), None)
+    base = outputs.get(base_key, {}) if base_key else {}
+    for v in results["variants"]:
+        for name, r in v.get("scenarios", {}).items():
+            mine = outputs.get(v.get("key", ""), {}).get(name)
+            if mine is None or name not in base or v.get("key") == base_key or mine.shape != base[name].shape:
+                continue
+            diff = np.abs(mine.astype(np.int16) - base[name].astype(np.int16))
+            r["diff_vs_baseline"] = {"baseline": VARIANTS[base_key].label, "frames": int(diff.shape[0]),
+                                     "mean_abs": round(float(diff.mean()), 3), "max_abs": int(diff.max()),
+                                     "per_frame_mean_abs": [round(float(d.mean()), 3) for d in diff]}
+
+
+def second_start(cache_dir: Path, budget: Budget, *, small: bool = False, family: str = "sd21",
+                 variant: str = BASELINE) -> dict:
+    """The compiled engine's start in a fresh process, reusing the cache this run just filled
+    (`variant`'s engine options: e.g. that max-autotune's choices come from the cache)."""
     if budget.left() < 90:
         return {"skipped": "time budget"}
     cmd = [sys.executable, "-m", "bench.start_time", "--engine", "compiled", "--cache-dir", str(cache_dir),
-           "--family", family, "--one"]
+           "--family", family, "--one", "--options", json.dumps(VARIANTS[variant].options)]
     try:
         done = subprocess.run(cmd + (["--small"] if small else []), capture_output=True, text=True,
                               timeout=budget.left(), cwd=Path(__file__).resolve().parent.parent)
@@ -150,7 +204,7 @@ def second_start(cache_dir: Path, budget: Budget, *, small: bool = False, family
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         return {"error": (done.stderr or done.stdout).strip()[-300:]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "variant": variant}
 
 
 def app_e2e(args: argparse.Namespace, budget: Budget) -> dict:
@@ -188,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sdxl", action="store_true",
                     help="SDXL-Turbo (SDXL UNet, TAESD-XL, random weights) instead of SD-Turbo: its scenarios "
                          "(1 step, 512 and 1024), its app end to end and its second start")
+    ap.add_argument("--second-start-variant", default=BASELINE, choices=sorted(VARIANTS),
+                    help="whose engine options the second start uses (it must have run first)")
+    ap.add_argument("--variant-timeout-s", type=float, default=0,
+                    help="longest engine build (and first frame) of one variant; past it the variant is an error")
     args = ap.parse_args(argv)
     args.family = "sdxl" if args.sdxl else "sd21"
 
@@ -199,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     results: dict[str, Any] = {"env": environment(), "variants": []}
+    outputs: dict[str, dict[str, np.ndarray]] = {}  # variant key -> scenario -> uint8 output frames
     log(f"env {results['env']}")
 
     def save() -> None:
@@ -232,11 +291,15 @@ def main(argv: list[str] | None = None) -> int:
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
         fresh = v.qkv_fusion or v.options.get("dtype")
         models_v = build(device, dtype, small=args.small, family=args.family) if fresh else models
+        kept = outputs.setdefault(key, {})
         try:
-            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir))
-        except Exception as exc:  # noqa: BLE001
+            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir,
+                                                   timeout_s=args.variant_timeout_s or None, outputs=kept))
+        except (Exception, VariantTimeout) as exc:  # noqa: BLE001
             traceback.print_exc()
             results["variants"].append({"variant": v.label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        results["variants"][-1]["key"] = key
+        add_differences(results, outputs)
         save()
         del models_v
     if not args.no_app_e2e and device == "cuda":  # on the CPU (--small) two app runs would take minutes
@@ -244,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"app end to end {results['app_e2e']}")
         save()
     if not args.no_second_start and any(r.get("engine") == "compiled" and "scenarios" in r for r in results["variants"]):
-        results["second_start"] = second_start(args.cache_dir, budget, small=args.small, family=args.family)
+        results["second_start"] = second_start(args.cache_dir, budget, small=args.small, family=args.family,
+                                               variant=args.second_start_variant)
         log(f"second start {results['second_start']}")
     save()
     from .report import render

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .timing import FrameStats, frame_times, graph_ms, sync, throughput
+from .timing import FrameStats, deadline, frame_times, graph_ms, sync, throughput
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,11 @@ SCENARIOS = {
                                        family="sdxl"),
     "sdxl-img2img-1step-1024": Scenario("sdxl-img2img-1step-1024", width=1024, height=1024, app_path=True,
                                         stages=True, lanes=(1, 2, 4), family="sdxl"),
+    # issue 11's comparison of engine variants: one frame at a time, stages and kernels, no lanes
+    "speed-1step-512": Scenario("speed-1step-512", app_path=True, stages=True),
 }
+
+COMPARED_FRAMES = 4  # output frames kept per scenario for the numerical difference between variants
 
 
 def family_scenarios(family: str) -> tuple[str, ...]:
@@ -74,9 +78,12 @@ def _stats(st: FrameStats) -> dict:
     return st.as_dict()
 
 
-def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str, config: Any = None) -> dict:
+def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str, config: Any = None,
+                 outputs: dict[str, np.ndarray] | None = None, first_frame_timeout_s: float | None = None) -> dict:
     """Times one scenario with the given engine modules through the app's own graph driver
-    (`engines.driver.StreamDriver`). Returns a dict of numbers."""
+    (`engines.driver.StreamDriver`). Returns a dict of numbers; `outputs[s.name]` gets the uint8
+    outputs of the first COMPARED_FRAMES input frames (for the difference between variants);
+    the first frame (capture, compiles of new shapes) may take `first_frame_timeout_s` at most."""
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines.driver import StreamDriver
 
@@ -90,12 +97,15 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     dev = [torch.from_numpy(f).to(device) for f in host]
     driver = StreamDriver(stream, config=config)
     t0 = time.perf_counter()
-    first = _settled(driver, host[0])  # warm-up + capture (+ compile of new shapes)
+    with deadline(first_frame_timeout_s):
+        first = _settled(driver, host[0])  # warm-up + capture (+ compile of new shapes)
     result["capture_s"] = round(time.perf_counter() - t0, 2)
     result["graph_error"] = driver.graph_status().error
     result["capture_failures"] = driver.graphed.failures
     out = first.astype(np.float32)
     result["output_mean_std"] = [round(float(out.mean()), 2), round(float(out.std()), 2)]
+    if outputs is not None:
+        outputs[s.name] = np.stack([np.asarray(driver(host[i % len(host)])) for i in range(COMPARED_FRAMES)])
 
     # device path: frames already on the GPU, one sync per frame
     result["device"] = _stats(frame_times(lambda i: (driver(dev[i % len(dev)]), sync()), frames))

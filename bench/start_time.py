@@ -1,6 +1,6 @@
 """Start time of an engine, first and second start, each in a fresh process, phase by phase.
 
-`python -m bench.start_time [--engine compiled] [--sdxl] [--size 512]` saves a random-weight model
+`python -m bench.start_time [--engine compiled] [--sdxl] [--size 512] [--options JSON]` saves a random-weight model
 as a diffusers folder (bench/app_e2e.py), then starts twice in fresh child processes with one engine
 cache (a new empty folder unless `--cache-dir` is given): the first start compiles, the second reuses
 the cache. Each child loads the folder as the app does (`core.loading.load_components`), builds the
@@ -16,8 +16,9 @@ engine, builds the stream and runs the first frame through the graph driver, and
   `background_compile_at_first_frame`: whether the first frame had to start one (then it ran uncaptured);
 - `total_s`: process start to the first frame out.
 
-Prints a table and a JSON line. `--one` runs one start in this process (a child; `bench.run` uses
-it for its second start with the cache its own run filled).
+`--options '{"compile_mode": ...}'` gives EngineConfig overrides (a bench variant's, e.g. that
+max-autotune's choices come from the cache). Prints a table and a JSON line. `--one` runs one start
+in this process (a child; `bench.run` uses it for its second start with the cache its own run filled).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _dynamo_graphs() -> int:
 
 
 def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool = False, size: int = 512,
-            family: str = "sd21", started: float = PROCESS_START) -> dict:
+            family: str = "sd21", started: float = PROCESS_START, options: dict | None = None) -> dict:
     import torch
 
     from dreamcam.core.loading import ModelSpec, load_components
@@ -69,7 +70,8 @@ def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool =
     load_s = time.perf_counter() - t
     scenario = replace(SCENARIOS["img2img-1step-512"], width=size, height=size)
     t = time.perf_counter()
-    engine = create_engine(engine_name, comps, EngineConfig(geometry=Geometry(size, size), cache_dir=cache_dir))
+    engine = create_engine(engine_name, comps, EngineConfig(geometry=Geometry(size, size), cache_dir=cache_dir,
+                                                            **(options or {})))
     engine_s = time.perf_counter() - t
     t = time.perf_counter()
     stream = StreamDiffusion(comps, scenario.stream_config(), modules=engine.modules)
@@ -95,7 +97,7 @@ def child(args: argparse.Namespace, cache_dir: Path, model_dir: Path, timeout_s:
     """One start in a fresh process; its JSON line, or what went wrong."""
     cmd = [sys.executable, "-m", "bench.start_time", "--one", "--engine", args.engine, "--cache-dir", str(cache_dir),
            "--model-dir", str(model_dir), "--size", str(args.size)] + (["--sdxl"] if args.sdxl else []) + (
-        ["--small"] if args.small else [])
+        ["--small"] if args.small else []) + (["--options", json.dumps(args.options)] if args.options else [])
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                               cwd=Path(__file__).resolve().parent.parent)
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--timeout-s", type=float, default=580, help="per start")
     ap.add_argument("--one", action="store_true", help="one start in this process (prints its JSON line)")
+    ap.add_argument("--options", type=json.loads, default={}, help="EngineConfig overrides as JSON")
     args = ap.parse_args(argv)
     args.sdxl = args.sdxl or args.family == "sdxl"
     if args.one and not _folder_exists(args):  # save it, then start again: the save is no part of a start
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="dreamcam-cache-"))
         print(json.dumps(measure(args.engine, cache, model_dir, small=args.small, size=args.size,
-                                 family="sdxl" if args.sdxl else "sd21")), flush=True)
+                                 family="sdxl" if args.sdxl else "sd21", options=args.options)), flush=True)
         return
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="dreamcam-start-cache-"))
     rows = {"first": child(args, cache, model_dir, args.timeout_s)}
