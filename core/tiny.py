@@ -321,3 +321,56 @@ def make_tiny_controlnet(model_dir: str | Path, folder: str | Path, *, seed: int
     folder = Path(folder)
     net.save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------- IP-Adapter
+def image_encoder_config(*, hidden_size: int = 32, layers: int = 2, heads: int = 4, intermediate_size: int = 37,
+                         image_size: int = 32, patch_size: int = 8, projection_dim: int = 32):
+    """A CLIPVisionConfig (tiny by default; `bench/` passes the ViT-H sizes)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                            projection_dim=projection_dim)
+
+
+def ip_adapter_state(unet, image_embed_dim: int, *, seed: int = 0, tokens: int = 4) -> dict[str, torch.Tensor]:
+    """Random plain IP-Adapter weights for `unet` in the original flat layout of h94's files:
+    `image_proj.proj.{weight,bias}` (image embedding -> `tokens` x cross-attention width),
+    `image_proj.norm.{weight,bias}` and `ip_adapter.<2i+1>.to_{k,v}_ip.weight` for the i-th
+    cross-attention layer (float32, CPU; scaled like a trained layer's default init)."""
+    from .ip_adapter import cross_attention_layers
+
+    gen = torch.Generator().manual_seed(seed)
+    cross = int(unet.config.cross_attention_dim)
+
+    def rand(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std
+
+    state = {"image_proj.proj.weight": rand(tokens * cross, image_embed_dim, std=image_embed_dim ** -0.5),
+             "image_proj.proj.bias": rand(tokens * cross, std=0.1),
+             "image_proj.norm.weight": 1 + rand(cross, std=0.1), "image_proj.norm.bias": rand(cross, std=0.1)}
+    for i, (_, attn) in enumerate(cross_attention_layers(unet)):
+        for part in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{2 * i + 1}.{part}.weight"] = rand(int(attn.inner_dim), cross, std=cross ** -0.5)
+    return state
+
+
+def make_tiny_ip_adapter(model_dir: str | Path, path: str | Path, *, seed: int = 0) -> Path:
+    """Save a random plain IP-Adapter for the tiny model's UNet as ONE original-layout .safetensors
+    file at `path`, and a tiny CLIPVisionModelWithProjection (save_pretrained) as `image_encoder/`
+    beside it: the h94/IP-Adapter layout (models/ip-adapter_sd15.safetensors + models/image_encoder/),
+    which both `core.ip_adapter.load_ip_adapter` and diffusers' `load_ip_adapter` read."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = image_encoder_config()
+    CLIPVisionModelWithProjection(config).save_pretrained(path.parent / "image_encoder")
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
+    save_file({k: v.contiguous() for k, v in ip_adapter_state(unet, config.projection_dim, seed=seed).items()},
+              str(path))
+    return path

@@ -74,7 +74,8 @@ class StreamDriver:
 
     @torch.no_grad()
     def submit(self, frame: Frame | None = None) -> PendingFrame:
-        if self.stream.transition_active:  # prepare() rewrites embeddings frames in flight still read
+        # prepare() rewrites inputs that frames in flight still read (prompt transition, new style image)
+        if self.stream.transition_active or self.stream.ip_image_pending:
             self.graphed.fence()
         frame, x = self.stream.prepare(frame)
         if x is None:
