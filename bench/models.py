@@ -10,6 +10,9 @@ from typing import Any
 import torch
 
 CONFIGS = Path(__file__).parent / "configs"
+# the CLIP ViT-H/14 image encoder of h94/IP-Adapter (models/image_encoder): 632M parameters
+IMAGE_ENCODER_VIT_H = dict(hidden_size=1280, layers=32, heads=16, intermediate_size=5120, image_size=224, patch_size=14,
+                           projection_dim=1024)
 
 
 def load_config(name: str) -> dict:
@@ -71,3 +74,20 @@ def components(models: BenchModels, device: str, dtype: torch.dtype):
         scheduler=LCMScheduler.from_config(models.scheduler.config), family="sd21", vae_kind="tiny",
         prediction_type="epsilon", device=torch.device(device), dtype=dtype, source="bench-random",
     )
+
+
+def ip_adapter(comps, device: str, dtype: torch.dtype, seed: int = 0, *, small: bool = False):
+    """A random plain IP-Adapter (4 image tokens) for the bench UNet's cross-attention width (1024:
+    h94 ships none for SD 2.1, so the SD 1.5 adapter's layout at SD 2.1 widths) with a random CLIP
+    ViT-H/14 image encoder of the real size (`small`: tiny), built directly on `device`; not attached."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from dreamcam.core.ip_adapter import build_ip_adapter, nest_state
+    from dreamcam.core.tiny import image_encoder_config, ip_adapter_state
+
+    config = image_encoder_config(**({} if small else IMAGE_ENCODER_VIT_H))
+    torch.manual_seed(seed)
+    with torch.device(device):
+        encoder = CLIPVisionModelWithProjection(config)
+    state = nest_state(ip_adapter_state(comps.unet, config.projection_dim, seed=seed))
+    return build_ip_adapter(state, encoder.to(dtype=dtype), comps, source="bench-random-ip-adapter")

@@ -154,7 +154,8 @@ def cross_attention_layers(unet) -> list[tuple[str, Any]]:
     """(processor name, Attention module) of every cross-attention layer, in the UNet's processor order."""
     modules = dict(unet.named_modules())
     return [(name, modules[name[: -len(".processor")]]) for name in unet.attn_processors
-            if not name.endswith("attn1.processor") and "motion_modules" not in name]
+            if not name.endswith("attn1.processor") and "motion_modules" not in name
+            and not name.startswith("encoder_hid_proj.")]  # a Plus resampler's own attention (attached adapter)
 
 
 def check_fits(source: str, state: Mapping[str, Mapping[str, Tensor]], components: Components) -> str:
@@ -306,8 +307,8 @@ class IPAdapter:
             return
         unet = self.components.unet
         old, hid_type = self._saved
+        unet.encoder_hid_proj = None  # first: a Plus resampler's attention layers count as the UNet's processors
         unet.set_attn_processor(dict(old))
-        unet.encoder_hid_proj = None
         unet.config.encoder_hid_dim_type = hid_type
         self._saved = None
 
@@ -392,18 +393,24 @@ def load_ip_adapter(source: str, components: Components, *, weight_name: str | N
     return build_ip_adapter(state, encoder, components, source=source, scale=scale)
 
 
+def nest_state(flat: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Flat original-layout keys ("image_proj.proj.weight", "ip_adapter.1.to_k_ip.weight", ...) ->
+    {"image_proj": {...}, "ip_adapter": {...}} (other keys are dropped)."""
+    state: dict[str, dict[str, Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    for key, value in flat.items():
+        head, _, rest = key.partition(".")
+        if head in state:
+            state[head][rest] = value
+    return state
+
+
 def read_ip_adapter_state(source: str, path: Path) -> dict[str, dict[str, Tensor]]:
     """{"image_proj": {...}, "ip_adapter": {...}} from an original-layout .safetensors or .bin file."""
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     try:
         if path.suffix.lower() == ".safetensors":
-            state: dict[str, dict[str, Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in handle.keys():
-                    head, _, rest = key.partition(".")
-                    if head in state:
-                        state[head][rest] = handle.get_tensor(key)
+            state = nest_state(load_file(str(path), device="cpu"))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

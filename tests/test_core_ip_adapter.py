@@ -38,7 +38,8 @@ def adapters(tiny_sd15_dir, sdxl_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("ip-adapters")
     return {"sd15": make_tiny_ip_adapter(tiny_sd15_dir, root / "sd15" / "models" / WEIGHTS, seed=1),
             "sd15b": make_tiny_ip_adapter(tiny_sd15_dir, root / "sd15b" / "models" / WEIGHTS, seed=2),
-            "sdxl": make_tiny_ip_adapter(sdxl_dir, root / "sdxl" / "models" / WEIGHTS, seed=3)}
+            "sdxl": make_tiny_ip_adapter(sdxl_dir, root / "sdxl" / "models" / WEIGHTS, seed=3),
+            "sd15plus": make_tiny_ip_adapter(tiny_sd15_dir, root / "plus" / "models" / WEIGHTS, seed=4, kind="plus")}
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +93,20 @@ def reference(model_dir, comp, weights, style, scale, image):
     return out
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_one_step_with_an_ip_adapter_equals_diffusers_img2img_pipeline(family, tiny_sd15_dir, sdxl_dir, adapters,
+@pytest.mark.parametrize("name, kind", [("sd15", "plain"), ("sdxl", "plain"), ("sd15plus", "plus")])
+def test_one_step_with_an_ip_adapter_equals_diffusers_img2img_pipeline(name, kind, tiny_sd15_dir, sdxl_dir, adapters,
                                                                        styles):
-    model_dir = tiny_sd15_dir if family == "sd15" else sdxl_dir
+    model_dir = sdxl_dir if name == "sdxl" else tiny_sd15_dir
     comp = components(model_dir)
     image = frame()
     plain = StreamDiffusion(comp, config())(image).astype(np.float32) / 255.0
-    adapter = load_ip_adapter(str(adapters[family]), comp, scale=0.7, local_files_only=True)
+    adapter = load_ip_adapter(str(adapters[name]), comp, scale=0.7, local_files_only=True)
+    assert adapter.kind == kind
     adapter.set_image(str(styles[0]))
     stream = StreamDiffusion(comp, config())
     stream.set_ip_adapter(adapter)
     got = stream(image).astype(np.float32) / 255.0
-    want = reference(model_dir, comp, adapters[family], styles[0], 0.7, image)
+    want = reference(model_dir, comp, adapters[name], styles[0], 0.7, image)
     assert np.abs(got - want).max() <= 0.6 / 255.0
     assert np.abs(plain - want).max() > 5 / 255.0  # the adapter really steers the image
     stream.set_ip_adapter(None)
@@ -169,14 +171,18 @@ def test_attach_and_detach_swap_adapters_and_restore_the_unet(sd15, adapters, st
               torch.randn(2, 77, 768, generator=torch.Generator().manual_seed(1)))
     with torch.no_grad():
         plain = EagerUNet(unet)(*inputs)
-    a = load_ip_adapter(str(adapters["sd15"]), sd15, local_files_only=True)
-    b = load_ip_adapter(str(adapters["sd15b"]), sd15, local_files_only=True)
+    a = load_ip_adapter(str(adapters["sd15plus"]), sd15, local_files_only=True)
     assert unet.encoder_hid_proj is None  # loading touches nothing
     stream = StreamDiffusion(sd15, config())
     stream.set_ip_adapter(a)
     key_a = stream.shape_key
     assert sum(isinstance(p, IPAttnProcessor) for p in unet.attn_processors.values()) == 4
+    assert stream.unet_cond["image_embeds"].shape == (2, 1, 17, 32)  # Plus: the encoder's hidden states
+    b = load_ip_adapter(str(adapters["sd15b"]), sd15, local_files_only=True)  # loaded while another is attached
+    stream(frame())
     stream.set_ip_adapter(b)
+    assert stream.unet_cond["image_embeds"].shape == (2, 1, 32)
+    stream(frame())
     assert stream.shape_key != key_a and not a.attached and b.attached
     stream.set_ip_adapter(None)
     assert {name: type(p) for name, p in unet.attn_processors.items()} == before
