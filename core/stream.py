@@ -99,7 +99,8 @@ class StreamDiffusion:
 
     @property
     def shape_key(self) -> tuple:
-        """Changes exactly when the state tensors are reallocated (engines recapture then)."""
+        """Changes exactly when the state tensors are reallocated or an IP-Adapter is attached,
+        swapped or removed (the UNet's modules and inputs change): engines recapture then."""
         c = self.config
         return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
                 self.ip_adapter.structure_key if self.ip_adapter is not None else None)

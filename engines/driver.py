@@ -94,6 +94,11 @@ class StreamDriver:
         self.graphed.fence()
         self.stream.reset()
 
+    def set_ip_adapter(self, adapter: Any) -> None:
+        """Attach (or with None remove) the stream's IP-Adapter with no frame in flight (core/ip_adapter.py)."""
+        self.graphed.fence()
+        self.stream.set_ip_adapter(adapter)
+
     def close(self) -> None:
         """Release the CUDA graphs now (a stream that is dropped should not wait for Python's GC)."""
         self.graphed.close()

@@ -33,10 +33,10 @@ def test_ip_adapter_scale_and_image_change_live_in_a_cuda_graph(tiny_sd15_dir, t
     adapter.set_image(frames[1])
     config = StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type=cfg_type, guidance_scale=1.5, seed=3,
                           prompt="a lighthouse", negative_prompt="fog")
-    graphed, plain = StreamDiffusion(comps, config), StreamDiffusion(comps, config)
-    graphed.set_ip_adapter(adapter)
+    plain = StreamDiffusion(comps, config)
+    driver = StreamDriver(StreamDiffusion(comps, config))
+    driver.set_ip_adapter(adapter)
     plain.set_ip_adapter(adapter)  # the same adapter on the same UNet: attach is idempotent
-    driver = StreamDriver(graphed)
     try:
         outs = [(driver(frames[0]), plain(frames[0]))]
         captures = driver.graphed.captures
@@ -51,7 +51,7 @@ def test_ip_adapter_scale_and_image_change_live_in_a_cuda_graph(tiny_sd15_dir, t
             assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 2
         assert np.abs(outs[1][0].astype(np.int16) - outs[0][0].astype(np.int16)).max() > 2  # the scale acted
         assert np.abs(outs[2][0].astype(np.int16) - outs[1][0].astype(np.int16)).max() > 2  # the image acted
-        graphed.set_ip_adapter(None)  # detached: a new structure, one more capture, the plain stream
+        driver.set_ip_adapter(None)  # detached: a new structure, one more capture, the plain stream
         plain.set_ip_adapter(None)
         assert np.abs(driver(frames[0]).astype(np.int16) - plain(frames[0]).astype(np.int16)).max() <= 2
         assert driver.graphed.captures == 2

@@ -284,6 +284,8 @@ def test_missing_or_wrong_files_name_the_thing(sd15, adapters, tmp_path):
         (str(lonely), {}, "image encoder .* no such folder"),
         (str(adapters["sd15"]), {"image_encoder": str(tmp_path / "none")}, "no such folder"),
         (str(adapters["sd15"]), {"image_encoder": str(tmp_path)}, "not a CLIP image encoder folder"),
+        ("h94/IP-Adapter", {}, "name the weight file"),
+        ("h94/IP-Adapter/models/ip-adapter_sd15.safetensors", {}, "not in the local Hugging Face cache"),
     ]
     for source, kwargs, needle in cases:
         with pytest.raises(IPAdapterError, match=needle) as info:
@@ -291,6 +293,14 @@ def test_missing_or_wrong_files_name_the_thing(sd15, adapters, tmp_path):
         assert len(str(info.value).splitlines()) == 1, str(info.value)
     assert sd15.unet.encoder_hid_proj is None
     adapter = load_ip_adapter(str(folder), sd15, weight_name=WEIGHTS, local_files_only=True)  # folder + weight name
+    assert adapter.kind == "plain"
+    from safetensors.torch import load_file
+
+    from dreamcam.core.ip_adapter import nest_state
+
+    torch.save(nest_state(load_file(str(adapters["sd15"]))), tmp_path / "ip-adapter.bin")  # the .bin layout
+    adapter = load_ip_adapter(str(tmp_path / "ip-adapter.bin"), sd15, image_encoder=str(folder / "image_encoder"),
+                              local_files_only=True)
     assert adapter.kind == "plain"
 
 
