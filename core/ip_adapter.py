@@ -168,7 +168,8 @@ def check_fits(source: str, state: Mapping[str, Mapping[str, Tensor]], component
     ours = int(components.unet.config.cross_attention_dim)
     width = adapter_width(state)
     if width is None:
-        raise IPAdapterError(f"IP-Adapter {source!r}: it has no cross-attention weights ('ip_adapter.<n>.to_k_ip.weight')")
+        raise IPAdapterError(f"IP-Adapter {source!r}: it has no cross-attention weights "
+                             "('ip_adapter.<n>.to_k_ip.weight')")
     if width != ours:
         family = _family_of_width(width)
         what = (f"an {FAMILY_LABELS[family]} IP-Adapter" if family else "an IP-Adapter of an unknown model family")
@@ -177,22 +178,24 @@ def check_fits(source: str, state: Mapping[str, Mapping[str, Tensor]], component
                              f"model is {model} ({ours}); use an IP-Adapter trained for {model}{hint}")
     ip, ids, layers = state["ip_adapter"], _layer_keys(state["ip_adapter"]), cross_attention_layers(components.unet)
     if len(ids) != len(layers):
-        raise IPAdapterError(f"IP-Adapter {source!r}: it has {len(ids)} cross-attention layers, the loaded {model} UNet "
-                             f"{len(layers)}; use an IP-Adapter made for this model's architecture")
+        raise IPAdapterError(f"IP-Adapter {source!r}: it has {len(ids)} cross-attention layers, the loaded {model} "
+                             f"UNet {len(layers)}; use an IP-Adapter made for this model's architecture")
     for key_id, (name, attn) in zip(ids, layers):
         want = (int(attn.inner_dim), ours)
         for part in ("to_k_ip", "to_v_ip"):
             got = tuple(ip.get(f"{key_id}.{part}.weight", torch.empty(0)).shape)
             if got != want:
+                layer = name[: -len(".processor")]
                 raise IPAdapterError(f"IP-Adapter {source!r}: its layer {key_id}.{part} has shape {got}, the UNet's "
-                                     f"{name[: -len('.processor')]} needs {want}; use an IP-Adapter made for this model")
+                                     f"{layer} needs {want}; use an IP-Adapter made for this model")
     return kind
 
 
 def encoder_width_problem(kind: str, image_proj: Mapping[str, Tensor], encoder_config: Any) -> str | None:
     """None when the image encoder feeds the adapter's projection, else what differs."""
     if kind == "plain":
-        theirs, ours, what = int(image_proj["proj.weight"].shape[1]), int(encoder_config.projection_dim), "projected embeddings"
+        theirs, ours = int(image_proj["proj.weight"].shape[1]), int(encoder_config.projection_dim)
+        what = "projected embeddings"
     else:
         key = "proj_in.weight" if kind == "plus" else "proj.0.weight"
         theirs, ours, what = int(image_proj[key].shape[1]), int(encoder_config.hidden_size), "hidden states"
@@ -254,7 +257,8 @@ class IPAdapter:
     def set_scale(self, scale: float) -> None:
         """Live strength (diffusers' `set_ip_adapter_scale` for one scale): 1 = full, 0 = no effect."""
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise IPAdapterError(f"ip_adapter_scale: must be a finite number (1 = full strength, 0 = off), got {scale!r}")
+            raise IPAdapterError(f"ip_adapter_scale: must be a finite number (1 = full strength, 0 = off), "
+                                 f"got {scale!r}")
         self._scale = float(scale)
         self.scale_tensor.fill_(self._scale)
 
@@ -414,9 +418,9 @@ def read_ip_adapter_state(source: str, path: Path) -> dict[str, dict[str, Tensor
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise IPAdapterError(f"IP-Adapter {source!r}: {path} is not a readable {path.suffix} file "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); it may be "
-                             "damaged or only partly downloaded") from exc
+                             f"({type(exc).__name__}: {detail}); it may be damaged or only partly downloaded") from exc
     if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
         raise IPAdapterError(f"IP-Adapter {source!r}: {path.name} holds no IP-Adapter weights (keys 'image_proj.*' "
                              f"and 'ip_adapter.*'); give an IP-Adapter file such as {EXAMPLE_SOURCE}")
@@ -518,6 +522,6 @@ def open_image(image: str | Path | Any):
         with Image.open(path) as handle:
             return handle.convert("RGB")  # decodes the whole file: a truncated image fails here
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
         raise IPAdapterError(f"ip_adapter_image {str(image)!r}: not an image file that can be read (PNG, JPEG, WebP, "
-                             f"BMP, TIFF, ...): {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-                             ) from exc
+                             f"BMP, TIFF, ...): {type(exc).__name__}: {detail}") from exc

@@ -58,3 +58,47 @@ def test_ip_adapter_scale_and_image_change_live_in_a_cuda_graph(tiny_sd15_dir, t
     finally:
         driver.close()
         adapter.detach()
+
+
+def test_compiled_engine_takes_live_scale_and_image_without_recompiling(tiny_sd15_dir, tmp_path):
+    """The compiled engine (torch.compile, then one CUDA graph per frame) with an IP-Adapter: the eager
+    engine's frames, and a scale change / new image neither recompiles nor recaptures."""
+    import torch._dynamo
+
+    from dreamcam.engines import EngineConfig, Geometry, create_engine
+
+    def comps():
+        return load_components(ModelSpec(str(tiny_sd15_dir), tiny_vae=str(tiny_sd15_dir / "taesd"), device="cuda",
+                                         dtype="float16", local_files_only=True))
+
+    weights = make_tiny_ip_adapter(tiny_sd15_dir, tmp_path / "models" / "ip-adapter.safetensors", seed=1)
+    config = EngineConfig(geometry=Geometry(64, 64, unet_batch=1), cache_dir=tmp_path / "cache")
+    stream_config = StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type="none", seed=3,
+                                 prompt="a lighthouse")
+    frames = _frames()
+    comps_e, comps_c = comps(), comps()
+    eager, compiled = create_engine("eager", comps_e, config), create_engine("compiled", comps_c, config)
+    assert compiled.name == "compiled", compiled.describe()
+    adapters = [load_ip_adapter(str(weights), c, scale=0.6, local_files_only=True) for c in (comps_e, comps_c)]
+    for adapter in adapters:
+        adapter.set_image(frames[1])
+    reference = StreamDiffusion(comps_e, stream_config, modules=eager.modules)
+    reference.set_ip_adapter(adapters[0])
+    driver = compiled.driver(StreamDiffusion(comps_c, stream_config, modules=compiled.modules))
+    driver.set_ip_adapter(adapters[1])
+    try:
+        pairs = [(driver(frames[0]), reference(frames[0]))]
+        compiles, captures = torch._dynamo.utils.counters["frames"]["ok"], driver.graphed.captures
+        for change in (lambda a: a.set_scale(1.2), lambda a: a.set_image(frames[2])):
+            for adapter in adapters:
+                change(adapter)
+            pairs.append((driver(frames[0]), reference(frames[0])))
+        assert torch._dynamo.utils.counters["frames"]["ok"] == compiles and driver.graphed.captures == captures == 1
+        assert driver.graph_status().error is None
+        for got, want in pairs:
+            assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 3
+        assert np.abs(pairs[2][0].astype(np.int16) - pairs[0][0].astype(np.int16)).max() > 3  # the changes acted
+    finally:
+        driver.close()
+        for adapter in adapters:
+            adapter.detach()
