@@ -193,7 +193,8 @@ def test_attach_and_detach_swap_adapters_and_restore_the_unet(sd15, adapters, st
 
 
 def test_a_scale_change_needs_no_recompilation(sd15, adapters, styles):
-    """torch.compile reads the scale tensor at run time: no guard on its value, no recompile."""
+    """torch.compile reads the scale tensor at run time: no guard on its value, no recompile; a swapped
+    adapter is followed."""
     import torch._dynamo
 
     adapter = load_ip_adapter(str(adapters["sd15"]), sd15, scale=0.3, local_files_only=True)
@@ -211,7 +212,14 @@ def test_a_scale_change_needs_no_recompilation(sd15, adapters, styles):
         adapter.set_scale(0.9)
         torch.testing.assert_close(compiled(*inputs, **cond), unet(*inputs, **cond))
     assert torch._dynamo.utils.counters["frames"]["ok"] == frames
-    adapter.detach()
+    adapter.detach()  # another adapter of the same shapes: the compiled call follows the swap
+    other = load_ip_adapter(str(adapters["sd15b"]), sd15, scale=0.9, local_files_only=True)
+    other.set_image(str(styles[1]))
+    other.attach()
+    cond = {"image_embeds": other.image_embeds}
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs, **cond), unet(*inputs, **cond))
+    other.detach()
     torch._dynamo.reset()
 
 
