@@ -204,14 +204,6 @@ def encoder_width_problem(kind: str, image_proj: Mapping[str, Tensor], encoder_c
     return f"the image encoder gives {ours}-wide {what}, the IP-Adapter takes {theirs}"
 
 
-def embed_shape(kind: str, encoder_config: Any) -> tuple[int, ...]:
-    """One image's embedding shape, what the UNet's `image_embeds` input holds per row after (1,)."""
-    if kind == "plain":
-        return (int(encoder_config.projection_dim),)
-    tokens = (int(encoder_config.image_size) // int(encoder_config.patch_size)) ** 2 + 1
-    return (tokens, int(encoder_config.hidden_size))
-
-
 # --------------------------------------------------------------------------- the adapter
 class IPAdapter:
     """One loaded IP-Adapter with its image encoder, live scale and current style image.
@@ -237,7 +229,7 @@ class IPAdapter:
     # ------------------------------------------------------------------ what the stream needs
     @property
     def scale(self) -> float:
-        return float(self._scale)
+        return self._scale
 
     @property
     def condition(self) -> Condition:
