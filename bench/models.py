@@ -14,6 +14,9 @@ FAMILIES = ("sd21", "sdxl")
 # SDXL's two text encoders run once per prompt (the stream caches the embeddings), never per frame:
 # the benchmark keeps their widths (the UNet reads them) and cuts their depth to save memory and time
 SDXL_TEXT_LAYERS = 2
+# the CLIP ViT-H/14 image encoder of h94/IP-Adapter (models/image_encoder): 632M parameters
+IMAGE_ENCODER_VIT_H = dict(hidden_size=1280, layers=32, heads=16, intermediate_size=5120, image_size=224, patch_size=14,
+                           projection_dim=1024)
 
 
 def load_config(name: str) -> dict:
@@ -113,3 +116,20 @@ def components(models: BenchModels, device: str, dtype: torch.dtype):
         prediction_type="epsilon", device=torch.device(device), dtype=dtype, source="bench-random",
         text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2, force_zeros_for_empty_prompt=sdxl,
     )
+
+
+def ip_adapter(comps, device: str, dtype: torch.dtype, seed: int = 0, *, small: bool = False):
+    """A random plain IP-Adapter (4 image tokens) for the bench UNet's cross-attention width (1024:
+    h94 ships none for SD 2.1, so the SD 1.5 adapter's layout at SD 2.1 widths) with a random CLIP
+    ViT-H/14 image encoder of the real size (`small`: tiny), built directly on `device`; not attached."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from dreamcam.core.ip_adapter import build_ip_adapter, nest_state
+    from dreamcam.core.tiny import image_encoder_config, ip_adapter_state
+
+    config = image_encoder_config(**({} if small else IMAGE_ENCODER_VIT_H))
+    torch.manual_seed(seed)
+    with torch.device(device):
+        encoder = CLIPVisionModelWithProjection(config)
+    state = nest_state(ip_adapter_state(comps.unet, config.projection_dim, seed=seed))
+    return build_ip_adapter(state, encoder.to(dtype=dtype), comps, source="bench-random-ip-adapter")

@@ -79,6 +79,12 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                 ratio = b["device"]["fps"] / (a["device"]["fps"] / 2)
                 rows.append((f"2-step stream batch >= 1.4 x two sequential 1-step ({v['variant']})", f"{ratio:.2f}x",
                              ratio >= 1.4))
+            ip = sc.get("ip-adapter-1step-512", {})
+            if "host_to_host" in a and "host_to_host" in ip:
+                loss = 1 - ip["host_to_host"]["fps"] / a["host_to_host"]["fps"]
+                rows.append((f"IP-Adapter within 10% of the plain stream, host -> host ({v['variant']})",
+                             f"{loss * 100:.1f}% slower, {ip.get('ip_live_recaptures')} recaptures on live "
+                             f"scale/image changes", loss <= 0.10))
             if "device" in a and "device" in c:
                 loss = 1 - c["device"]["fps"] / a["device"]["fps"]
                 rows.append((f"self guidance within 10% of none ({v['variant']})", f"{loss * 100:.1f}% slower",

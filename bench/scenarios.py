@@ -27,6 +27,7 @@ class Scenario:
     stages: bool = False  # also time encode / unet / decode alone
     lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
     family: str = "sd21"  # the models it runs on (bench/models.py): "sdxl" scenarios run with `bench.run --sdxl`
+    ip_adapter: bool = False  # a random IP-Adapter (bench/models.ip_adapter) attached, with a style image
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -53,6 +54,7 @@ SCENARIOS = {
                                         stages=True, lanes=(1, 2, 4), family="sdxl"),
     # issue 11's comparison of engine variants: one frame at a time, stages and kernels, no lanes
     "speed-1step-512": Scenario("speed-1step-512", app_path=True, stages=True),
+    "ip-adapter-1step-512": Scenario("ip-adapter-1step-512", app_path=True, ip_adapter=True),  # vs img2img-1step-512
 }
 
 COMPARED_FRAMES = 4  # output frames kept per scenario for the numerical difference between variants
@@ -94,6 +96,7 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         torch.cuda.reset_peak_memory_stats()
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
     host = _batches(frames_for(s), s.frame_buffer_size)
+    adapter = _attach_ip_adapter(stream, host[0][0], device, result) if s.ip_adapter else None
     dev = [torch.from_numpy(f).to(device) for f in host]
     driver = StreamDriver(stream, config=config)
     t0 = time.perf_counter()
@@ -120,6 +123,8 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     if s.stages and cuda:
         result["stages_ms"] = stage_times(stream, modules, dev[0])
         result["top_kernels"] = kernel_profile(lambda: driver(dev[0]))
+    if adapter is not None:
+        result["ip_live_recaptures"] = _ip_live_recaptures(driver, adapter, host)
     driver.close()
     # last: each in-flight driver captures graphs of its own (their memory is not in peak_mem_gb)
     if s.lanes:
@@ -127,6 +132,8 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     failures = [r.get("graph_error") for r in result.get("in_flight", {}).values() if r.get("graph_error")]
     if failures and not result["graph_error"]:
         result["graph_error"] = failures[0]
+    if adapter is not None:
+        stream.set_ip_adapter(None)  # the shared UNet goes back to plain for the next scenario
     del driver, stream
     return result
 
@@ -141,6 +148,29 @@ def _settled(driver, frame: np.ndarray) -> np.ndarray:
         wait_idle()
         out = driver(frame)
     return out
+
+
+def _attach_ip_adapter(stream, style, device: str, result: dict):
+    """A random IP-Adapter on the stream, its style image encoded once (timed, ms)."""
+    from .models import ip_adapter
+
+    adapter = ip_adapter(stream.components, device, stream.dtype, small=device != "cuda")
+    t0 = time.perf_counter()
+    adapter.set_image(style)
+    sync()
+    result["ip_image_encode_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+    stream.set_ip_adapter(adapter)
+    return adapter
+
+
+def _ip_live_recaptures(driver, adapter, host: list[np.ndarray]) -> int:
+    """Captures caused by a live scale change and a new style image (should be 0)."""
+    before = driver.graphed.captures
+    adapter.set_scale(0.5)
+    driver(host[0])
+    adapter.set_image(host[1][0])
+    driver(host[0])
+    return driver.graphed.captures - before
 
 
 def _batches(frames: list[np.ndarray], fbs: int) -> list[np.ndarray]:

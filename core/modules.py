@@ -11,6 +11,9 @@ the stream makes every model call through them.
   list the same way). Engines take them as ordinary call inputs (traced, exported, captured).
   ControlNet residuals are `control_down_0..N-1` (the UNet's skip order) and `control_mid`
   (computed by core/controlnet.py; their shapes depend on the latent size: `residual_shapes`).
+  IP-Adapter image embeddings are `image_embeds` (B, 1, *embed): one adapter, one image per row
+  (core/ip_adapter.py; declared by the stream's `conditions` while an adapter is attached);
+  `EagerUNet` hands them to diffusers as its list of one tensor per adapter.
 - `encode(images (B,3,H,W) in [-1,1]) -> latents (B,4,H/8,W/8)`, already multiplied by the
   VAE scaling factor; deterministic (the full VAE returns the mean, never a sample).
 - `decode(latents (scaled as above)) -> images (B,3,H,W) in [-1,1]`.
@@ -31,6 +34,7 @@ UNetCall = Callable[..., Tensor]  # unet(sample, timestep, encoder_hidden_states
 SDXL_TIME_IDS = 6  # (original h, w, crop top, left, target h, w)
 # conditioning names that diffusers' UNet2DConditionModel takes inside `added_cond_kwargs`
 ADDED_COND_NAMES = ("text_embeds", "time_ids", "image_embeds")
+IMAGE_EMBEDS = "image_embeds"  # IP-Adapter image embeddings (B, 1, *embed)
 # ControlNet residuals (core/controlnet.py): control_down_0..N-1 in the UNet's order, then control_mid
 CONTROL_DOWN_PREFIX = "control_down_"
 CONTROL_MID = "control_mid"
@@ -79,6 +83,8 @@ class EagerUNet:
 
     def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
         added = {name: value for name, value in cond.items() if name in ADDED_COND_NAMES}
+        if IMAGE_EMBEDS in added:  # diffusers takes a list: one (B, images, *embed) tensor per IP-Adapter
+            added[IMAGE_EMBEDS] = [added[IMAGE_EMBEDS]]
         down = sorted((name for name in cond if name.startswith(CONTROL_DOWN_PREFIX)),
                       key=lambda name: int(name[len(CONTROL_DOWN_PREFIX):]))
         unknown = [name for name in cond if name not in added and name not in down and name != CONTROL_MID]

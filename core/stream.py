@@ -15,7 +15,7 @@ warm-up, live updates, prompt transitions) live in `__call__` and `update`, outs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,10 +24,13 @@ from . import blending
 from . import frames as fr
 from .config import StreamConfig
 from .loading import Components
-from .modules import StepModules, eager_modules, unet_conditions
+from .modules import IMAGE_EMBEDS, Condition, StepModules, eager_modules, unet_conditions
 from .prompts import PromptEncoder
 from .schedule import slot_coefficients
 from .similarity import SimilarityFilter
+
+if TYPE_CHECKING:
+    from .ip_adapter import IPAdapter
 
 Tensor = torch.Tensor
 
@@ -58,6 +61,8 @@ class StreamDiffusion:
         self._v_prediction = components.prediction_type == "v_prediction"
         self._sdxl = components.family == "sdxl"
         self.conditions = unet_conditions(components)  # names and shapes of the UNet's extra inputs
+        self.ip_adapter: IPAdapter | None = None  # set_ip_adapter
+        self._ip_version = -1  # the adapter's image_version the image_embeds rows hold
         self._primed = False
         self._force_next = False
         self._transition: _Transition | None = None
@@ -94,9 +99,11 @@ class StreamDiffusion:
 
     @property
     def shape_key(self) -> tuple:
-        """Changes exactly when the state tensors are reallocated (engines recapture then)."""
+        """Changes exactly when the state tensors are reallocated or an IP-Adapter is attached,
+        swapped or removed (the UNet's modules and inputs change): engines recapture then."""
         c = self.config
-        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch)
+        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
+                self.ip_adapter.structure_key if self.ip_adapter is not None else None)
 
     def _allocate(self) -> None:
         c, dev = self.config, self.device
@@ -117,9 +124,7 @@ class StreamDiffusion:
         self.unet_embeds = torch.zeros(self.unet_batch, *self._cond.shape[1:], device=dev, dtype=self.dtype)
         self.unet_timesteps = torch.zeros(self.unet_batch, device=dev, dtype=torch.int64)
         # the UNet's named extra inputs (SDXL: pooled text embeddings, size/crop ids), passed in every call
-        self.unet_cond: dict[str, Tensor] = {
-            cond.name: torch.zeros(self.unet_batch, *cond.row_shape, device=dev, dtype=self.dtype)
-            for cond in self.conditions}
+        self.unet_cond: dict[str, Tensor] = {cond.name: self._rows(cond) for cond in self.conditions}
         if self._sdxl:
             self.unet_pooled, self.unet_time_ids = self.unet_cond["text_embeds"], self.unet_cond["time_ids"]
             if self.unet_pooled.shape[-1] != self._pooled.shape[-1]:
@@ -127,6 +132,9 @@ class StreamDiffusion:
                                  f"the second text encoder gives {self._pooled.shape[-1]}")
             self.unet_time_ids.copy_(torch.tensor([c.height, c.width, 0, 0, c.height, c.width], dtype=self.dtype))
         self._primed = False
+
+    def _rows(self, cond: Condition) -> Tensor:
+        return torch.zeros(self.unet_batch, *cond.row_shape, device=self.device, dtype=self.dtype)
 
     def step_state(self) -> list[Tensor]:
         """The persistent tensors `step_tensor` writes (the frames in flight and their RCFG noise).
@@ -139,6 +147,7 @@ class StreamDiffusion:
         self._write_schedule()
         self._write_embeds(self._cond, self._pooled)
         self._write_scalars()
+        self._write_ip_image()
 
     def _write_noise(self, seed: int) -> None:
         noise = blending.seed_noise(seed, self.init_noise.shape)
@@ -177,6 +186,18 @@ class StreamDiffusion:
         self.unet_embeds.copy_(torch.cat(rows))
         if self._sdxl:
             self.unet_pooled.copy_(torch.cat([self._upooled.expand(n_uncond, -1), pooled.expand(n_b, -1)]))
+
+    def _write_ip_image(self) -> None:
+        """The IP-Adapter's image embeddings into the UNet batch rows: unconditional CFG rows (the
+        first unet_batch - n*fbs) get its unconditional embeds, every other row the image's."""
+        adapter = self.ip_adapter
+        if adapter is None:
+            return
+        rows = self.unet_cond[IMAGE_EMBEDS]
+        n_uncond = self.unet_batch - self.num_steps * self.fbs
+        rows[:n_uncond].copy_(adapter.uncond_embeds.expand(n_uncond, *rows.shape[1:]))
+        rows[n_uncond:].copy_(adapter.image_embeds.expand(rows.shape[0] - n_uncond, *rows.shape[1:]))
+        self._ip_version = adapter.image_version
 
     # ------------------------------------------------------------------ the step (pure tensors)
     def _eps(self, out: Tensor, sample: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
@@ -263,6 +284,9 @@ class StreamDiffusion:
         batch = 1 if frame.ndim == 3 else frame.shape[0]
         if batch != self.fbs:
             raise ValueError(f"frame: expected {self.fbs} frames (frame_buffer_size), got {batch}")
+        if self.ip_image_pending:  # a new style image: into the UNet rows, and this frame is not skipped
+            self._write_ip_image()
+            self._force_next = True
         if self._filter_on():
             small = fr.small_copy(frame)
             if self._must_process():
@@ -297,6 +321,11 @@ class StreamDiffusion:
     def transition_active(self) -> bool:
         """A prompt transition is in progress: each prepare() rewrites the prompt embeddings."""
         return self._transition is not None
+
+    @property
+    def ip_image_pending(self) -> bool:
+        """The IP-Adapter's image changed since the rows were written: the next prepare() rewrites them."""
+        return self.ip_adapter is not None and self.ip_adapter.image_version != self._ip_version
 
     def _filter_on(self) -> bool:
         return self.config.mode == "img2img" and self.config.similarity_threshold is not None
@@ -368,6 +397,34 @@ class StreamDiffusion:
             self._write_embeds(self._cond, self._pooled)
         else:  # a transition in flight goes on (the negative prompt may have changed)
             self._write_embeds(start, start_pooled)
+        self._force_next = True
+
+    def set_ip_adapter(self, adapter: IPAdapter | None) -> None:
+        """Attach an IP-Adapter (core/ip_adapter.py, loaded for these components) or, with None, remove
+        the attached one; between two frames. While one is attached the UNet takes `image_embeds`
+        (declared in `conditions`, held in `unet_cond`) and `shape_key` includes the adapter's
+        `structure_key` (engines recapture); its scale and image change live without that. On an
+        error nothing changes."""
+        if adapter is self.ip_adapter:
+            return
+        if adapter is not None and adapter.components.unet is not self.components.unet:
+            raise ValueError("ip_adapter: it was loaded for another model's UNet; load it for this stream's model")
+        old = self.ip_adapter
+        if old is not None:
+            old.detach()
+        try:
+            if adapter is not None:
+                adapter.attach()
+        except Exception:
+            if old is not None:
+                old.attach()
+            raise
+        self.ip_adapter = adapter
+        self.conditions = unet_conditions(self.components) + ((adapter.condition,) if adapter is not None else ())
+        self.unet_cond.pop(IMAGE_EMBEDS, None)
+        if adapter is not None:
+            self.unet_cond[IMAGE_EMBEDS] = self._rows(adapter.condition)
+            self._write_ip_image()
         self._force_next = True
 
     def reset(self) -> None:

@@ -321,3 +321,99 @@ def make_tiny_controlnet(model_dir: str | Path, folder: str | Path, *, seed: int
     folder = Path(folder)
     net.save_pretrained(folder)
     return folder
+
+
+# --------------------------------------------------------------------------- IP-Adapter
+def image_encoder_config(*, hidden_size: int = 32, layers: int = 2, heads: int = 4, intermediate_size: int = 37,
+                         image_size: int = 32, patch_size: int = 8, projection_dim: int = 32):
+    """A CLIPVisionConfig (tiny by default; `bench/` passes the ViT-H sizes)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                            projection_dim=projection_dim)
+
+
+def ip_adapter_state(unet, image_embed_dim: int, *, seed: int = 0, tokens: int = 4,
+                     kind: str = "plain") -> dict[str, torch.Tensor]:
+    """Random IP-Adapter weights for `unet` in the original flat layout of h94's files (float32, CPU):
+    `ip_adapter.<2i+1>.to_{k,v}_ip.weight` for the i-th cross-attention layer and the image projection:
+    plain = `image_proj.proj.{weight,bias}` (image embedding -> `tokens` x cross-attention width) +
+    `image_proj.norm.*`; plus = the Plus resampler (`latents`, `proj_in`, 4 blocks of `layers.<i>.0.*`
+    attention and `layers.<i>.1.*` feed-forward, `proj_out`, `norm_out`) on `image_embed_dim`-wide
+    encoder hidden states. Scaled like a trained layer's default init."""
+    from .ip_adapter import cross_attention_layers
+
+    gen = torch.Generator().manual_seed(seed)
+    cross = int(unet.config.cross_attention_dim)
+
+    def rand(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std
+
+    if kind == "plain":
+        proj = {"proj.weight": rand(tokens * cross, image_embed_dim, std=image_embed_dim ** -0.5),
+                "proj.bias": rand(tokens * cross, std=0.1), "norm.weight": 1 + rand(cross, std=0.1),
+                "norm.bias": rand(cross, std=0.1)}
+    elif kind == "plus":
+        proj = _plus_resampler_state(image_embed_dim, cross, tokens, seed)
+    else:
+        raise ValueError(f"kind must be plain or plus, got {kind!r}")
+    state = {f"image_proj.{k}": v for k, v in proj.items()}
+    for i, (_, attn) in enumerate(cross_attention_layers(unet)):
+        for part in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{2 * i + 1}.{part}.weight"] = rand(int(attn.inner_dim), cross, std=cross ** -0.5)
+    return state
+
+
+def _plus_resampler_state(embed_dims: int, output_dims: int, tokens: int, seed: int,
+                          hidden_dims: int = 32) -> dict[str, torch.Tensor]:
+    """A random diffusers IPAdapterPlusImageProjection (depth 4, one 64-wide head: the depth and head
+    width diffusers' converter assumes) with its keys put back into the original resampler layout."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    torch.manual_seed(seed)
+    resampler = IPAdapterPlusImageProjection(embed_dims=embed_dims, output_dims=output_dims, hidden_dims=hidden_dims,
+                                             depth=4, dim_head=64, heads=1, num_queries=tokens)
+    ours = resampler.state_dict()
+    renames = {"ln0": "0.norm1", "ln1": "0.norm2", "attn.to_q": "0.to_q", "attn.to_out.0": "0.to_out",
+               "ff.0": "1.0", "ff.1.net.0.proj": "1.1", "ff.1.net.2": "1.3"}
+    state = {}
+    for key, value in ours.items():
+        if not key.startswith("layers."):
+            state[key] = value.clone()
+            continue
+        _, block, rest = key.split(".", 2)
+        if rest.startswith(("attn.to_k.", "attn.to_v.")):
+            if rest.startswith("attn.to_k."):
+                state[f"layers.{block}.0.to_kv.weight"] = torch.cat(
+                    [value, ours[f"layers.{block}.attn.to_v.weight"]])
+            continue
+        for new, old in renames.items():
+            if rest.startswith(new + "."):
+                state[f"layers.{block}.{old}{rest[len(new):]}"] = value.clone()
+                break
+        else:
+            raise KeyError(key)
+    return state
+
+
+def make_tiny_ip_adapter(model_dir: str | Path, path: str | Path, *, seed: int = 0, kind: str = "plain") -> Path:
+    """Save a random IP-Adapter ("plain" or "plus") for the tiny model's UNet as ONE original-layout
+    .safetensors file at `path`, and a tiny CLIPVisionModelWithProjection (save_pretrained) as
+    `image_encoder/` beside it: the h94/IP-Adapter layout (models/ip-adapter_sd15.safetensors +
+    models/image_encoder/), which both `core.ip_adapter.load_ip_adapter` and diffusers'
+    `load_ip_adapter` read."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = image_encoder_config()
+    CLIPVisionModelWithProjection(config).save_pretrained(path.parent / "image_encoder")
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
+    width = config.projection_dim if kind == "plain" else config.hidden_size
+    state = ip_adapter_state(unet, width, seed=seed, kind=kind)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path

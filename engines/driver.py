@@ -82,7 +82,8 @@ class StreamDriver:
 
     @torch.no_grad()
     def submit(self, frame: Frame | None = None) -> PendingFrame:
-        if self.stream.transition_active:  # prepare() rewrites embeddings frames in flight still read
+        # prepare() rewrites inputs that frames in flight still read (prompt transition, new style image)
+        if self.stream.transition_active or self.stream.ip_image_pending:
             self.graphed.fence()
         frame, x = self.stream.prepare(frame)
         if x is None:
@@ -100,6 +101,11 @@ class StreamDriver:
     def reset(self) -> None:
         self.graphed.fence()
         self.stream.reset()
+
+    def set_ip_adapter(self, adapter: Any) -> None:
+        """Attach (or with None remove) the stream's IP-Adapter with no frame in flight (core/ip_adapter.py)."""
+        self.graphed.fence()
+        self.stream.set_ip_adapter(adapter)
 
     def close(self) -> None:
         """Release the CUDA graphs now (a stream that is dropped should not wait for Python's GC)."""
