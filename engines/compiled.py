@@ -14,7 +14,7 @@ import torch
 from .cache import use_compile_cache
 from .config import EngineConfig
 from .contract import StepModules
-from .eager import cast_modules, prepare
+from .eager import cast_modules, controlnet_factory, prepare
 
 
 def tune_inductor(enabled: bool) -> None:
@@ -54,12 +54,17 @@ def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bo
     return call
 
 
-def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:
+def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dtype | None = None) -> StepModules:
+    """The modules compiled; with `dtype` (the compute precision) also the ControlNets, each like
+    the UNet (compiled at its first call: the capture's warm-up of a step that runs it)."""
     mode = config.compile_mode
+    controlnet = modules.controlnet
+    if dtype is not None:
+        controlnet = controlnet_factory(config, dtype, lambda call: _compiled_call(call, mode, contiguous=True))
     # The encoder keeps the stream's layout: its uint8 NHWC frames permuted are channels_last already.
     return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True),
                        encode=_compiled_call(modules.encode, mode, contiguous=False),
-                       decode=_compiled_call(modules.decode, mode, contiguous=True))
+                       decode=_compiled_call(modules.decode, mode, contiguous=True), controlnet=controlnet)
 
 
 def raise_recompile_limit(limit: int = 64) -> None:
@@ -77,4 +82,4 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     tune_inductor(config.inductor_tuning and on_gpu)
     raise_recompile_limit()
     modules, dtype, io = prepare(components, config)
-    return cast_modules(compile_modules(modules, config), dtype, io)
+    return cast_modules(compile_modules(modules, config, dtype), dtype, io)
