@@ -99,7 +99,7 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     from dreamcam.engines import EngineConfig, Geometry, create_engine
 
     from .models import components as make_components
-    from .scenarios import SCENARIOS, run_scenario
+    from .scenarios import ALL_SCENARIOS, run_scenario
 
     comps = make_components(models, device, dtype)
     # Restore a clean model each variant (earlier variants may have fused QKV or changed dtype).
@@ -122,7 +122,7 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             continue
         log(f"  {v.label} / {name}")
         try:
-            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config)
+            r = run_scenario(ALL_SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config)
         except Exception as exc:  # noqa: BLE001 - record and go on
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--all-scenarios", default="compiled", help="variant that runs every scenario")
     ap.add_argument("--scenarios", default="", help="comma list: what --all-scenarios runs (default: all)")
+    ap.add_argument("--conditioning", action="store_true",
+                    help="issue 10: --all-scenarios runs the plain 1-step 512 stream and the ControlNet scenarios "
+                         "(cn-canny, cn-depth, cn-two, cn-scale0) instead of the default set (--scenarios still wins)")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--reference-frames", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=520)
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .models import build
     from .reference import run_reference
-    from .scenarios import SCENARIOS
+    from .scenarios import ALL_SCENARIOS, CONDITIONING_BASELINE, CONDITIONING_SCENARIOS, SCENARIOS
 
     budget = Budget(args.budget_s)
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
@@ -206,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         v = VARIANTS[key]
         if key == args.all_scenarios:
-            chosen = tuple(k for k in args.scenarios.split(",") if k) or tuple(SCENARIOS)
-            unknown = [k for k in chosen if k not in SCENARIOS]
+            default = (CONDITIONING_BASELINE, *CONDITIONING_SCENARIOS) if args.conditioning else tuple(SCENARIOS)
+            chosen = tuple(k for k in args.scenarios.split(",") if k) or default
+            unknown = [k for k in chosen if k not in ALL_SCENARIOS]
             if unknown:
-                ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+                ap.error(f"unknown scenarios {unknown}; known: {', '.join(ALL_SCENARIOS)}")
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
         models_v = build(device, dtype, small=args.small) if v.qkv_fusion or v.options.get("dtype") else models
         try:

@@ -26,6 +26,7 @@ class Scenario:
     app_path: bool = False  # also time host uint8 -> host uint8
     stages: bool = False  # also time encode / unet / decode alone
     lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
+    controlnets: tuple[tuple[str, float], ...] = ()  # (preprocessor canny | depth, scale), random-weight nets
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -46,6 +47,32 @@ SCENARIOS = {
     "img2img-1step-512-fbs2": Scenario("img2img-1step-512-fbs2", frame_buffer_size=2, lanes=(1, 2)),
     "img2img-1step-512-fbs4": Scenario("img2img-1step-512-fbs4", frame_buffer_size=4, lanes=(1, 2)),
 }
+
+
+# issue 10: ControlNets on the same 1-step 512 stream, host uint8 -> host uint8 (`bench.run --conditioning`)
+CONDITIONING_SCENARIOS = {
+    "cn-canny": Scenario("cn-canny", app_path=True, controlnets=(("canny", 1.0),)),
+    "cn-depth": Scenario("cn-depth", app_path=True, controlnets=(("depth", 1.0),)),
+    "cn-two": Scenario("cn-two", app_path=True, controlnets=(("canny", 1.0), ("depth", 1.0))),
+    "cn-scale0": Scenario("cn-scale0", app_path=True, controlnets=(("canny", 0.0),)),
+}
+CONDITIONING_BASELINE = "img2img-1step-512"  # the plain stream the conditioning targets compare with
+ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS}
+
+
+def controlnet_stack(s: Scenario, components: Any):
+    """The scenario's ControlNets: random-weight SD 2.1 ControlNets (one per unit) with their
+    preprocessors on the device (canny; depth = a Depth-Anything-V2-Small-size model)."""
+    from dreamcam.core.controlnet import ControlNetStack, ControlNetUnit
+    from dreamcam.core.preprocess import Canny
+
+    from .models import controlnet, depth_model
+
+    units = []
+    for i, (kind, scale) in enumerate(s.controlnets):
+        pre = depth_model(components.device, components.dtype) if kind == "depth" else Canny(device=components.device)
+        units.append(ControlNetUnit(f"{kind}{i}", controlnet(components.unet, i), pre, scale))
+    return ControlNetStack(units)
 
 
 def frames_for(s: Scenario, count: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -75,6 +102,9 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
+    if s.controlnets:
+        stream.set_controlnets(controlnet_stack(s, components))
+        result["controlnets"] = [f"{k}@{v}" for k, v in s.controlnets]
     host = _batches(frames_for(s), s.frame_buffer_size)
     dev = [torch.from_numpy(f).to(device) for f in host]
     driver = StreamDriver(stream, config=config)
@@ -83,6 +113,7 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     result["capture_s"] = round(time.perf_counter() - t0, 2)
     result["graph_error"] = driver.graph_status().error
     result["capture_failures"] = driver.graphed.failures
+    result["captures"] = driver.graphed.captures
     out = first.astype(np.float32)
     result["output_mean_std"] = [round(float(out.mean()), 2), round(float(out.std()), 2)]
 
@@ -99,6 +130,8 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     if s.stages and cuda:
         result["stages_ms"] = stage_times(stream, modules, dev[0])
         result["top_kernels"] = kernel_profile(lambda: driver(dev[0]))
+    result["captures_end"] = driver.graphed.captures  # more than `captures`: something recaptured mid-run
+    result["graph_error"] = result["graph_error"] or driver.graph_status().error
     driver.close()
     # last: each in-flight driver captures graphs of its own (their memory is not in peak_mem_gb)
     if s.lanes:
