@@ -90,7 +90,7 @@ def controlnet(unet: Any, index: int = 0, seed: int = 0) -> Any:
         param = next(unet.parameters())
         torch.manual_seed(seed + index)
         with torch.device(param.device):
-            net = ControlNetModel.from_unet(unet)
+            net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)  # its architecture, fresh weights
             with torch.no_grad():
                 for layer in [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks,
                               net.controlnet_mid_block]:

@@ -236,20 +236,21 @@ class External:
         return self.image
 
 
-PREPROCESSORS = {"canny": Canny, "soft_edge": SoftEdge, "passthrough": Passthrough, "depth": None,
-                 "external": External}
+PREPROCESSORS = {"canny": Canny, "soft_edge": SoftEdge, "passthrough": Passthrough}  # the frame alone
+# every name a ControlNet slot may use: depth loads a model (core/depth.py), external reads the app's image
+PREPROCESSOR_NAMES = (*PREPROCESSORS, "depth", "external")
 
 
 def make_preprocessor(name: str, *, device: torch.device | str = "cpu", **params) -> Preprocessor:
     """A preprocessor by name; `params` are its constructor's (e.g. low, high, sigma; depth:
     source (hub id or folder), dtype, local_files_only: see core/depth.py, which loads the model)."""
-    if name not in PREPROCESSORS:
-        raise ValueError(f"preprocessor: must be one of {', '.join(PREPROCESSORS)}, got {name!r}")
+    if name not in PREPROCESSOR_NAMES:
+        raise ValueError(f"preprocessor: must be one of {', '.join(PREPROCESSOR_NAMES)}, got {name!r}")
     if name == "depth":
         from .depth import load_depth_model
 
         return load_depth_model(device=device, **params)
-    cls = PREPROCESSORS[name]
+    cls = PREPROCESSORS.get(name, External)
     if cls in (Passthrough, External):
         if params:
             raise ValueError(f"preprocessor {name}: takes no parameters, got {', '.join(params)}")
