@@ -199,6 +199,8 @@ class ControlNetStack:
     def bind(self, batch: int, height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> None:
         """Allocate the persistent tensors for frames of this size (the `external` images, black,
         and the blank frame txt2img's preprocessors see); kept when the size is unchanged."""
+        if not self.units:  # the empty stack of every stream: nothing to hold
+            return
         shape = (batch, 3, height, width)
         if self._blank is None or tuple(self._blank.shape) != shape or self._blank.dtype != dtype:
             self._blank = torch.full(shape, -1.0, device=device, dtype=dtype)

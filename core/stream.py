@@ -63,6 +63,7 @@ class StreamDiffusion:
         self._force_next = False
         self._transition: _Transition | None = None
         self._stager = fr.HostStager()
+        self._control_stager = fr.HostStager()  # the external control images' uploads
         self.control = ControlNetStack()  # ControlNets: set_controlnets(stack) swaps in another
         self._allocation = 0  # counts _allocate calls: part of shape_key (a graph of older tensors never fits)
         self.last_output: Tensor | None = None
@@ -210,7 +211,8 @@ class StreamDiffusion:
         """(fbs,H,W,3) uint8 on the device -> (fbs,H,W,3) uint8. In txt2img `x_uint8` is ignored
         (but a ControlNet's preprocessor still sees it; `external` ones read their own image)."""
         fbs, cfg = self.fbs, self.config.cfg_type
-        images = fr.to_unit(x_uint8, self.dtype) if x_uint8 is not None else None
+        wanted = self.config.mode == "img2img" or bool(self.control.active)  # txt2img without nets: no image
+        images = fr.to_unit(x_uint8, self.dtype) if x_uint8 is not None and wanted else None
         self.control.prepare(images)
         if self.config.mode == "img2img":
             z = self.modules.encode(images).float()
@@ -425,7 +427,11 @@ class StreamDiffusion:
         numpy or torch, any size: fitted like the stream's frames (resize policy) and written in
         place into the stack's persistent control image (on the device, no host wait)."""
         fr.check_frame(frame)
-        x = fr.fit(fr.to_tensor(frame, self.device), self.config.width, self.config.height, self.config.resize)
+        self.control.unit(name)  # an unknown name fails before any upload
+        x = fr.to_tensor(frame, self.device, self._control_stager)
+        if isinstance(frame, np.ndarray) and self.device.type == "cuda":
+            self._control_stager.mark_uploaded()
+        x = fr.fit(x, self.config.width, self.config.height, self.config.resize)
         self.control.set_external(name, x.permute(0, 3, 1, 2).to(self.dtype).div(255.0))
 
     def reset(self) -> None:
