@@ -133,3 +133,44 @@ def ip_adapter(comps, device: str, dtype: torch.dtype, seed: int = 0, *, small: 
         encoder = CLIPVisionModelWithProjection(config)
     state = nest_state(ip_adapter_state(comps.unet, config.projection_dim, seed=seed))
     return build_ip_adapter(state, encoder.to(dtype=dtype), comps, source="bench-random-ip-adapter")
+# ControlNets and depth models of the real sizes, random weights, built once per UNet and reused by
+# every conditioning scenario (bench/scenarios.py): keyed by the UNet object
+_CONTROLNETS: dict[tuple[int, int], Any] = {}
+_DEPTH: dict[tuple[str, str], Any] = {}
+
+
+def controlnet(unet: Any, index: int = 0, seed: int = 0) -> Any:
+    """An SD 2.1-architecture ControlNet (`ControlNetModel.from_unet` of the bench UNet: the real
+    ControlNet of that UNet, conditioning embedding 16-32-96-256) with random weights, also in its
+    zero-initialised layers (so its residuals are not zero and the image shows them)."""
+    key = (id(unet), index)
+    if key not in _CONTROLNETS:
+        from diffusers import ControlNetModel
+
+        param = next(unet.parameters())
+        torch.manual_seed(seed + index)
+        with torch.device(param.device):
+            net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)  # its architecture, fresh weights
+            with torch.no_grad():
+                for layer in [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks,
+                              net.controlnet_mid_block]:
+                    torch.nn.init.normal_(layer.weight, std=0.02)
+        _CONTROLNETS[key] = net.to(dtype=param.dtype).eval().requires_grad_(False)
+    return _CONTROLNETS[key]
+
+
+def depth_model(device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+    """The `depth` preprocessor with a Depth-Anything-V2-Small-size model (transformers'
+    DepthAnythingConfig defaults: DINOv2-S/14 backbone, 518 px input, 24.8 M parameters), random
+    weights, with that model's input rule (518, keep aspect, multiple of 14, ImageNet normalisation)."""
+    key = (str(device), str(dtype))
+    if key not in _DEPTH:
+        from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
+
+        from dreamcam.core.depth import Depth, DepthInput
+
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = DepthAnythingForDepthEstimation(DepthAnythingConfig())
+        _DEPTH[key] = Depth(model.to(dtype=dtype).eval().requires_grad_(False), DepthInput())
+    return _DEPTH[key]

@@ -111,6 +111,9 @@ def sdxl_rows(results: dict) -> list[str]:
             graph = "; ".join(e for e in errors if e) or "captured"
             rows.append(f"| {name} | {v['variant']} | {_f(h.get('fps'))} | {_f(h.get('p50_ms'), 2)} | {lanes} | "
                         f"{_f(r['device']['fps'])} | {_f(r.get('peak_mem_gb'), 2)} | {graph}, {failures} failed |")
+    return rows
+
+
 def variant_rows(results: dict) -> list[str]:
     """Issue 11: each engine variant against the baseline in the same run, one frame at a time."""
     rows = []
@@ -136,6 +139,32 @@ def variant_rows(results: dict) -> list[str]:
                         f"{_f(stages.get('encode'), 3)} / {_f(stages.get('unet'), 3)} / {_f(stages.get('decode'), 3)} | "
                         f"{_f(kernels)} | {_f(diff.get('mean_abs'), 3)} | {_f(diff.get('max_abs'))} | "
                         f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
+    return rows
+
+
+CONDITIONING_TARGETS = (("cn-canny", "one ControlNet with canny", 120.0), ("cn-depth", "one ControlNet with depth", 100.0),
+                        ("cn-two", "two ControlNets (canny + depth)", 90.0))
+
+
+def conditioning_targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """Issue 10 point 9: ControlNet fps, host uint8 -> host uint8, one frame at a time, and scale 0
+    within 3% of the plain stream of the same variant."""
+    rows: list[tuple[str, str, bool | None]] = []
+    for name, what, goal in CONDITIONING_TARGETS:
+        best = _best(results, name)
+        if best:
+            label, r = best
+            fps = r.get("host_to_host", {}).get("fps")
+            error = f", graph_error: {r['graph_error']}" if r.get("graph_error") else ""
+            rows.append((f">= {goal:.0f} fps, {what}, 1-step 512 host -> host", f"{_f(fps)} fps ({label}{error})",
+                         fps is not None and fps >= goal))
+    for v in results.get("variants", []):
+        sc = v.get("scenarios", {})
+        zero, plain = sc.get("cn-scale0", {}).get("host_to_host"), sc.get("img2img-1step-512", {}).get("host_to_host")
+        if zero and plain:
+            loss = 1 - zero["fps"] / plain["fps"]
+            rows.append((f"scale 0 within 3% of no ControlNet ({v['variant']})",
+                         f"{zero['fps']:.1f} vs {plain['fps']:.1f} fps ({loss * 100:+.1f}% slower)", loss <= 0.03))
     return rows
 
 
@@ -181,8 +210,9 @@ def render(results: dict) -> str:
                 continue
             d, h = r["device"], r.get("host_to_host", {})
             per_call = r.get("frames_per_call", 1)  # frame batching: one call = fbs frames
+            cell = name + (f" (**no CUDA graph**: {r['graph_error'][:80]})" if r.get("graph_error") else "")
             lines.append(
-                f"| {name} | {v['variant']} | {_f(d['fps'] * per_call)} | {_f(d['p50_ms'], 2)} | {_f(d['p99_ms'], 2)} | "
+                f"| {cell} | {v['variant']} | {_f(d['fps'] * per_call)} | {_f(d['p50_ms'], 2)} | {_f(d['p99_ms'], 2)} | "
                 f"{_f(r.get('device_throughput_fps', 0) * per_call)} | {_f(h.get('fps'))} | {_f(r.get('host_to_host_pipelined_fps'))} | "
                 f"{_f(r.get('core_call_numpy', {}).get('fps'))} | {_f(r.get('peak_mem_gb'), 2)} | "
                 f"{_f(v.get('engine_s'))}+{_f(r.get('capture_s'))} |")
@@ -267,6 +297,14 @@ def render(results: dict) -> str:
         lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in rows]
         if ref_fps:
             lines.append("")
+    cn_rows = conditioning_targets(results)
+    if cn_rows:
+        lines += ["", "## Targets (issue 10: ControlNets)", "",
+                  "Random-weight SD 2.1 ControlNets (`ControlNetModel.from_unet` of the bench UNet), canny in torch "
+                  "ops, depth = a Depth-Anything-V2-Small-size model (518 px input); all inside the step's CUDA graph.",
+                  "", "| target | measured | met |", "| --- | --- | --- |"]
+        lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in cn_rows]
+        lines.append("")
     extra = results.get("notes")
     if extra:
         lines += ["## Notes", "", *extra, ""]

@@ -126,10 +126,10 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     from dreamcam.engines import EngineConfig, Geometry, create_engine
 
     from .models import components as make_components
-    from .scenarios import SCENARIOS, run_scenario
+    from .scenarios import ALL_SCENARIOS, run_scenario
 
     comps = make_components(models, device, dtype)
-    first = SCENARIOS[v.scenarios[0]]  # the engine is built (probed, compiled) at the first scenario's size
+    first = ALL_SCENARIOS[v.scenarios[0]]  # the engine is built (probed, compiled) at the first scenario's size
     config = EngineConfig(geometry=Geometry(first.height, first.width), cache_dir=cache_dir, **v.options)
     out: dict[str, Any] = {"variant": v.label, "engine": v.engine, "options": v.options}
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             continue
         log(f"  {v.label} / {name}")
         try:
-            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config,
+            r = run_scenario(ALL_SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config,
                              outputs=outputs, first_frame_timeout_s=limit)
         except VariantTimeout as exc:
             r = {"error": f"first frame {exc} (compile timeout)"}
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--all-scenarios", default="compiled", help="variant that runs every scenario")
     ap.add_argument("--scenarios", default="", help="comma list: what --all-scenarios runs (default: all)")
+    ap.add_argument("--conditioning", action="store_true",
+                    help="issue 10: --all-scenarios runs the plain 1-step 512 stream and the ControlNet scenarios "
+                         "(cn-canny, cn-depth, cn-two, cn-scale0) instead of the default set (--scenarios still wins)")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--reference-frames", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=520)
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .models import build
     from .reference import run_reference
-    from .scenarios import SCENARIOS, family_scenarios
+    from .scenarios import ALL_SCENARIOS, CONDITIONING_BASELINE, CONDITIONING_SCENARIOS, SCENARIOS, family_scenarios
 
     budget = Budget(args.budget_s)
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
@@ -284,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.sdxl:  # the same variant on the SDXL models: its one-step 512 scenario by default
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, ("sdxl-img2img-1step-512",))
         if key == args.all_scenarios:
-            chosen = tuple(k for k in args.scenarios.split(",") if k) or family_scenarios(args.family)
-            unknown = [k for k in chosen if k not in SCENARIOS]
+            default = ((CONDITIONING_BASELINE, *CONDITIONING_SCENARIOS) if args.conditioning
+                       else family_scenarios(args.family))
+            chosen = tuple(k for k in args.scenarios.split(",") if k) or default
+            unknown = [k for k in chosen if k not in ALL_SCENARIOS]
             if unknown:
-                ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+                ap.error(f"unknown scenarios {unknown}; known: {', '.join(ALL_SCENARIOS)}")
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
         fresh = v.qkv_fusion or v.options.get("dtype")
         models_v = build(device, dtype, small=args.small, family=args.family) if fresh else models

@@ -28,6 +28,7 @@ class Scenario:
     lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
     family: str = "sd21"  # the models it runs on (bench/models.py): "sdxl" scenarios run with `bench.run --sdxl`
     ip_adapter: bool = False  # a random IP-Adapter (bench/models.ip_adapter) attached, with a style image
+    controlnets: tuple[tuple[str, float], ...] = ()  # (preprocessor canny | depth, scale), random-weight nets
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -65,6 +66,32 @@ def family_scenarios(family: str) -> tuple[str, ...]:
     return tuple(name for name, s in SCENARIOS.items() if s.family == family)
 
 
+# issue 10: ControlNets on the same 1-step 512 stream, host uint8 -> host uint8 (`bench.run --conditioning`)
+CONDITIONING_SCENARIOS = {
+    "cn-canny": Scenario("cn-canny", app_path=True, controlnets=(("canny", 1.0),)),
+    "cn-depth": Scenario("cn-depth", app_path=True, controlnets=(("depth", 1.0),)),
+    "cn-two": Scenario("cn-two", app_path=True, controlnets=(("canny", 1.0), ("depth", 1.0))),
+    "cn-scale0": Scenario("cn-scale0", app_path=True, controlnets=(("canny", 0.0),)),
+}
+CONDITIONING_BASELINE = "img2img-1step-512"  # the plain stream the conditioning targets compare with
+ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS}
+
+
+def controlnet_stack(s: Scenario, components: Any):
+    """The scenario's ControlNets: random-weight SD 2.1 ControlNets (one per unit) with their
+    preprocessors on the device (canny; depth = a Depth-Anything-V2-Small-size model)."""
+    from dreamcam.core.controlnet import ControlNetStack, ControlNetUnit
+    from dreamcam.core.preprocess import Canny
+
+    from .models import controlnet, depth_model
+
+    units = []
+    for i, (kind, scale) in enumerate(s.controlnets):
+        pre = depth_model(components.device, components.dtype) if kind == "depth" else Canny(device=components.device)
+        units.append(ControlNetUnit(f"{kind}{i}", controlnet(components.unet, i), pre, scale))
+    return ControlNetStack(units)
+
+
 def frames_for(s: Scenario, count: int = 8, seed: int = 0) -> list[np.ndarray]:
     """Smooth random colour fields (not flat, not white noise)."""
     rng = np.random.default_rng(seed)
@@ -95,6 +122,9 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
+    if s.controlnets:
+        stream.set_controlnets(controlnet_stack(s, components))
+        result["controlnets"] = [f"{k}@{v}" for k, v in s.controlnets]
     host = _batches(frames_for(s), s.frame_buffer_size)
     adapter = _attach_ip_adapter(stream, host[0][0], device, result) if s.ip_adapter else None
     dev = [torch.from_numpy(f).to(device) for f in host]
@@ -105,6 +135,7 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     result["capture_s"] = round(time.perf_counter() - t0, 2)
     result["graph_error"] = driver.graph_status().error
     result["capture_failures"] = driver.graphed.failures
+    result["captures"] = driver.graphed.captures
     out = first.astype(np.float32)
     result["output_mean_std"] = [round(float(out.mean()), 2), round(float(out.std()), 2)]
     if outputs is not None:
@@ -125,6 +156,8 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         result["top_kernels"] = kernel_profile(lambda: driver(dev[0]))
     if adapter is not None:
         result["ip_live_recaptures"] = _ip_live_recaptures(driver, adapter, host)
+    result["captures_end"] = driver.graphed.captures  # more than `captures`: something recaptured mid-run
+    result["graph_error"] = result["graph_error"] or driver.graph_status().error
     driver.close()
     # last: each in-flight driver captures graphs of its own (their memory is not in peak_mem_gb)
     if s.lanes:

@@ -21,7 +21,8 @@ FAMILY_CROSS_ATTENTION = {"sd15": 768, "sd21": 1024, "sdxl": 2048}  # width of t
 FAMILY_LABELS = {"sd15": "SD 1.5", "sd21": "SD 2.1 / SD-Turbo", "sdxl": "SDXL"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 EXAMPLE_IDS = {"model": "stabilityai/sd-turbo", "tiny VAE": "madebyollin/taesd",
-               "LoRA": "latent-consistency/lcm-lora-sdv1-5",
+               "LoRA": "latent-consistency/lcm-lora-sdv1-5", "ControlNet": "lllyasviel/sd-controlnet-canny",
+               "depth model": "depth-anything/Depth-Anything-V2-Small-hf",
                "IP-Adapter": "h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
                "IP-Adapter image encoder": "h94/IP-Adapter/models/image_encoder"}
 # how to do without a download, per kind of thing (the setting names are those of the app's config)
@@ -32,6 +33,8 @@ LOCAL_WAYS = {
     "LoRA": "or point lcm_lora at a local LoRA folder or .safetensors file",
     "IP-Adapter": "or point ip_adapter at a local .safetensors / .bin file (with image_encoder/ beside it)",
     "IP-Adapter image encoder": "or put the CLIP image encoder folder beside the IP-Adapter file as image_encoder/",
+    "ControlNet": "or give the ControlNet as a local diffusers folder or .safetensors file",
+    "depth model": "or set depth_model to a local folder saved with save_pretrained",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 log = logging.getLogger(__name__)

@@ -17,12 +17,16 @@ the stream makes every model call through them.
 - `encode(images (B,3,H,W) in [-1,1]) -> latents (B,4,H/8,W/8)`, already multiplied by the
   VAE scaling factor; deterministic (the full VAE returns the mean, never a sample).
 - `decode(latents (scaled as above)) -> images (B,3,H,W) in [-1,1]`.
+- `controlnet(net) -> call`: the engine's way to run a loaded ControlNetModel (default: eager);
+  `call(sample, timestep, encoder_hidden_states, controlnet_cond (B,3,H,W) in [0,1], **added)
+  -> (down_0, ..., down_{N-1}, mid)` unscaled (conditioning scale 1; core/controlnet.py scales),
+  `added` = SDXL's text_embeds and time_ids (CONTROLNET_COND_NAMES).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -38,6 +42,8 @@ IMAGE_EMBEDS = "image_embeds"  # IP-Adapter image embeddings (B, 1, *embed)
 # ControlNet residuals (core/controlnet.py): control_down_0..N-1 in the UNet's order, then control_mid
 CONTROL_DOWN_PREFIX = "control_down_"
 CONTROL_MID = "control_mid"
+CONTROLNET_COND_NAMES = ("text_embeds", "time_ids")  # what a ControlNet takes in its added_cond_kwargs
+ControlNetCall = Callable[..., tuple[Tensor, ...]]
 
 
 def control_residual_names(down_count: int) -> tuple[str, ...]:
@@ -68,11 +74,26 @@ def example_conditions(conditions: tuple[Condition, ...], batch: int, *, dtype: 
     return {c.name: torch.randn(batch, *c.row_shape, dtype=dtype, device=device) for c in conditions}
 
 
+class EagerControlNet:
+    """Calls a diffusers ControlNetModel at conditioning scale 1: (down_0, ..., down_{N-1}, mid)."""
+
+    def __init__(self, net) -> None:
+        self.model = net
+
+    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, controlnet_cond: Tensor,
+                 **added: Tensor) -> tuple[Tensor, ...]:
+        down, mid = self.model(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                               controlnet_cond=controlnet_cond, conditioning_scale=1.0,
+                               added_cond_kwargs=added or None, return_dict=False)
+        return (*down, mid)
+
+
 @dataclass
 class StepModules:
     unet: UNetCall
     encode: Callable[[Tensor], Tensor]
     decode: Callable[[Tensor], Tensor]
+    controlnet: Callable[[Any], ControlNetCall] = EagerControlNet
 
 
 class EagerUNet:

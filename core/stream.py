@@ -23,6 +23,7 @@ import torch
 from . import blending
 from . import frames as fr
 from .config import StreamConfig
+from .controlnet import ControlNetError, ControlNetStack, check_fits
 from .loading import Components
 from .modules import IMAGE_EMBEDS, Condition, StepModules, eager_modules, unet_conditions
 from .prompts import PromptEncoder
@@ -67,6 +68,9 @@ class StreamDiffusion:
         self._force_next = False
         self._transition: _Transition | None = None
         self._stager = fr.HostStager()
+        self._control_stager = fr.HostStager()  # the external control images' uploads
+        self.control = ControlNetStack()  # ControlNets: set_controlnets(stack) swaps in another
+        self._allocation = 0  # counts _allocate calls: part of shape_key (a graph of older tensors never fits)
         self.last_output: Tensor | None = None
         self.frames_processed = 0
         self.frames_skipped = 0
@@ -99,10 +103,18 @@ class StreamDiffusion:
 
     @property
     def shape_key(self) -> tuple:
-        """Changes exactly when the state tensors are reallocated or an IP-Adapter is attached,
-        swapped or removed (the UNet's modules and inputs change): engines recapture then."""
+        """Changes exactly when the state tensors are reallocated or the step's structure changes
+        (engines recapture then, or replay a graph they kept for this key); never on a live
+        scale or weight change (those are in-place tensor writes)."""
         c = self.config
         return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
+                self._allocation, self.structure_key)
+
+    @property
+    def structure_key(self) -> tuple:
+        """The set of extra nets and adapters the step runs: the ControlNets with a scale != 0 and the
+        attached IP-Adapter (attaching, swapping or removing one changes the UNet's modules and inputs)."""
+        return (self.control.structure_key,
                 self.ip_adapter.structure_key if self.ip_adapter is not None else None)
 
     def _allocate(self) -> None:
@@ -131,6 +143,8 @@ class StreamDiffusion:
                 raise ValueError(f"model: the UNet expects pooled text embeddings of width {self.unet_pooled.shape[-1]}, "
                                  f"the second text encoder gives {self._pooled.shape[-1]}")
             self.unet_time_ids.copy_(torch.tensor([c.height, c.width, 0, 0, c.height, c.width], dtype=self.dtype))
+        self._allocation += 1
+        self.control.bind(fbs, c.height, c.width, device=dev, dtype=self.dtype)
         self._primed = False
 
     def _rows(self, cond: Condition) -> Tensor:
@@ -208,31 +222,39 @@ class StreamDiffusion:
         images = fr.to_unit(x_uint8, self.dtype)
         return self.modules.encode(images).float()
 
+    def _unet(self, sample: Tensor) -> Tensor:
+        """One UNet call on the stream's batch, with the ControlNets' residuals (none: {})."""
+        residuals = self.control.residuals(sample, self.unet_timesteps, self.unet_embeds, **self.unet_cond)
+        return self.modules.unet(sample, self.unet_timesteps, self.unet_embeds, **self.unet_cond, **residuals)
+
     @torch.no_grad()
     def step_tensor(self, x_uint8: Tensor | None) -> Tensor:
-        """(fbs,H,W,3) uint8 on the device -> (fbs,H,W,3) uint8. In txt2img `x_uint8` is ignored."""
+        """(fbs,H,W,3) uint8 on the device -> (fbs,H,W,3) uint8. In txt2img `x_uint8` is ignored
+        (but a ControlNet's preprocessor still sees it; `external` ones read their own image)."""
         fbs, cfg = self.fbs, self.config.cfg_type
+        wanted = self.config.mode == "img2img" or bool(self.control.active)  # txt2img without nets: no image
+        images = fr.to_unit(x_uint8, self.dtype) if x_uint8 is not None and wanted else None
+        self.control.prepare(images)
         if self.config.mode == "img2img":
-            z = self.encode_latents(x_uint8)
+            z = self.modules.encode(images).float()
             x_t0 = self.alpha[:fbs] * z + self.beta[:fbs] * self.init_noise[:fbs]
         else:
             x_t0 = self.init_noise[:fbs]
         x = torch.cat([x_t0, self.buffer]) if self.num_steps > 1 else x_t0
         stock = torch.cat([self.init_noise[:fbs], self.stock[: x.shape[0] - fbs]])
-        unet = self.modules.unet
+        unet = self._unet
         if cfg == "full":
-            out = unet(torch.cat([x, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond)
+            out = unet(torch.cat([x, x]).to(self.dtype))
             eps_u, eps_c = self._eps(out, torch.cat([x, x]), self.alpha.repeat(2, 1, 1, 1),
                                      self.beta.repeat(2, 1, 1, 1)).chunk(2)
         elif cfg == "initialize":
-            out = unet(torch.cat([x_t0, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond)
+            out = unet(torch.cat([x_t0, x]).to(self.dtype))
             neg = self._eps(out[:fbs], x_t0, self.alpha[:fbs], self.beta[:fbs])
             eps_c = self._eps(out[fbs:], x, self.alpha, self.beta)
             stock = torch.cat([neg, stock[fbs:]])
             eps_u = self.delta * stock
         else:
-            eps_c = self._eps(unet(x.to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond), x,
-                              self.alpha, self.beta)
+            eps_c = self._eps(unet(x.to(self.dtype)), x, self.alpha, self.beta)
             eps_u = self.delta * stock if cfg == "self" else eps_c
         eps = eps_c if cfg == "none" else eps_u + self.guidance * (eps_c - eps_u)
         x0 = self.c_out * (x - self.beta * eps) / self.alpha + self.c_skip * x
@@ -426,6 +448,51 @@ class StreamDiffusion:
             self.unet_cond[IMAGE_EMBEDS] = self._rows(adapter.condition)
             self._write_ip_image()
         self._force_next = True
+
+    # ------------------------------------------------------------------ ControlNets
+    @property
+    def controlnets(self) -> ControlNetStack:
+        """The ControlNets in force (an empty stack by default). Live scales:
+        `set_controlnet_scales`; another set of nets: `set_controlnets`."""
+        return self.control
+
+    def set_controlnets(self, stack: ControlNetStack | None) -> None:
+        """Swap in another set of ControlNets between two frames (None or an empty stack: none).
+        Everything is checked (family and blocks of each net, its device) and made ready (the
+        engine's ControlNet call, the stack's tensors at the stream's size) on the new stack first;
+        on an error (ControlNetError, naming the net) the stream keeps the stack it had."""
+        stack = stack if stack is not None else ControlNetStack()
+        if not isinstance(stack, ControlNetStack):
+            raise ControlNetError(f"controlnets: expected a ControlNetStack, got {type(stack).__name__}")
+        for unit in stack.units:
+            check_fits(unit.name, unit.net.config, self.components)
+            device = unit.scale_tensor.device
+            if device.type != self.device.type:
+                raise ControlNetError(f"ControlNet {unit.name!r}: it is on {device}, the stream on {self.device}; "
+                                      f"load it with the stream's components")
+        stack.use_engine(self.modules.controlnet)
+        c = self.config
+        stack.bind(self.fbs, c.height, c.width, device=self.device, dtype=self.dtype)
+        self.control = stack
+        self._force_next = True
+
+    def set_controlnet_scales(self, scales: dict[str, float]) -> None:
+        """Live conditioning scales by ControlNet name (in-place: no recapture unless a scale
+        crosses 0, which changes `structure_key`); all checked first."""
+        self.control.set_scales(scales)
+        self._force_next = True
+
+    def set_control_image(self, name: str, frame: np.ndarray | Tensor) -> None:
+        """The app's image for the `external` ControlNet `name`: uint8 HxWx3 (or fbs x H x W x 3),
+        numpy or torch, any size: fitted like the stream's frames (resize policy) and written in
+        place into the stack's persistent control image (on the device, no host wait)."""
+        fr.check_frame(frame)
+        self.control.unit(name)  # an unknown name fails before any upload
+        x = fr.to_tensor(frame, self.device, self._control_stager)
+        if isinstance(frame, np.ndarray) and self.device.type == "cuda":
+            self._control_stager.mark_uploaded()
+        x = fr.fit(x, self.config.width, self.config.height, self.config.resize)
+        self.control.set_external(name, x.permute(0, 3, 1, 2).to(self.dtype).div(255.0))
 
     def reset(self) -> None:
         """Forget the frames in flight (the next frame primes the buffer again)."""

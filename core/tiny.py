@@ -315,6 +315,11 @@ def make_tiny_controlnet(model_dir: str | Path, folder: str | Path, *, seed: int
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
     zero_started = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block]
     with torch.no_grad():
+        # He-initialised condition embedding: with the default init its signal fades layer by layer and
+        # the net would hardly depend on the control image (a test could not tell two images apart)
+        for layer in net.controlnet_cond_embedding.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         for layer in zero_started:
             torch.nn.init.normal_(layer.weight, std=0.2)
             torch.nn.init.normal_(layer.bias, std=0.05)
@@ -417,3 +422,26 @@ def make_tiny_ip_adapter(model_dir: str | Path, path: str | Path, *, seed: int =
     state = ip_adapter_state(unet, width, seed=seed, kind=kind)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+def make_tiny_depth_model(folder: str | Path, *, seed: int = 0, input_side: int = 42) -> Path:
+    """Save a tiny random Depth Anything model (DINOv2 backbone, DPT neck and head: the real
+    architecture with tiny widths) and its image-processor config (`input_side` x `input_side`,
+    keep aspect ratio, multiple of the patch size 14, ImageNet normalisation) to `folder`."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=42,
+                            patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 8, 16, 16],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    with torch.no_grad():  # the default init gives depths of ~1e-7; real models give ~0.1..100
+        for param in model.head.parameters():
+            torch.nn.init.normal_(param, std=0.5)
+        model.head.conv3.bias.fill_(2.0)  # mostly above the final ReLU: a depth map with structure
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    DPTImageProcessorPil(size={"height": input_side, "width": input_side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                         do_pad=False).save_pretrained(folder)
+    return folder

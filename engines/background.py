@@ -160,4 +160,5 @@ def live_modules(compiled: StepModules, eager: StepModules,
     """Each compiled module behind a `LiveCompiled` with its eager twin."""
     return StepModules(unet=LiveCompiled("UNet", compiled.unet, eager.unet, on_event=on_event),
                        encode=LiveCompiled("image encoder", compiled.encode, eager.encode, on_event=on_event),
-                       decode=LiveCompiled("image decoder", compiled.decode, eager.decode, on_event=on_event))
+                       decode=LiveCompiled("image decoder", compiled.decode, eager.decode, on_event=on_event),
+                       controlnet=compiled.controlnet)  # a ControlNet compiles at its first call (frame thread)

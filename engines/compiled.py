@@ -18,7 +18,7 @@ from .background import live_modules
 from .cache import use_compile_cache
 from .config import EngineConfig
 from .contract import StepModules
-from .eager import cast_modules, prepare
+from .eager import cast_modules, controlnet_factory, prepare
 
 # Inductor options of the bounded max-autotune search (issue 11): the earlier full search (mode
 # "max-autotune-no-cudagraphs" = max_autotune + coordinate_descent_tuning, Triton conv templates)
@@ -102,14 +102,21 @@ def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bo
     return call
 
 
-def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:
-    """The UNet and both TAESD/VAE halves, each compiled with the same mode and options."""
+def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dtype | None = None) -> StepModules:
+    """The UNet and both TAESD/VAE halves, each compiled with the same mode and options; with `dtype`
+    (the compute precision) also the ControlNets, each like the UNet (compiled at its first call: the
+    capture's warm-up of a step that runs it)."""
     mode, options, cl = config.compile_mode, inductor_options(config), config.channels_last_io
+    controlnet = modules.controlnet
+    if dtype is not None:
+        controlnet = controlnet_factory(config, dtype, lambda call: _compiled_call(call, mode, contiguous=True,
+                                                                                 options=options))
     # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
     # are channels_last already.
     return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True, channels_last=cl, options=options),
                        encode=_compiled_call(modules.encode, mode, contiguous=cl, channels_last=cl, options=options),
-                       decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options))
+                       decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options),
+                       controlnet=controlnet)
 
 
 def rewrite_unet(unet: torch.nn.Module, config: EngineConfig) -> tuple[torch.nn.Module, dict[str, int]]:
@@ -150,4 +157,4 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     if unet is not components.unet:
         modules = replace(modules, unet=EagerUNet(unet))
     # new shapes after the start (a live change of steps or guidance) compile in the background
-    return cast_modules(live_modules(compile_modules(modules, config), modules), dtype, io)
+    return cast_modules(live_modules(compile_modules(modules, config, dtype), modules), dtype, io)

@@ -106,6 +106,20 @@ class StreamDriver:
         """Attach (or with None remove) the stream's IP-Adapter with no frame in flight (core/ip_adapter.py)."""
         self.graphed.fence()
         self.stream.set_ip_adapter(adapter)
+    # ControlNets: fenced like update (no write lands under a frame in flight). A scale change is an
+    # in-place write: the graph stays; a scale crossing 0 or another stack changes `shape_key`: the
+    # next frame captures (or takes up the graph kept for that key: toggling back is free).
+    def set_controlnets(self, stack: Any) -> None:
+        self.graphed.fence()
+        self.stream.set_controlnets(stack)
+
+    def set_controlnet_scales(self, scales: dict[str, float]) -> None:
+        self.graphed.fence()
+        self.stream.set_controlnet_scales(scales)
+
+    def set_control_image(self, name: str, frame: Frame) -> None:
+        self.graphed.fence()
+        self.stream.set_control_image(name, frame)
 
     def close(self) -> None:
         """Release the CUDA graphs now (a stream that is dropped should not wait for Python's GC)."""

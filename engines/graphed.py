@@ -6,6 +6,9 @@
 step's state (`state_fn()`) and captures it; every other frame is: copy into the lane's static
 input -> graph replay -> async copy out (to pinned host memory or a device tensor) -> one event.
 `engines/driver.py` is the only caller: the one graph driver of the app and the benchmark.
+Captures of earlier keys are kept (`keep` in all, least recently used dropped first), so a key
+that comes back (a ControlNet switched off and on again: the stream's structure key) replays its
+graph at once instead of capturing again.
 
 Capture is guarded against what broke it in the field: Python's cyclic garbage collector freeing
 another CUDA graph mid-capture (CUDAGraph::reset is not permitted while a stream captures, and the
@@ -20,9 +23,10 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 import torch
 
@@ -115,6 +119,48 @@ class FrameHandle:
         return self._out
 
 
+@dataclass
+class _Capture:
+    lanes: list[_Lane]
+    slots: list[_Slot]
+
+
+V = TypeVar("V")
+
+
+class KeptCaptures(Generic[V]):
+    """The captures of keys other than the current one, least recently used first, at most `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def values(self) -> list[V]:
+        return list(self._items.values())
+
+    def put(self, key: Hashable, value: V) -> list[V]:
+        """Keep `value` for `key`; returns what no longer fits (the caller drops it)."""
+        self._items.pop(key, None)
+        self._items[key] = value
+        dropped = []
+        while len(self._items) > self.limit:
+            dropped.append(self._items.popitem(last=False)[1])
+        return dropped
+
+    def take(self, key: Hashable) -> V | None:
+        return self._items.pop(key, None)
+
+    def clear(self) -> list[V]:
+        values, self._items = list(self._items.values()), OrderedDict()
+        return values
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Collect garbage now and not during the capture: a CUDA graph of a dropped stream freed by
@@ -147,6 +193,7 @@ class GraphedStep:
         stateless_fn: Callable[[], bool] | None = None,
         state_fn: Callable[[], list[torch.Tensor]] | None = None,
         defer_fn: Callable[[], bool] | None = None,
+        keep: int = 2,
     ) -> None:
         if not 1 <= lanes <= 4:
             raise ValueError(f"lanes must be 1 to 4, got {lanes}")
@@ -167,10 +214,13 @@ class GraphedStep:
         self.timings: dict[str, float] = {}  # the last capture: warmup_s (first calls: compiles, autotuning), capture_s
         self._waiting = False  # the current shape waits for a background compile (see defer_fn)
         self._failed_key: Hashable = None
+        self._failed_reason: str | None = None  # why the capture of _failed_key failed
         self._key: Hashable = object()
         self._lanes: list[_Lane] = []
         self._slots: list[_Slot] = []
         self._next = 0
+        self._kept: KeptCaptures[_Capture] = KeptCaptures(keep - 1)  # captures of other keys
+        self.switches = 0  # times a kept capture was taken up again instead of capturing
 
     @property
     def active_lanes(self) -> int:
@@ -183,7 +233,7 @@ class GraphedStep:
     # -- capture ---------------------------------------------------------------------------
     def _capture(self, first: torch.Tensor, n_lanes: int) -> None:
         """Warm up on a side stream (allocations, autotuning, lazy state), then capture each lane."""
-        self._release()
+        self._stash()
         torch.cuda.synchronize(self.device)
         static_in = torch.empty(first.shape, dtype=torch.uint8, device=self.device)
         static_in.copy_(first)
@@ -234,7 +284,8 @@ class GraphedStep:
         until the shape key or frame shape changes."""
         key = (self.shape_key_fn(), tuple(first.shape))
         if self.device.type != "cuda":
-            self.capture_error, self._failed_key = "no CUDA device", key
+            self.capture_error = self._failed_reason = "no CUDA device"
+            self._failed_key = key
             return False
         wanted = self.lanes if self.lanes > 1 and self.stateless_fn() else 1
         reason = ""
@@ -254,17 +305,43 @@ class GraphedStep:
                     reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                     log.warning("capturing %d lane(s) failed (attempt %d of 2): %s", n_lanes, attempt, reason)
         log.warning("%s", uncaptured_message(reason))
-        self.capture_error, self._failed_key = reason, key
+        self.capture_error = self._failed_reason = reason
+        self._failed_key = key
         return False
 
     def _release(self) -> None:
-        """Drop the graphs (their memory pools go back to the allocator) outside any capture."""
+        """Drop the current graphs (their memory pools go back to the allocator) outside any capture."""
         self._lanes, self._slots = [], []
+
+    def _stash(self) -> None:
+        """Keep the current capture for its key (dropping the least recently used beyond `keep`)."""
+        if self._lanes:
+            for dropped in self._kept.put(self._key, _Capture(self._lanes, self._slots)):
+                self._wait_slots(dropped.slots)
+            self._release()
+
+    def _take_up(self, key: Hashable) -> bool:
+        """Replay a kept capture of `key` from now on (no capture); False when none is kept."""
+        if key not in self._kept:
+            return False
+        kept = self._kept.take(key)
+        self._stash()
+        self._lanes, self._slots, self._key, self._next = kept.lanes, kept.slots, key, 0
+        self.capture_error = None  # this key's graphs replay (another key's capture may have failed)
+        self.switches += 1
+        return True
+
+    @staticmethod
+    def _wait_slots(slots: list[_Slot]) -> None:
+        for slot in slots:  # frames still in flight in a graph about to be dropped
+            if slot.busy:
+                slot.done.synchronize()
 
     def close(self) -> None:
         """Release the graphs now (after the frames in flight), not whenever Python frees this."""
-        if self._lanes and self.device.type == "cuda":
+        if (self._lanes or len(self._kept)) and self.device.type == "cuda":
             _synchronize_quietly(self.device)
+        self._kept.clear()
         self._release()
 
     # -- per frame -------------------------------------------------------------------------
@@ -272,11 +349,11 @@ class GraphedStep:
         """Frames already on the device (written on the caller's current stream) in; the output
         lands in pinned host memory (`to_host`) or a device tensor. Collect handles in submit order."""
         key = (self.shape_key_fn(), tuple(frames.shape))  # once per frame: the checks below compare it
-        if self.capture_error is not None and self._failed_key == key:
+        if self._failed_reason is not None and self._failed_key == key:
+            self.capture_error = self._failed_reason
             return self._run_uncaptured(frames, to_host)
-        if not self._lanes or self._key != key:
-            if self.defer_fn():
-                self.close()  # the old shape's graphs are of no more use (after its frames in flight)
+        if (not self._lanes or self._key != key) and not self._take_up(key):
+            if self.defer_fn():  # new shapes compile in the background: uncaptured until they are ready
                 self._waiting = True
                 return self._run_uncaptured(frames, to_host)
             captured = self._try_capture(frames)
@@ -325,7 +402,7 @@ class GraphedStep:
         if self.device.type != "cuda":
             return
         current = torch.cuda.current_stream(self.device)
-        for lane in self._lanes:
+        for lane in self._lanes + [lane for kept in self._kept.values() for lane in kept.lanes]:
             if lane.stream is not None:
                 current.wait_stream(lane.stream)
 
