@@ -87,8 +87,9 @@ class LoraStack:
 
     @property
     def structure_key(self) -> tuple:
-        """Changes exactly when adapters are added or removed (the UNet's modules change)."""
-        return tuple((name, a.spec.source) for name, a in self._adapters.items())
+        """Changes exactly when adapters are added or removed (the UNet's modules change) or when
+        they are fused or unfused (each layer computes something else): engines recapture then."""
+        return tuple((name, a.spec.source) for name, a in self._adapters.items()) + (("fused",) if self.fused else ())
 
     # ------------------------------------------------------------------ live weights
     def set_weights(self, weights: Mapping[str, float]) -> None:
