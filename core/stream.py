@@ -405,11 +405,13 @@ class StreamDiffusion:
     @staticmethod
     def _prompt_key(c: StreamConfig) -> tuple:
         """Equal for two configs exactly when they ask for the same conditional embeddings."""
-        return ("blend", c.prompt_items, c.blend_method) if c.prompt_blend.strip() else ("prompt", c.prompt)
+        items = c.prompt_items
+        return ("blend", items, c.blend_method) if items else ("prompt", c.prompt)
 
     @staticmethod
     def _noise_key(c: StreamConfig) -> tuple:
-        return ("blend", c.seed_items, c.blend_method) if c.seed_blend.strip() else ("seed", c.seed)
+        items = c.seed_items
+        return ("blend", items, c.blend_method) if items else ("seed", c.seed)
 
     def _commit(self, old: StreamConfig, new: StreamConfig, embeds: tuple) -> None:
         old_shape = self._layout_key
