@@ -136,7 +136,8 @@ def report_lines(result: dict) -> list[str]:
     lines = ["## Flicker with temporal feedback (static input, camera noise)", "",
              f"Static {result['size']}x{result['size']} scene + Gaussian sensor noise sigma {noise['sigma']} grey "
              f"levels per frame (sub-pixel shift {noise['shift_px']} px), 1-step img2img, strength 0.5, random-weight "
-             f"models; flicker = mean |out_n - out_(n-1)| in grey levels over {result['frames']} frames after "
+             f"models, {result.get('engine', '?')} engine + CUDA graph; flicker = mean |out_n - out_(n-1)| in grey "
+             f"levels over {result['frames']} frames after "
              f"{result['warmup']} settling frames; latent flicker = the same for the output latent x0 (share of "
              "no feedback: these random models decode to almost black frames, so the uint8 number clips); "
              "fps = host uint8 -> host uint8, one frame at a time.", "",

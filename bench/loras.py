@@ -136,9 +136,10 @@ def report_lines(result: dict) -> list[str]:
     if "rows" not in result:
         return [f"LoRAs: {result.get('error') or result.get('skipped')}", ""]
     plain = result["plain"]
-    lines = ["## LoRAs: live weights vs fused (1-step img2img 512, host uint8 -> host uint8)", "",
+    lines = [f"## LoRAs: live weights vs fused (1-step img2img {result['size']}, host uint8 -> host uint8)", "",
              f"Random LoRAs on every {', '.join(result['targets'])} Linear layer of the bench UNet, through "
-             f"`core.lora.LoraStack`; without LoRAs: {plain['fps']:.1f} fps ({plain['p50_ms']:.2f} ms p50). "
+             f"`core.lora.LoraStack`, {result.get('engine', '?')} engine + CUDA graph; without LoRAs: "
+             f"{plain['fps']:.1f} fps ({plain['p50_ms']:.2f} ms p50). "
              "set_weights = a weight change until the GPU is done; recapture = whether the next frame needed a new "
              "CUDA graph; output change = mean |out - out before| (grey levels) after it.", "",
              "| LoRAs x rank | layers each | live fps | live p50 ms | live set_weights ms | fused fps | fused p50 ms "

@@ -174,26 +174,29 @@ def _engine_modules(name: str, models, device: str, dtype, cache_dir: Path, size
 
 
 def flicker_run(args: argparse.Namespace, models, device: str, dtype, budget: Budget) -> dict:
-    """--flicker: bench/flicker.py with the compiled engine (eager and 64x64 with --small)."""
+    """--flicker: bench/flicker.py with --cond-engine (eager and 64x64 with --small)."""
     from .flicker import CameraNoise, run_flicker
 
     if budget.left() < 60:
         return {"skipped": "time budget"}
     size = 64 if args.small else 512
-    comps, modules, config = _engine_modules("compiled", models, device, dtype, args.cache_dir, size)
+    comps, modules, config = _engine_modules(args.cond_engine, models, device, dtype, args.cache_dir, size)
     warmup, frames = (3, 4) if args.small else (args.flicker_warmup, args.flicker_frames)
-    return run_flicker(comps, modules, size=size, warmup=warmup, frames=frames, config=config,
-                       noise=CameraNoise(sigma=3.0, shift_px=args.flicker_shift))
+    result = run_flicker(comps, modules, size=size, warmup=warmup, frames=frames, config=config,
+                         noise=CameraNoise(sigma=3.0, shift_px=args.flicker_shift))
+    return {**result, "engine": args.cond_engine if device == "cuda" else "eager"}
 
 
 def lora_run(args: argparse.Namespace, models, device: str, dtype, budget: Budget) -> dict:
-    """--loras N:RANK,...: bench/loras.py, live vs fused, with the compiled engine (eager with --small)."""
+    """--loras N:RANK,...: bench/loras.py, live vs fused, with --cond-engine (eager and 64x64 with --small)."""
     from .loras import parse_cases, run_loras
 
     size = 64 if args.small else 512
-    comps, modules, config = _engine_modules("compiled", models, device, dtype, args.cache_dir, size)
-    return run_loras(comps, modules, parse_cases(args.loras), folder=args.cache_dir / "bench-loras",
-                     frames=8 if args.small else args.frames, config=config, size=size, budget_left=budget.left, log=log)
+    comps, modules, config = _engine_modules(args.cond_engine, models, device, dtype, args.cache_dir, size)
+    result = run_loras(comps, modules, parse_cases(args.loras), folder=args.cache_dir / "bench-loras",
+                       frames=8 if args.small else args.frames, config=config, size=size, budget_left=budget.left,
+                       log=log)
+    return {**result, "engine": args.cond_engine if device == "cuda" else "eager"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flicker-shift", type=float, default=0.0, help="random sub-pixel shift per frame (px, < 1)")
     ap.add_argument("--loras", nargs="?", const=LORA_CASES, default="",
                     help="live vs fused random LoRAs, N:RANK list (bench/loras.py; alone: 1,2,4 x rank 16,64)")
+    ap.add_argument("--cond-engine", choices=("compiled", "eager"), default="compiled",
+                    help="engine of --flicker and --loras (eager: CUDA graph without torch.compile, no compile wait)")
     args = ap.parse_args(argv)
 
     from .models import build
