@@ -305,6 +305,14 @@ def render(results: dict) -> str:
                   "", "| target | measured | met |", "| --- | --- | --- |"]
         lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in cn_rows]
         lines.append("")
+    if results.get("flicker"):
+        from .flicker import report_lines as flicker_lines
+
+        lines += flicker_lines(results["flicker"])
+    if results.get("loras"):
+        from .loras import report_lines as lora_lines
+
+        lines += lora_lines(results["loras"])
     extra = results.get("notes")
     if extra:
         lines += ["## Notes", "", *extra, ""]

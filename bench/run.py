@@ -26,6 +26,9 @@ import torch
 from .timing import VariantTimeout, deadline
 
 
+LORA_CASES = "1:16,2:16,4:16,1:64,2:64,4:64"  # --loras alone: N = 1, 2, 4 LoRAs at rank 16 and 64
+
+
 @dataclass(frozen=True)
 class Variant:
     label: str
@@ -220,6 +223,44 @@ def app_e2e(args: argparse.Namespace, budget: Budget) -> dict:
                      family=args.family)
 
 
+def _engine_modules(name: str, models, device: str, dtype, cache_dir: Path, size: int):
+    """(components, modules, engine config) of one engine on the bench models."""
+    from dreamcam.engines import EngineConfig, Geometry, create_engine
+
+    from .models import components as make_components
+
+    comps = make_components(models, device, dtype)
+    config = EngineConfig(geometry=Geometry(size, size), cache_dir=cache_dir)
+    engine = create_engine(name if device == "cuda" else "eager", comps, config, log=log)
+    return comps, engine.modules, config
+
+
+def flicker_run(args: argparse.Namespace, models, device: str, dtype, budget: Budget) -> dict:
+    """--flicker: bench/flicker.py with --cond-engine (eager and 64x64 with --small)."""
+    from .flicker import CameraNoise, run_flicker
+
+    if budget.left() < 60:
+        return {"skipped": "time budget"}
+    size = 64 if args.small else 512
+    comps, modules, config = _engine_modules(args.cond_engine, models, device, dtype, args.cache_dir, size)
+    warmup, frames = (3, 4) if args.small else (args.flicker_warmup, args.flicker_frames)
+    result = run_flicker(comps, modules, size=size, warmup=warmup, frames=frames, config=config,
+                         noise=CameraNoise(sigma=3.0, shift_px=args.flicker_shift))
+    return {**result, "engine": args.cond_engine if device == "cuda" else "eager"}
+
+
+def lora_run(args: argparse.Namespace, models, device: str, dtype, budget: Budget) -> dict:
+    """--loras N:RANK,...: bench/loras.py, live vs fused, with --cond-engine (eager and 64x64 with --small)."""
+    from .loras import parse_cases, run_loras
+
+    size = 64 if args.small else 512
+    comps, modules, config = _engine_modules(args.cond_engine, models, device, dtype, args.cache_dir, size)
+    result = run_loras(comps, modules, parse_cases(args.loras), folder=args.cache_dir / "bench-loras",
+                       frames=8 if args.small else args.frames, config=config, size=size, budget_left=budget.left,
+                       log=log)
+    return {**result, "engine": args.cond_engine if device == "cuda" else "eager"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Dreamcam GPU benchmark")
     ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
@@ -249,6 +290,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="whose engine options the second start uses (it must have run first)")
     ap.add_argument("--variant-timeout-s", type=float, default=0,
                     help="longest engine build (and first frame) of one variant; past it the variant is an error")
+    ap.add_argument("--flicker", action="store_true",
+                    help="flicker of a static noisy input per latent/image feedback setting (bench/flicker.py)")
+    ap.add_argument("--flicker-frames", type=int, default=120, help="measured frames per flicker setting")
+    ap.add_argument("--flicker-warmup", type=int, default=60, help="settling frames per flicker setting")
+    ap.add_argument("--flicker-shift", type=float, default=0.0, help="random sub-pixel shift per frame (px, < 1)")
+    ap.add_argument("--loras", nargs="?", const=LORA_CASES, default="",
+                    help="live vs fused random LoRAs, N:RANK list (bench/loras.py; alone: 1,2,4 x rank 16,64)")
+    ap.add_argument("--cond-engine", choices=("compiled", "eager"), default="compiled",
+                    help="engine of --flicker and --loras (eager: CUDA graph without torch.compile, no compile wait)")
     args = ap.parse_args(argv)
     args.family = "sdxl" if args.sdxl else "sd21"
 
@@ -307,6 +357,22 @@ def main(argv: list[str] | None = None) -> int:
         add_differences(results, outputs)
         save()
         del models_v
+    if args.flicker:
+        try:
+            results["flicker"] = flicker_run(args, models, device, dtype, budget)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results["flicker"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(f"flicker {results['flicker']}")
+        save()
+    if args.loras:
+        try:
+            results["loras"] = lora_run(args, models, device, dtype, budget)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results["loras"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(f"loras {results['loras']}")
+        save()
     if not args.no_app_e2e and device == "cuda":  # on the CPU (--small) two app runs would take minutes
         results["app_e2e"] = app_e2e(args, budget)
         log(f"app end to end {results['app_e2e']}")

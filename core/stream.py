@@ -43,6 +43,7 @@ class _Transition:
     start_pooled: Tensor | None
     target_pooled: Tensor | None
     frames: int
+    method: str = "linear"
     done: int = 0
 
 
@@ -74,7 +75,7 @@ class StreamDiffusion:
         self.last_output: Tensor | None = None
         self.frames_processed = 0
         self.frames_skipped = 0
-        cond, pooled = self.prompts.encode(self.config.prompt)
+        cond, pooled = self._prompt_embeds(self.config)
         uncond, upooled = self.prompts.encode_negative(self.config.negative_prompt)
         self._cond, self._pooled, self._uncond, self._upooled = cond, pooled, uncond, upooled
         self._allocate()
@@ -98,17 +99,27 @@ class StreamDiffusion:
     @property
     def stateless(self) -> bool:
         """True when no frame's step reads state that an earlier frame's step wrote (one denoising
-        step: the in-flight buffer and the RCFG residual are empty), so frames may run concurrently."""
-        return self.num_steps == 1
+        step: the in-flight buffer and the RCFG residual are empty; no latent or image feedback),
+        so frames may run concurrently."""
+        return self.num_steps == 1 and not self._feedback_on
+
+    @property
+    def _feedback_on(self) -> bool:
+        return self.config.mode == "img2img" and (self.config.latent_feedback > 0 or self.config.image_feedback > 0)
+
+    @property
+    def _layout_key(self) -> tuple:
+        """Changes exactly when the state tensors are reallocated."""
+        c = self.config
+        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch)
 
     @property
     def shape_key(self) -> tuple:
-        """Changes exactly when the state tensors are reallocated or the step's structure changes
-        (engines recapture then, or replay a graph they kept for this key); never on a live
-        scale or weight change (those are in-place tensor writes)."""
-        c = self.config
-        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
-                self._allocation, self.structure_key)
+        """Changes exactly when engines must recapture (or replay a graph they kept for this key): the
+        state tensors are reallocated, the step's structure changes, or `stateless` flips (feedback
+        switched on/off in a 1-step stream: lanes may share no state); never on a live scale or
+        weight change (those are in-place tensor writes)."""
+        return self._layout_key + (self._allocation, self.structure_key, self.stateless)
 
     @property
     def structure_key(self) -> tuple:
@@ -132,6 +143,7 @@ class StreamDiffusion:
         self.guidance = torch.ones((), **f32)
         self.delta = torch.ones((), **f32)
         self.noise_gain = torch.ones((), **f32)
+        self._allocate_feedback()
         self.cond_embeds = torch.zeros_like(self._cond)
         self.unet_embeds = torch.zeros(self.unet_batch, *self._cond.shape[1:], device=dev, dtype=self.dtype)
         self.unet_timesteps = torch.zeros(self.unet_batch, device=dev, dtype=torch.int64)
@@ -154,17 +166,20 @@ class StreamDiffusion:
         """The persistent tensors `step_tensor` writes (the frames in flight and their RCFG noise).
         An engine that runs extra steps (warm-up before a capture) saves and restores exactly these;
         every other state tensor is only written by `update`/`prime`/`prepare`."""
-        return [self.buffer, self.stock]
+        return [self.buffer, self.stock, *self.feedback_state]
 
     def _write_all(self) -> None:
-        self._write_noise(self.config.seed)
+        self._write_noise()
         self._write_schedule()
         self._write_embeds(self._cond, self._pooled)
         self._write_scalars()
         self._write_ip_image()
 
-    def _write_noise(self, seed: int) -> None:
-        noise = blending.seed_noise(seed, self.init_noise.shape)
+    def _write_noise(self) -> None:
+        c, shape = self.config, self.init_noise.shape
+        seeds = c.seed_items  # a seed blend replaces the seed
+        noise = (blending.blend_seeds([s for s, _ in seeds], [w for _, w in seeds], shape, c.blend_method)
+                 if seeds else blending.seed_noise(c.seed, shape))
         self.init_noise.copy_(noise)
         self.noise_next.copy_(torch.roll(noise, -self.fbs, dims=0))
 
@@ -190,6 +205,8 @@ class StreamDiffusion:
         self.guidance.fill_(max(1.0, self.config.guidance_scale))
         self.delta.fill_(self.config.delta)
         self.noise_gain.fill_(1.0 if self.config.do_add_noise else 0.0)
+        self.latent_share.fill_(self.config.latent_feedback)
+        self.image_share.fill_(self.config.image_feedback)
 
     def _write_embeds(self, cond: Tensor, pooled: Tensor | None) -> None:
         """Lay the cond/uncond embeddings out in the UNet batch order of the guidance mode."""
@@ -218,8 +235,10 @@ class StreamDiffusion:
         out = out.float()
         return alpha * out + beta * sample if self._v_prediction else out
 
-    def encode_latents(self, x_uint8: Tensor) -> Tensor:
+    def encode_latents(self, x_uint8: Tensor, feedback: bool = False) -> Tensor:
         images = fr.to_unit(x_uint8, self.dtype)
+        if feedback:
+            images = self._mix_image(images)
         return self.modules.encode(images).float()
 
     def _unet(self, sample: Tensor) -> Tensor:
@@ -236,7 +255,8 @@ class StreamDiffusion:
         images = fr.to_unit(x_uint8, self.dtype) if x_uint8 is not None and wanted else None
         self.control.prepare(images)
         if self.config.mode == "img2img":
-            z = self.modules.encode(images).float()
+            # the ControlNets read the frame itself; the VAE the frame with the image feedback mixed in
+            z = self._mix_latent(self.modules.encode(self._mix_image(images)).float())
             x_t0 = self.alpha[:fbs] * z + self.beta[:fbs] * self.init_noise[:fbs]
         else:
             x_t0 = self.init_noise[:fbs]
@@ -265,7 +285,38 @@ class StreamDiffusion:
             renoise = self.noise_gain * self.beta[fbs:] * self.init_noise[fbs:]
             self.buffer.copy_(self.alpha[fbs:] * x0[:-fbs] + renoise)
         images = self.modules.decode(x0[-fbs:].to(self.dtype))
+        self._keep_feedback(x0[-fbs:], images)
         return fr.from_unit(images)
+
+    # ------------------------------------------------------------------ temporal feedback (in the step)
+    def _allocate_feedback(self) -> None:
+        """The previous output's latent and image (the feedback state), `feedback_valid` 0 until a
+        step wrote them (the first frame after a reset mixes nothing in), and the two live shares."""
+        c, fbs, f32 = self.config, self.fbs, dict(device=self.device, dtype=torch.float32)
+        self.prev_latent = torch.zeros(fbs, 4, c.height // 8, c.width // 8, **f32)
+        self.prev_image = torch.zeros(fbs, 3, c.height, c.width, device=self.device, dtype=self.dtype)
+        self.feedback_valid = torch.zeros((), **f32)
+        self.latent_share = torch.zeros((), **f32)
+        self.image_share = torch.zeros((), **f32)
+
+    @property
+    def feedback_state(self) -> list[Tensor]:
+        return [self.prev_latent, self.prev_image, self.feedback_valid]
+
+    def _mix_image(self, images: Tensor) -> Tensor:
+        """image = (1 - b) image + b previous output image (b = image_feedback; 0 before the first output)."""
+        b = (self.image_share * self.feedback_valid).to(images.dtype)
+        return (1 - b) * images + b * self.prev_image
+
+    def _mix_latent(self, z: Tensor) -> Tensor:
+        """z = (1 - a) z + a x0_prev (a = latent_feedback; 0 before the first output)."""
+        a = self.latent_share * self.feedback_valid
+        return (1 - a) * z + a * self.prev_latent
+
+    def _keep_feedback(self, x0: Tensor, images: Tensor) -> None:
+        self.prev_latent.copy_(x0)
+        self.prev_image.copy_(images.clamp(-1, 1))
+        self.feedback_valid.fill_(1.0)
 
     @torch.no_grad()
     def prime(self, x_uint8: Tensor | None) -> None:
@@ -361,10 +412,10 @@ class StreamDiffusion:
             return
         tr.done += 1
         weight = tr.done / tr.frames
-        cond = blending.transition(tr.start, tr.target, weight).to(self.dtype)
+        cond = blending.transition(tr.start, tr.target, weight, tr.method).to(self.dtype)
         pooled = None
         if tr.target_pooled is not None:
-            pooled = blending.transition(tr.start_pooled, tr.target_pooled, weight).to(self.dtype)
+            pooled = blending.transition(tr.start_pooled, tr.target_pooled, weight, tr.method).to(self.dtype)
         self._write_embeds(cond, pooled)
         if tr.done >= tr.frames:
             self._transition = None
@@ -378,7 +429,7 @@ class StreamDiffusion:
         if "similarity_max_skip_frames" in changes:
             changes["similarity_max_skip"] = changes.pop("similarity_max_skip_frames")
         old, new = self.config, self.config.replace(**changes)
-        cond, pooled = self._encode("prompt", self.prompts.encode, new.prompt)  # may raise: nothing changed yet
+        cond, pooled = self._prompt_embeds(new)  # may raise: nothing changed yet
         uncond, upooled = self._encode("negative_prompt", self.prompts.encode_negative, new.negative_prompt)
         self._commit(old, new, (cond, pooled, uncond, upooled))
 
@@ -391,28 +442,54 @@ class StreamDiffusion:
         except Exception as exc:
             raise ValueError(f"{field}: could not encode {prompt[:60]!r}: {type(exc).__name__}: {exc}") from exc
 
+    def _prompt_embeds(self, config: StreamConfig) -> tuple[Tensor, Tensor | None]:
+        """The conditional embeddings `config` asks for: its prompt blend (each prompt encoded
+        through the cache, then `blending.blend_embeddings`, SDXL pooled too), else its prompt."""
+        items = config.prompt_items
+        if not items:
+            return self._encode("prompt", self.prompts.encode, config.prompt)
+        encoded = [self._encode("prompt_blend", self.prompts.encode, prompt) for prompt, _ in items]
+        weights, method = [w for _, w in items], config.blend_method
+        cond = blending.blend_embeddings([e for e, _ in encoded], weights, method).to(self.dtype)
+        pooled = None
+        if encoded[0][1] is not None:
+            pooled = blending.blend_embeddings([p for _, p in encoded], weights, method).to(self.dtype)
+        return cond, pooled
+
+    @staticmethod
+    def _prompt_key(c: StreamConfig) -> tuple:
+        """Equal for two configs exactly when they ask for the same conditional embeddings."""
+        items = c.prompt_items
+        return ("blend", items, c.blend_method) if items else ("prompt", c.prompt)
+
+    @staticmethod
+    def _noise_key(c: StreamConfig) -> tuple:
+        items = c.seed_items
+        return ("blend", items, c.blend_method) if items else ("seed", c.seed)
+
     def _commit(self, old: StreamConfig, new: StreamConfig, embeds: tuple) -> None:
-        old_shape = self.shape_key
-        prompt_changed = new.prompt != old.prompt
+        old_shape = self._layout_key
+        prompt_changed = self._prompt_key(new) != self._prompt_key(old)
         start = self.cond_embeds.clone()
         start_pooled = self.unet_pooled[-1:].clone() if self._sdxl else None
         self.config = new
         self._cond, self._pooled, self._uncond, self._upooled = embeds
         self.filter.configure(new.similarity_threshold, new.similarity_max_skip)
-        if self.shape_key != old_shape:
+        if self._layout_key != old_shape:
             self._allocate()
             self._transition = None
             self._write_all()
             self._force_next = True
             return
-        if new.seed != old.seed:
-            self._write_noise(new.seed)
+        if self._noise_key(new) != self._noise_key(old):
+            self._write_noise()
         if new.indexes != old.indexes or new.mode != old.mode:
             self._write_schedule()
             self._primed = False
         self._write_scalars()
         if prompt_changed and new.transition_frames > 0 and self._primed:
-            self._transition = _Transition(start, self._cond, start_pooled, self._pooled, new.transition_frames)
+            self._transition = _Transition(start, self._cond, start_pooled, self._pooled, new.transition_frames,
+                                           new.blend_method)
             self._write_embeds(start, start_pooled)
         elif prompt_changed or self._transition is None:
             self._transition = None
@@ -499,3 +576,4 @@ class StreamDiffusion:
         self._primed = False
         self.filter.reset()
         self.last_output = None
+        self.feedback_valid.zero_()  # the next frame mixes in no output of before the reset

@@ -86,6 +86,10 @@ FIELDS: Dict[str, Dict[str, Any]] = {
 GROUPS = [g for g in SCHEMA["groups"] if any(f["group"] == g for f in FIELDS.values())]
 # Text fields (prompts) go out only when applied (Apply button or Enter), never while typing.
 APPLIED_FIELDS = tuple(name for name, spec in FIELDS.items() if spec["type"] == "text")
+# Each section with text fields gets an Apply button after its last one (each applies every typed text).
+APPLY_AFTER = {name: spec["group"] for name, spec in FIELDS.items() if name in APPLIED_FIELDS}
+APPLY_AFTER = {name: group for name, group in APPLY_AFTER.items()
+               if name == [n for n, g in APPLY_AFTER.items() if g == group][-1]}
 # The panel's own connection fields (host, port, password) mirror the app's obs_* settings.
 CONNECTION = {f["name"]: f for f in SCHEMA["fields"] if f["name"] in ("obs_host", "obs_port", "obs_password")}
 if len(CONNECTION) < 3:  # no schema: enough to show the connection fields and the error
@@ -875,8 +879,11 @@ def _add_field(box: Any, name: str, spec: Mapping[str, Any]) -> List[Any]:
                                                                  spec["step"]))
         if name == "seed":
             added.append(obs.obs_properties_add_button(box, "randomize_seed", "New seed", _on_randomize_seed))
-    if APPLIED_FIELDS and name == APPLIED_FIELDS[-1]:
-        added.append(obs.obs_properties_add_button(box, "apply_prompts", "Apply prompts", _on_apply_prompts))
+    if name in APPLY_AFTER:
+        group = APPLY_AFTER[name]
+        button = "apply_prompts" if group == "Prompt" else "apply_" + group_setting(group)[len("group_"):]
+        label = "Apply prompts" if group == "Prompt" else "Apply " + group.lower()
+        added.append(obs.obs_properties_add_button(box, button, label, _on_apply_prompts))
     return added
 
 

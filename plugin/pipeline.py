@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .processor import CoreProcessor
+from .processor import CoreProcessor, blend_settings
 from .settings import AppSettings, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def stream_config(app: AppSettings, settings: StreamSettings):
         seed=settings.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
         similarity_threshold=settings.similarity_threshold if settings.similarity_filter else None,
         similarity_max_skip=settings.similarity_max_skip, transition_frames=settings.transition_frames,
+        **blend_settings(settings),
     )
 
 
