@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from .timing import VariantTimeout, deadline
+
+
+LORA_CASES = "1:16,2:16,4:16,1:64,2:64,4:64"  # --loras alone: N = 1, 2, 4 LoRAs at rank 16 and 64
 
 
 @dataclass(frozen=True)
@@ -32,15 +38,31 @@ class Variant:
     scenarios: tuple[str, ...] = ("img2img-1step-512",)
 
 
+SPEED = ("speed-1step-512",)  # one frame at a time, stages, kernels: the variants' comparison
+AUTOTUNE = {"compile_mode": "max-autotune-no-cudagraphs"}  # bounded search (engines/compiled.py)
+
 VARIANTS = {
     "eager": Variant("eager+graph", "eager"),
     "compiled": Variant("compiled+graph", "compiled"),
     "compiled-tuned": Variant("compiled+graph, inductor tuning", "compiled", {"inductor_tuning": True}),
     "compiled-qkv": Variant("compiled+graph, fused QKV", "compiled", qkv_fusion=True),
-    "compiled-autotune": Variant("compiled max-autotune+graph", "compiled", {"compile_mode": "max-autotune-no-cudagraphs"}),
     "compiled-bf16": Variant("compiled+graph bf16", "compiled", {"dtype": "bf16"}),
     "step": Variant("eager modules, whole step compiled+graph", "eager", {"compile_scope": "step"}),
+    # issue 11 directions (docs/benchmarks.md "Issue 11 directions: how to run"); the baseline runs
+    # the same scenario with `--all-scenarios compiled --scenarios speed-1step-512`
+    "compiled-autotune": Variant("compiled max-autotune (bounded)+graph", "compiled", AUTOTUNE, scenarios=SPEED),
+    "compiled-autotune-cd": Variant("compiled max-autotune (bounded) + coordinate descent+graph", "compiled",
+                                    {**AUTOTUNE, "coordinate_descent": True}, scenarios=SPEED),
+    "compiled-autotune-full": Variant("compiled max-autotune (Inductor's full mode)+graph", "compiled",
+                                      {**AUTOTUNE, "autotune_search": "full"}, scenarios=SPEED),
+    "compiled-cl": Variant("compiled channels_last io+graph", "compiled", {"channels_last_io": True}, scenarios=SPEED),
+    "compiled-gnsilu": Variant("compiled fused GroupNorm+SiLU+graph", "compiled", {"fuse_norm_silu": True},
+                               scenarios=SPEED),
+    "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}, scenarios=SPEED),
+    "compiled-combo": Variant("compiled max-autotune + channels_last + GN+SiLU+graph", "compiled",
+                              {**AUTOTUNE, "channels_last_io": True, "fuse_norm_silu": True}, scenarios=SPEED),
 }
+BASELINE = "compiled"  # the variant every other one is compared with (numerical difference, speed-up)
 
 
 class Budget:
@@ -75,38 +97,57 @@ def environment() -> dict:
     return env
 
 
-def floor(models, device: str, dtype) -> dict:
+def floor(models, device: str, dtype, size: int = 512) -> dict:
+    from dreamcam.core.modules import example_conditions, unet_conditions
+
     from .floor import count_flops, matmul_tflops
+    from .models import components
 
     unet, vae = models.unet, models.vae
-    x = torch.randn(1, 4, 64, 64, device=device, dtype=dtype)
+    x = torch.randn(1, 4, size // 8, size // 8, device=device, dtype=dtype)
     t = torch.tensor([999], device=device)
     text = torch.randn(1, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    img = torch.rand(1, 3, 512, 512, device=device, dtype=dtype) * 2 - 1
+    cond = example_conditions(unet_conditions(components(models, device, dtype)), 1, dtype=dtype, device=device)
+    added = {"added_cond_kwargs": cond} if cond else {}  # SDXL: text_embeds, time_ids
+    img = torch.rand(1, 3, size, size, device=device, dtype=dtype) * 2 - 1
     flops = {
-        "unet_b1": count_flops(lambda: unet(x, t, encoder_hidden_states=text)),
+        "unet_b1": count_flops(lambda: unet(x, t, encoder_hidden_states=text, **added)),
         "taesd_encode": count_flops(lambda: vae.encode(img)),
         "taesd_decode": count_flops(lambda: vae.decode(x)),
     }
     rate = matmul_tflops(dtype) if device == "cuda" else float("nan")
     total = sum(flops.values())
     ms = total / (rate * 1e12) * 1e3
-    return {"gflop": {k: round(v / 1e9, 1) for k, v in flops.items()}, "total_gflop": round(total / 1e9, 1),
+    return {"size": size, "gflop": {k: round(v / 1e9, 1) for k, v in flops.items()}, "total_gflop": round(total / 1e9, 1),
             "matmul_tflops": round(rate, 1), "floor_ms": round(ms, 3), "floor_fps": round(1e3 / ms, 1)}
 
 
-def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path) -> dict:
+def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Budget, cache_dir: Path,
+                *, timeout_s: float | None = None, outputs: dict[str, np.ndarray] | None = None) -> dict:
+    """`timeout_s` bounds the engine build (compile + probe) and each scenario's first capture;
+    a variant that runs past it, or that fell back to another engine, is reported as an error."""
     from dreamcam.engines import EngineConfig, Geometry, create_engine
 
     from .models import components as make_components
-    from .scenarios import SCENARIOS, run_scenario
+    from .scenarios import ALL_SCENARIOS, run_scenario
 
     comps = make_components(models, device, dtype)
-    # Restore a clean model each variant (earlier variants may have fused QKV or changed dtype).
-    config = EngineConfig(geometry=Geometry(512, 512), cache_dir=cache_dir, **v.options)
-    out: dict[str, Any] = {"variant": v.label, "engine": v.engine}
+    first = ALL_SCENARIOS[v.scenarios[0]]  # the engine is built (probed, compiled) at the first scenario's size
+    config = EngineConfig(geometry=Geometry(first.height, first.width), cache_dir=cache_dir, **v.options)
+    out: dict[str, Any] = {"variant": v.label, "engine": v.engine, "options": v.options}
     t0 = time.perf_counter()
-    engine = create_engine(v.engine, comps, config, log=log)
+    limit = None if timeout_s is None else min(timeout_s, max(budget.left() - 30, 1))
+    try:
+        with deadline(limit):
+            engine = create_engine(v.engine, comps, config, log=log)
+    except VariantTimeout as exc:
+        out["error"] = f"engine build {exc} (compile timeout)"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the interrupted build held
+        return out
+    if engine.name != v.engine:
+        out["error"] = f"fell back to {engine.name}: {engine.reason}"
+        return out
     if v.qkv_fusion:
         from dreamcam.engines.eager import fuse_qkv
 
@@ -122,7 +163,10 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
             continue
         log(f"  {v.label} / {name}")
         try:
-            r = run_scenario(SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config)
+            r = run_scenario(ALL_SCENARIOS[name], comps, engine.modules, frames=frames, device=device, config=config,
+                             outputs=outputs, first_frame_timeout_s=limit)
+        except VariantTimeout as exc:
+            r = {"error": f"first frame {exc} (compile timeout)"}
         except Exception as exc:  # noqa: BLE001 - record and go on
             r = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             traceback.print_exc()
@@ -131,11 +175,30 @@ def run_variant(v: Variant, models, device: str, dtype, frames: int, budget: Bud
     return out
 
 
-def second_start(cache_dir: Path, budget: Budget, *, small: bool = False) -> dict:
-    """The compiled engine's start in a fresh process, reusing the cache this run just filled."""
+def add_differences(results: dict, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+    """Each variant's output frames against the baseline variant's (same inputs, same weights):
+    mean and max absolute difference in uint8 levels, per scenario ("diff_vs_baseline")."""
+    base_key = BASELINE if BASELINE in outputs else next(iter(outputs), None)
+    base = outputs.get(base_key, {}) if base_key else {}
+    for v in results["variants"]:
+        for name, r in v.get("scenarios", {}).items():
+            mine = outputs.get(v.get("key", ""), {}).get(name)
+            if mine is None or name not in base or v.get("key") == base_key or mine.shape != base[name].shape:
+                continue
+            diff = np.abs(mine.astype(np.int16) - base[name].astype(np.int16))
+            r["diff_vs_baseline"] = {"baseline": VARIANTS[base_key].label, "frames": int(diff.shape[0]),
+                                     "mean_abs": round(float(diff.mean()), 3), "max_abs": int(diff.max()),
+                                     "per_frame_mean_abs": [round(float(d.mean()), 3) for d in diff]}
+
+
+def second_start(cache_dir: Path, budget: Budget, *, small: bool = False, family: str = "sd21",
+                 variant: str = BASELINE) -> dict:
+    """The compiled engine's start in a fresh process, reusing the cache this run just filled
+    (`variant`'s engine options: e.g. that max-autotune's choices come from the cache)."""
     if budget.left() < 90:
         return {"skipped": "time budget"}
-    cmd = [sys.executable, "-m", "bench.start_time", "--engine", "compiled", "--cache-dir", str(cache_dir)]
+    cmd = [sys.executable, "-m", "bench.start_time", "--engine", "compiled", "--cache-dir", str(cache_dir),
+           "--family", family, "--one", "--options", json.dumps(VARIANTS[variant].options)]
     try:
         done = subprocess.run(cmd + (["--small"] if small else []), capture_output=True, text=True,
                               timeout=budget.left(), cwd=Path(__file__).resolve().parent.parent)
@@ -144,18 +207,58 @@ def second_start(cache_dir: Path, budget: Budget, *, small: bool = False) -> dic
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         return {"error": (done.stderr or done.stdout).strip()[-300:]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "variant": variant}
 
 
 def app_e2e(args: argparse.Namespace, budget: Budget) -> dict:
     """`dreamcam run` end to end (child processes) on a random-weight SD-Turbo folder saved once."""
-    from .app_e2e import CASES, run_cases, save_model
+    from .app_e2e import cases_for, run_cases, save_model
 
+    cases = cases_for(args.family)
     if budget.left() < 120:
-        return {name: {"skipped": "time budget"} for name in CASES}
-    folder = save_model(args.cache_dir / "app-e2e-model", small=args.small)
-    per_case = max(60.0, (budget.left() - 30) / len(CASES))
-    return run_cases(folder, frames=args.app_frames, cache_dir=args.cache_dir, timeout_s=per_case, small=args.small)
+        return {name: {"skipped": "time budget"} for name in cases}
+    folder = save_model(args.cache_dir / f"app-e2e-model-{args.family}", small=args.small, family=args.family)
+    per_case = max(args.app_timeout_s, (budget.left() - 30) / len(cases))
+    return run_cases(folder, frames=args.app_frames, cache_dir=args.cache_dir, timeout_s=per_case, small=args.small,
+                     family=args.family)
+
+
+def _engine_modules(name: str, models, device: str, dtype, cache_dir: Path, size: int):
+    """(components, modules, engine config) of one engine on the bench models."""
+    from dreamcam.engines import EngineConfig, Geometry, create_engine
+
+    from .models import components as make_components
+
+    comps = make_components(models, device, dtype)
+    config = EngineConfig(geometry=Geometry(size, size), cache_dir=cache_dir)
+    engine = create_engine(name if device == "cuda" else "eager", comps, config, log=log)
+    return comps, engine.modules, config
+
+
+def flicker_run(args: argparse.Namespace, models, device: str, dtype, budget: Budget) -> dict:
+    """--flicker: bench/flicker.py with --cond-engine (eager and 64x64 with --small)."""
+    from .flicker import CameraNoise, run_flicker
+
+    if budget.left() < 60:
+        return {"skipped": "time budget"}
+    size = 64 if args.small else 512
+    comps, modules, config = _engine_modules(args.cond_engine, models, device, dtype, args.cache_dir, size)
+    warmup, frames = (3, 4) if args.small else (args.flicker_warmup, args.flicker_frames)
+    result = run_flicker(comps, modules, size=size, warmup=warmup, frames=frames, config=config,
+                         noise=CameraNoise(sigma=3.0, shift_px=args.flicker_shift))
+    return {**result, "engine": args.cond_engine if device == "cuda" else "eager"}
+
+
+def lora_run(args: argparse.Namespace, models, device: str, dtype, budget: Budget) -> dict:
+    """--loras N:RANK,...: bench/loras.py, live vs fused, with --cond-engine (eager and 64x64 with --small)."""
+    from .loras import parse_cases, run_loras
+
+    size = 64 if args.small else 512
+    comps, modules, config = _engine_modules(args.cond_engine, models, device, dtype, args.cache_dir, size)
+    result = run_loras(comps, modules, parse_cases(args.loras), folder=args.cache_dir / "bench-loras",
+                       frames=8 if args.small else args.frames, config=config, size=size, budget_left=budget.left,
+                       log=log)
+    return {**result, "engine": args.cond_engine if device == "cuda" else "eager"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="eager,compiled", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--all-scenarios", default="compiled", help="variant that runs every scenario")
     ap.add_argument("--scenarios", default="", help="comma list: what --all-scenarios runs (default: all)")
+    ap.add_argument("--conditioning", action="store_true",
+                    help="issue 10: --all-scenarios runs the plain 1-step 512 stream and the ControlNet scenarios "
+                         "(cn-canny, cn-depth, cn-two, cn-scale0) instead of the default set (--scenarios still wins)")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--reference-frames", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=520)
@@ -175,27 +281,50 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip timing the compiled engine's start in a fresh process with the warm cache")
     ap.add_argument("--no-app-e2e", action="store_true", help="skip the app end to end (`dreamcam run`, bench/app_e2e.py)")
     ap.add_argument("--app-frames", type=int, default=2000, help="frames of each app end-to-end run")
+    ap.add_argument("--app-timeout-s", type=float, default=300,
+                    help="least time each app run gets (a first compile of SDXL takes minutes)")
+    ap.add_argument("--sdxl", action="store_true",
+                    help="SDXL-Turbo (SDXL UNet, TAESD-XL, random weights) instead of SD-Turbo: its scenarios "
+                         "(1 step, 512 and 1024), its app end to end and its second start")
+    ap.add_argument("--second-start-variant", default=BASELINE, choices=sorted(VARIANTS),
+                    help="whose engine options the second start uses (it must have run first)")
+    ap.add_argument("--variant-timeout-s", type=float, default=0,
+                    help="longest engine build (and first frame) of one variant; past it the variant is an error")
+    ap.add_argument("--flicker", action="store_true",
+                    help="flicker of a static noisy input per latent/image feedback setting (bench/flicker.py)")
+    ap.add_argument("--flicker-frames", type=int, default=120, help="measured frames per flicker setting")
+    ap.add_argument("--flicker-warmup", type=int, default=60, help="settling frames per flicker setting")
+    ap.add_argument("--flicker-shift", type=float, default=0.0, help="random sub-pixel shift per frame (px, < 1)")
+    ap.add_argument("--loras", nargs="?", const=LORA_CASES, default="",
+                    help="live vs fused random LoRAs, N:RANK list (bench/loras.py; alone: 1,2,4 x rank 16,64)")
+    ap.add_argument("--cond-engine", choices=("compiled", "eager"), default="compiled",
+                    help="engine of --flicker and --loras (eager: CUDA graph without torch.compile, no compile wait)")
     args = ap.parse_args(argv)
+    args.family = "sdxl" if args.sdxl else "sd21"
 
     from .models import build
     from .reference import run_reference
-    from .scenarios import SCENARIOS
+    from .scenarios import ALL_SCENARIOS, CONDITIONING_BASELINE, CONDITIONING_SCENARIOS, SCENARIOS, family_scenarios
 
     budget = Budget(args.budget_s)
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     results: dict[str, Any] = {"env": environment(), "variants": []}
+    outputs: dict[str, dict[str, np.ndarray]] = {}  # variant key -> scenario -> uint8 output frames
     log(f"env {results['env']}")
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
 
-    models = build(device, dtype, small=args.small)
+    models = build(device, dtype, small=args.small, family=args.family)
+    results["env"]["family"] = args.family
     results["floor"] = floor(models, device, dtype)
+    if args.sdxl:
+        results["floor_1024"] = floor(models, device, dtype, size=1024)
     log(f"floor {results['floor']}")
     save()
-    if not args.skip_reference:
+    if not args.skip_reference and not args.sdxl:  # the reference is diffusers' SD img2img pipeline
         ref = run_reference(models, (512, 512), args.reference_frames, device, dtype)
         results["reference"] = {k: v.as_dict() for k, v in ref.items()}
         log(f"reference {results['reference']}")
@@ -205,26 +334,52 @@ def main(argv: list[str] | None = None) -> int:
             results["variants"].append({"variant": VARIANTS[key].label, "skipped": "time budget"})
             continue
         v = VARIANTS[key]
+        if args.sdxl:  # the same variant on the SDXL models: its one-step 512 scenario by default
+            v = Variant(v.label, v.engine, v.options, v.qkv_fusion, ("sdxl-img2img-1step-512",))
         if key == args.all_scenarios:
-            chosen = tuple(k for k in args.scenarios.split(",") if k) or tuple(SCENARIOS)
-            unknown = [k for k in chosen if k not in SCENARIOS]
+            default = ((CONDITIONING_BASELINE, *CONDITIONING_SCENARIOS) if args.conditioning
+                       else family_scenarios(args.family))
+            chosen = tuple(k for k in args.scenarios.split(",") if k) or default
+            unknown = [k for k in chosen if k not in ALL_SCENARIOS]
             if unknown:
-                ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+                ap.error(f"unknown scenarios {unknown}; known: {', '.join(ALL_SCENARIOS)}")
             v = Variant(v.label, v.engine, v.options, v.qkv_fusion, chosen)
-        models_v = build(device, dtype, small=args.small) if v.qkv_fusion or v.options.get("dtype") else models
+        fresh = v.qkv_fusion or v.options.get("dtype")
+        models_v = build(device, dtype, small=args.small, family=args.family) if fresh else models
+        kept = outputs.setdefault(key, {})
         try:
-            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir))
-        except Exception as exc:  # noqa: BLE001
+            results["variants"].append(run_variant(v, models_v, device, dtype, args.frames, budget, args.cache_dir,
+                                                   timeout_s=args.variant_timeout_s or None, outputs=kept))
+        except (Exception, VariantTimeout) as exc:  # noqa: BLE001
             traceback.print_exc()
             results["variants"].append({"variant": v.label, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        results["variants"][-1]["key"] = key
+        add_differences(results, outputs)
         save()
         del models_v
+    if args.flicker:
+        try:
+            results["flicker"] = flicker_run(args, models, device, dtype, budget)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results["flicker"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(f"flicker {results['flicker']}")
+        save()
+    if args.loras:
+        try:
+            results["loras"] = lora_run(args, models, device, dtype, budget)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results["loras"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(f"loras {results['loras']}")
+        save()
     if not args.no_app_e2e and device == "cuda":  # on the CPU (--small) two app runs would take minutes
         results["app_e2e"] = app_e2e(args, budget)
         log(f"app end to end {results['app_e2e']}")
         save()
     if not args.no_second_start and any(r.get("engine") == "compiled" and "scenarios" in r for r in results["variants"]):
-        results["second_start"] = second_start(args.cache_dir, budget, small=args.small)
+        results["second_start"] = second_start(args.cache_dir, budget, small=args.small, family=args.family,
+                                               variant=args.second_start_variant)
         log(f"second start {results['second_start']}")
     save()
     from .report import render

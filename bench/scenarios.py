@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .timing import FrameStats, frame_times, graph_ms, sync, throughput
+from .timing import FrameStats, deadline, frame_times, graph_ms, sync, throughput
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class Scenario:
     app_path: bool = False  # also time host uint8 -> host uint8
     stages: bool = False  # also time encode / unet / decode alone
     lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
+    family: str = "sd21"  # the models it runs on (bench/models.py): "sdxl" scenarios run with `bench.run --sdxl`
+    ip_adapter: bool = False  # a random IP-Adapter (bench/models.ip_adapter) attached, with a style image
+    controlnets: tuple[tuple[str, float], ...] = ()  # (preprocessor canny | depth, scale), random-weight nets
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -45,7 +48,48 @@ SCENARIOS = {
     "img2img-1step-768x432": Scenario("img2img-1step-768x432", width=768, height=432, app_path=True),
     "img2img-1step-512-fbs2": Scenario("img2img-1step-512-fbs2", frame_buffer_size=2, lanes=(1, 2)),
     "img2img-1step-512-fbs4": Scenario("img2img-1step-512-fbs4", frame_buffer_size=4, lanes=(1, 2)),
+    # SDXL-Turbo (SDXL UNet, TAESD-XL), 1 step, host uint8 -> host uint8 one at a time and 2 / 4 in flight
+    "sdxl-img2img-1step-512": Scenario("sdxl-img2img-1step-512", app_path=True, stages=True, lanes=(1, 2, 4),
+                                       family="sdxl"),
+    "sdxl-img2img-1step-1024": Scenario("sdxl-img2img-1step-1024", width=1024, height=1024, app_path=True,
+                                        stages=True, lanes=(1, 2, 4), family="sdxl"),
+    # issue 11's comparison of engine variants: one frame at a time, stages and kernels, no lanes
+    "speed-1step-512": Scenario("speed-1step-512", app_path=True, stages=True),
+    "ip-adapter-1step-512": Scenario("ip-adapter-1step-512", app_path=True, ip_adapter=True),  # vs img2img-1step-512
 }
+
+COMPARED_FRAMES = 4  # output frames kept per scenario for the numerical difference between variants
+
+
+def family_scenarios(family: str) -> tuple[str, ...]:
+    """The scenarios that run on one model family (what `--all-scenarios` runs without `--scenarios`)."""
+    return tuple(name for name, s in SCENARIOS.items() if s.family == family)
+
+
+# issue 10: ControlNets on the same 1-step 512 stream, host uint8 -> host uint8 (`bench.run --conditioning`)
+CONDITIONING_SCENARIOS = {
+    "cn-canny": Scenario("cn-canny", app_path=True, controlnets=(("canny", 1.0),)),
+    "cn-depth": Scenario("cn-depth", app_path=True, controlnets=(("depth", 1.0),)),
+    "cn-two": Scenario("cn-two", app_path=True, controlnets=(("canny", 1.0), ("depth", 1.0))),
+    "cn-scale0": Scenario("cn-scale0", app_path=True, controlnets=(("canny", 0.0),)),
+}
+CONDITIONING_BASELINE = "img2img-1step-512"  # the plain stream the conditioning targets compare with
+ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS}
+
+
+def controlnet_stack(s: Scenario, components: Any):
+    """The scenario's ControlNets: random-weight SD 2.1 ControlNets (one per unit) with their
+    preprocessors on the device (canny; depth = a Depth-Anything-V2-Small-size model)."""
+    from dreamcam.core.controlnet import ControlNetStack, ControlNetUnit
+    from dreamcam.core.preprocess import Canny
+
+    from .models import controlnet, depth_model
+
+    units = []
+    for i, (kind, scale) in enumerate(s.controlnets):
+        pre = depth_model(components.device, components.dtype) if kind == "depth" else Canny(device=components.device)
+        units.append(ControlNetUnit(f"{kind}{i}", controlnet(components.unet, i), pre, scale))
+    return ControlNetStack(units)
 
 
 def frames_for(s: Scenario, count: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -63,9 +107,12 @@ def _stats(st: FrameStats) -> dict:
     return st.as_dict()
 
 
-def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str, config: Any = None) -> dict:
+def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, device: str, config: Any = None,
+                 outputs: dict[str, np.ndarray] | None = None, first_frame_timeout_s: float | None = None) -> dict:
     """Times one scenario with the given engine modules through the app's own graph driver
-    (`engines.driver.StreamDriver`). Returns a dict of numbers."""
+    (`engines.driver.StreamDriver`). Returns a dict of numbers; `outputs[s.name]` gets the uint8
+    outputs of the first COMPARED_FRAMES input frames (for the difference between variants);
+    the first frame (capture, compiles of new shapes) may take `first_frame_timeout_s` at most."""
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines.driver import StreamDriver
 
@@ -75,16 +122,24 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     stream = StreamDiffusion(components, s.stream_config(), modules=modules)
+    if s.controlnets:
+        stream.set_controlnets(controlnet_stack(s, components))
+        result["controlnets"] = [f"{k}@{v}" for k, v in s.controlnets]
     host = _batches(frames_for(s), s.frame_buffer_size)
+    adapter = _attach_ip_adapter(stream, host[0][0], device, result) if s.ip_adapter else None
     dev = [torch.from_numpy(f).to(device) for f in host]
     driver = StreamDriver(stream, config=config)
     t0 = time.perf_counter()
-    first = driver(host[0])  # warm-up + capture (+ compile of new shapes)
+    with deadline(first_frame_timeout_s):
+        first = _settled(driver, host[0])  # warm-up + capture (+ compile of new shapes)
     result["capture_s"] = round(time.perf_counter() - t0, 2)
     result["graph_error"] = driver.graph_status().error
     result["capture_failures"] = driver.graphed.failures
+    result["captures"] = driver.graphed.captures
     out = first.astype(np.float32)
     result["output_mean_std"] = [round(float(out.mean()), 2), round(float(out.std()), 2)]
+    if outputs is not None:
+        outputs[s.name] = np.stack([np.asarray(driver(host[i % len(host)])) for i in range(COMPARED_FRAMES)])
 
     # device path: frames already on the GPU, one sync per frame
     result["device"] = _stats(frame_times(lambda i: (driver(dev[i % len(dev)]), sync()), frames))
@@ -99,6 +154,10 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     if s.stages and cuda:
         result["stages_ms"] = stage_times(stream, modules, dev[0])
         result["top_kernels"] = kernel_profile(lambda: driver(dev[0]))
+    if adapter is not None:
+        result["ip_live_recaptures"] = _ip_live_recaptures(driver, adapter, host)
+    result["captures_end"] = driver.graphed.captures  # more than `captures`: something recaptured mid-run
+    result["graph_error"] = result["graph_error"] or driver.graph_status().error
     driver.close()
     # last: each in-flight driver captures graphs of its own (their memory is not in peak_mem_gb)
     if s.lanes:
@@ -106,8 +165,45 @@ def run_scenario(s: Scenario, components: Any, modules: Any, *, frames: int, dev
     failures = [r.get("graph_error") for r in result.get("in_flight", {}).values() if r.get("graph_error")]
     if failures and not result["graph_error"]:
         result["graph_error"] = failures[0]
+    if adapter is not None:
+        stream.set_ip_adapter(None)  # the shared UNet goes back to plain for the next scenario
     del driver, stream
     return result
+
+
+def _settled(driver, frame: np.ndarray) -> np.ndarray:
+    """The first frame, and if it met new shapes that compile in the background (engines/background.py),
+    the wait for them and one more frame, which captures the compiled step: what follows is timed on it."""
+    from dreamcam.engines.background import compiling, wait_idle
+
+    out = driver(frame)
+    if compiling():
+        wait_idle()
+        out = driver(frame)
+    return out
+
+
+def _attach_ip_adapter(stream, style, device: str, result: dict):
+    """A random IP-Adapter on the stream, its style image encoded once (timed, ms)."""
+    from .models import ip_adapter
+
+    adapter = ip_adapter(stream.components, device, stream.dtype, small=device != "cuda")
+    t0 = time.perf_counter()
+    adapter.set_image(style)
+    sync()
+    result["ip_image_encode_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+    stream.set_ip_adapter(adapter)
+    return adapter
+
+
+def _ip_live_recaptures(driver, adapter, host: list[np.ndarray]) -> int:
+    """Captures caused by a live scale change and a new style image (should be 0)."""
+    before = driver.graphed.captures
+    adapter.set_scale(0.5)
+    driver(host[0])
+    adapter.set_image(host[1][0])
+    driver(host[0])
+    return driver.graphed.captures - before
 
 
 def _batches(frames: list[np.ndarray], fbs: int) -> list[np.ndarray]:
@@ -144,7 +240,7 @@ def _in_flight(stream, config, host: list[np.ndarray], frames: int, lanes: int) 
 
     driver = StreamDriver(stream, lanes, config=config)
     for i in range(3):  # the first captures
-        driver(host[i % len(host)])
+        _settled(driver, host[i % len(host)])
     seconds, ms = _keep_in_flight(driver.submit, host, frames, lanes)
     fbs = host[0].shape[0]
     status = driver.graph_status()

@@ -32,8 +32,10 @@ from typing import Sequence
 
 import torch
 
+from .limits import BLEND_METHODS as METHODS
+from .weighted import weights_problem
+
 Tensor = torch.Tensor
-METHODS = ("linear", "slerp")
 _EPS = 1e-7  # norms below this count as zero
 _ARC_EPS = 1e-3  # sin(theta) below this: float32 cos near +-1 leaves theta uncertain by ~3e-4 rad
 
@@ -42,13 +44,10 @@ def normalise_weights(weights: Sequence[float], what: str = "weights") -> list[f
     """Weights -> p_i = w_i / sum(w). Raises ValueError naming `what` for negative, non-finite or
     all-zero weights (nothing to blend)."""
     values = [float(w) for w in weights]
-    if not values:
-        raise ValueError(f"{what}: the list is empty; give at least one item with a weight above 0")
-    if any(not math.isfinite(w) or w < 0 for w in values):
-        raise ValueError(f"{what}: every weight must be a finite number >= 0, got {values}")
+    problem = weights_problem(values)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
     total = sum(values)
-    if total <= 0:
-        raise ValueError(f"{what}: the weights add up to 0; give at least one weight above 0")
     return [w / total for w in values]
 
 

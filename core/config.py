@@ -6,8 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .limits import CFG_TYPES, MAX_PROMPT_CHARS, MODES, RANGES, RESIZE_POLICIES, STEPS, shown
+from .limits import BLEND_METHODS, CFG_TYPES, MAX_PROMPT_CHARS, MODES, RANGES, RESIZE_POLICIES, STEPS, shown
 from .schedule import strength_to_t_index
+from .weighted import PROMPT_BLEND, SEED_BLEND
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class StreamConfig:
     similarity_max_skip: int | None = 10  # None: no limit on consecutive skips
     transition_frames: int = 0
     resize: str = "crop"
+    prompt_blend: str = ""  # "a : 0.7 | b : 0.3" replaces `prompt` when set ("" = off; core/weighted.py)
+    seed_blend: str = ""  # "2:0.6, 7:0.4" replaces `seed` for the noise when set ("" = off)
+    blend_method: str = "linear"  # both blends and prompt transitions: linear | slerp
+    latent_feedback: float = 0.0  # img2img: z = (1 - a) z + a x0_prev before noising
+    image_feedback: float = 0.0  # img2img: image = (1 - b) image + b previous output before encoding
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -49,6 +55,16 @@ class StreamConfig:
     @property
     def num_steps(self) -> int:
         return len(self.indexes)
+
+    @property
+    def prompt_items(self) -> tuple[tuple[str, float], ...]:
+        """(prompt, weight) pairs of `prompt_blend`; () when it is off."""
+        return PROMPT_BLEND.parse("prompt_blend", self.prompt_blend)
+
+    @property
+    def seed_items(self) -> tuple[tuple[int, float], ...]:
+        """(seed, weight) pairs of `seed_blend`; () when it is off."""
+        return SEED_BLEND.parse("seed_blend", self.seed_blend)
 
     def replace(self, **changes: Any) -> "StreamConfig":
         """A new validated config; raises ValueError naming the first bad field."""
@@ -98,4 +114,10 @@ def _check(name: str, value: Any) -> Any:
         _choice(name, value, MODES)
     elif name == "resize":
         _choice(name, value, RESIZE_POLICIES)
+    elif name == "blend_method":
+        _choice(name, value, BLEND_METHODS)
+    elif name in ("prompt_blend", "seed_blend"):
+        if isinstance(value, str) and len(value) > MAX_PROMPT_CHARS:
+            _fail(name, f"must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}")
+        (PROMPT_BLEND if name == "prompt_blend" else SEED_BLEND).parse(name, value)
     return value

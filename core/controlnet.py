@@ -12,24 +12,29 @@ current frame it belongs to (row r -> control[r % fbs]), so all denoising slots 
 control image. The residuals reach the UNet as the named inputs control_down_<i> and control_mid
 (core/modules.py), added to the UNet's skip connections.
 
-`controlled_modules(modules, stack)` plugs a stack into the stream without changing it: its encode
-also runs the preprocessors on the frame the step encodes (so the control image follows the fit
-policy and is computed inside the captured step), its unet computes and passes the residuals.
+The stream owns one stack (`StreamDiffusion.set_controlnets`, empty by default) and calls it in
+its step: `prepare(images)` on the fitted frames (so the control image follows the fit policy and
+is computed inside the captured step), then `residuals(...)` for every UNet call. Each unit runs
+its net through the engine's ControlNet call (`StepModules.controlnet(net)`: eager, compiled or
+TensorRT), set once by `use_engine`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .loading import FAMILY_LABELS, Components, ModelLoadError, _check_source, _explain, detect_family
-from .modules import ADDED_COND_NAMES, StepModules, control_residual_names
-from .preprocess import Preprocessor
+from .modules import CONTROLNET_COND_NAMES, ControlNetCall, EagerControlNet, control_residual_names
+from .preprocess import External, Preprocessor
 
 Tensor = torch.Tensor
+ControlNetFactory = Callable[[Any], ControlNetCall]  # a loaded ControlNetModel -> the engine's call of it
+_serials = itertools.count(1)
 
 
 class ControlNetError(ModelLoadError, ValueError):
@@ -110,6 +115,8 @@ class ControlNetUnit:
         self.name = name
         self.net = net
         self.preprocessor = preprocessor
+        self.call: ControlNetCall = EagerControlNet(net)
+        self._factory: ControlNetFactory | None = None
         self.scale_tensor = torch.zeros((), device=net.device, dtype=torch.float32)
         self.scale = 0.0
         self.set_scale(scale)
@@ -124,55 +131,111 @@ class ControlNetUnit:
     def active(self) -> bool:
         return self.scale != 0.0
 
+    def use_engine(self, factory: ControlNetFactory | None) -> None:
+        """Run the net through `factory(net)` (an engine's ControlNet call); None: eager. Once per factory."""
+        if factory is not self._factory:
+            self.call = factory(self.net) if factory is not None else EagerControlNet(self.net)
+            self._factory = factory
+
     def residuals(self, sample: Tensor, timestep: Tensor, embeds: Tensor, control: Tensor,
                   added: dict[str, Tensor]) -> list[Tensor]:
         """The scaled residuals [down_0, ..., down_{N-1}, mid] for the batch; `control` (B, 3, H, W) in [0, 1]."""
-        down, mid = self.net(sample, timestep, encoder_hidden_states=embeds, controlnet_cond=control,
-                             conditioning_scale=1.0, added_cond_kwargs=added or None, return_dict=False)
+        out = self.call(sample, timestep, embeds, control, **added)
         scale = self.scale_tensor.to(sample.dtype)
-        return [r * scale for r in (*down, mid)]
+        return [r * scale for r in out]
 
 
 class ControlNetStack:
     """The ControlNets of a stream. `prepare(images)` makes each active unit's control image from the
-    fitted frames; `residuals(...)` sums the active units' residuals for one UNet call."""
+    fitted frames; `residuals(...)` sums the active units' residuals for one UNet call. An empty
+    stack does nothing (and costs nothing)."""
 
     def __init__(self, units: Sequence[ControlNetUnit] = ()) -> None:
         self.units = list(units)
-        self._controls: dict[str, Tensor] = {}
         names = [u.name for u in self.units]
         if len(set(names)) != len(names):
             raise ControlNetError(f"ControlNet names must differ, got {names}")
+        self.serial = next(_serials)  # a new stack is new tensors and nets: a graph of another stack never fits
+        self._controls: dict[str, Tensor] = {}
+        self._blank: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.units)
 
     @property
     def active(self) -> list[ControlNetUnit]:
         return [u for u in self.units if u.active]
 
     @property
+    def scales(self) -> dict[str, float]:
+        return {u.name: u.scale for u in self.units}
+
+    @property
     def structure_key(self) -> tuple:
-        """Changes exactly when the set of nets that run changes (a scale between 0 and non-0)."""
-        return tuple(u.name for u in self.active)
+        """Changes exactly when the set of nets that run changes (a scale between 0 and non-0, or
+        another stack); () while none runs, whatever the stack."""
+        names = tuple(u.name for u in self.active)
+        return (self.serial, names) if names else ()
+
+    def unit(self, name: str) -> ControlNetUnit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise ControlNetError(f"ControlNet {name!r}: no ControlNet of that name "
+                              f"({', '.join(u.name for u in self.units) or 'none is set'})")
 
     def set_scales(self, scales: dict[str, float]) -> None:
         """Live scale changes by name; all checked first, nothing changes on an error."""
-        by_name = {u.name: u for u in self.units}
+        units = {name: self.unit(name) for name in scales}
         for name, scale in scales.items():
-            if name not in by_name:
-                raise ControlNetError(f"ControlNet {name!r}: no ControlNet of that name ({', '.join(by_name) or 'none'})")
             _check_scale(name, scale)
         for name, scale in scales.items():
-            by_name[name].set_scale(scale)
+            units[name].set_scale(scale)
 
-    def prepare(self, images: Tensor) -> None:
-        """(fbs, 3, H, W) fitted frames in [-1, 1] -> each active unit's control image (fbs, 3, H, W)."""
-        self._controls = {u.name: u.preprocessor(images).to(images.dtype) for u in self.active}
+    def use_engine(self, factory: ControlNetFactory | None) -> None:
+        for u in self.units:
+            u.use_engine(factory)
+
+    def bind(self, batch: int, height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> None:
+        """Allocate the persistent tensors for frames of this size (the `external` images, black,
+        and the blank frame txt2img's preprocessors see); kept when the size is unchanged."""
+        if not self.units:  # the empty stack of every stream: nothing to hold
+            return
+        shape = (batch, 3, height, width)
+        if self._blank is None or tuple(self._blank.shape) != shape or self._blank.dtype != dtype:
+            self._blank = torch.full(shape, -1.0, device=device, dtype=dtype)
+        for u in self.units:
+            if isinstance(u.preprocessor, External):
+                u.preprocessor.allocate(shape, device=device, dtype=dtype)
+
+    def set_external(self, name: str, images: Tensor) -> None:
+        """Write the control image of the `external` unit `name`: (1 or B, 3, H, W) in [0, 1] at the
+        bound size (the stream fits the app's frame first: `StreamDiffusion.set_control_image`)."""
+        unit = self.unit(name)
+        if not isinstance(unit.preprocessor, External):
+            raise ControlNetError(f"ControlNet {name!r}: its preprocessor is {unit.preprocessor.name}, not external; "
+                                  f"only an external ControlNet takes a control image from the app")
+        unit.preprocessor.set(images)
+
+    def prepare(self, images: Tensor | None) -> None:
+        """(fbs, 3, H, W) fitted frames in [-1, 1] (None: no input frame, txt2img: a black one) ->
+        each active unit's control image (fbs, 3, H, W) in [0, 1]."""
+        active = self.active
+        if not active:
+            self._controls = {}
+            return
+        if images is None:
+            if self._blank is None:
+                raise RuntimeError("ControlNetStack.bind(...) must run before a step without input frames")
+            images = self._blank
+        self._controls = {u.name: u.preprocessor(images).to(images.dtype) for u in active}
 
     def residuals(self, sample: Tensor, timestep: Tensor, embeds: Tensor, **cond: Tensor) -> dict[str, Tensor]:
         """The summed residuals of the active units, named for the UNet call ({} when none is active)."""
         active = self.active
         if not active:
             return {}
-        added = {k: v for k, v in cond.items() if k in ADDED_COND_NAMES}
+        added = {k: v for k, v in cond.items() if k in CONTROLNET_COND_NAMES}
         total: list[Tensor] | None = None
         for unit in active:
             control = self._controls.get(unit.name)
@@ -182,25 +245,3 @@ class ControlNetStack:
             res = unit.residuals(sample, timestep, embeds, rows, added)
             total = res if total is None else [a + b for a, b in zip(total, res)]
         return dict(zip(control_residual_names(len(total) - 1), total))
-
-
-class ControlledUNet:
-    """The UNet call with the stack's residuals added (any engine UNet that takes the residual names)."""
-
-    def __init__(self, unet, stack: ControlNetStack) -> None:
-        self.unet, self.stack = unet, stack
-
-    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
-        residuals = self.stack.residuals(sample, timestep, encoder_hidden_states, **cond)
-        return self.unet(sample, timestep, encoder_hidden_states, **cond, **residuals)
-
-
-def controlled_modules(modules: StepModules, stack: ControlNetStack) -> StepModules:
-    """`modules` whose encode also prepares the control images and whose unet adds the residuals."""
-    base_encode = modules.encode
-
-    def encode(images: Tensor) -> Tensor:
-        stack.prepare(images)
-        return base_encode(images)
-
-    return StepModules(unet=ControlledUNet(modules.unet, stack), encode=encode, decode=modules.decode)

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 # ControlNet preprocessors by name (core/preprocess.py; `external`: the image of a second source)
-PREPROCESSOR_NAMES = ("canny", "soft_edge", "depth", "passthrough", "external")
+PREPROCESSOR_NAMES = ("canny", "soft_edge", "passthrough", "depth", "external")
 NUM_INDEXES = 50  # the LCM schedule's indexes 0..49 (index i = timestep 999 - 20 i)
 CFG_TYPES = ("none", "full", "self", "initialize")
 MODES = ("img2img", "txt2img")
 RESIZE_POLICIES = ("crop", "letterbox", "stretch")
 MAX_PROMPT_CHARS = 4000
+BLEND_METHODS = ("linear", "slerp")  # prompt_blend, seed_blend and prompt transitions (core/blending.py)
+MAX_BLEND_ITEMS = 8  # prompts of a prompt_blend, seeds of a seed_blend (core/weighted.py)
 
 
 @dataclass(frozen=True)
@@ -78,4 +80,6 @@ RANGES: dict[str, Range] = {
     "similarity_threshold": Range(0.0, 1.0),
     "similarity_max_skip": Range(0, 1000, integer=True),
     "transition_frames": Range(0, 600, integer=True),
+    "latent_feedback": Range(0.0, 1.0),  # share of the previous output latent in the new frame's latent
+    "image_feedback": Range(0.0, 1.0),  # share of the previous output image in the new input image
 }

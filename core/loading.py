@@ -21,13 +21,20 @@ FAMILY_CROSS_ATTENTION = {"sd15": 768, "sd21": 1024, "sdxl": 2048}  # width of t
 FAMILY_LABELS = {"sd15": "SD 1.5", "sd21": "SD 2.1 / SD-Turbo", "sdxl": "SDXL"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 EXAMPLE_IDS = {"model": "stabilityai/sd-turbo", "tiny VAE": "madebyollin/taesd",
-               "LoRA": "latent-consistency/lcm-lora-sdv1-5"}
+               "LoRA": "latent-consistency/lcm-lora-sdv1-5", "ControlNet": "lllyasviel/sd-controlnet-canny",
+               "depth model": "depth-anything/Depth-Anything-V2-Small-hf",
+               "IP-Adapter": "h94/IP-Adapter/models/ip-adapter_sd15.safetensors",
+               "IP-Adapter image encoder": "h94/IP-Adapter/models/image_encoder"}
 # how to do without a download, per kind of thing (the setting names are those of the app's config)
 LOCAL_WAYS = {
     "model": "or point the model setting at a local diffusers folder or .safetensors file",
     "tiny VAE": ("or set tiny_vae to none (`--tiny-vae none`: the model's own VAE, slower) or to a local "
                  "tiny-VAE folder (`--tiny-vae FOLDER`)"),
     "LoRA": "or point lcm_lora at a local LoRA folder or .safetensors file",
+    "IP-Adapter": "or point ip_adapter at a local .safetensors / .bin file (with image_encoder/ beside it)",
+    "IP-Adapter image encoder": "or put the CLIP image encoder folder beside the IP-Adapter file as image_encoder/",
+    "ControlNet": "or give the ControlNet as a local diffusers folder or .safetensors file",
+    "depth model": "or set depth_model to a local folder saved with save_pretrained",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 log = logging.getLogger(__name__)
@@ -197,7 +204,7 @@ def load_components(spec: ModelSpec) -> Components:
     if kind == "file":
         parts = _load_single_file(spec, local_only)
     else:
-        parts = _load_folder(spec.model, spec.tiny_vae is None, local_only)
+        parts = _load_folder(spec.model, spec.tiny_vae is None, local_only, dtype)
     family = detect_family(parts["unet"].config)
     force_zeros = parts.pop("force_zeros_for_empty_prompt", None)
     force_zeros = family == "sdxl" and (True if force_zeros is None else bool(force_zeros))  # diffusers' default
@@ -254,7 +261,9 @@ def _read_index(index: Path) -> dict:
     return data
 
 
-def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
+def _load_folder(name: str, need_vae: bool, local_only: bool, dtype: torch.dtype | None = None) -> dict:
+    """`dtype`: the UNet is read in it (diffusers otherwise reads fp16 weights into fp32 host memory, twice
+    the bytes, then the stream casts them back: seconds at every start of an SDXL model)."""
     import diffusers
     import transformers
 
@@ -271,6 +280,8 @@ def _load_folder(name: str, need_vae: bool, local_only: bool) -> dict:
         library = diffusers if entry[0] == "diffusers" else transformers
         cls = getattr(library, entry[1])
         kwargs = {"local_files_only": local_only, "subfolder": key}
+        if key == "unet" and dtype is not None:
+            kwargs["torch_dtype"] = dtype
         try:
             parts[key] = cls.from_pretrained(source, **kwargs)
         except Exception as exc:

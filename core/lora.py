@@ -14,6 +14,12 @@ A LoRA is checked against the loaded UNet before anything is applied: every laye
 exist with matching shapes; otherwise one `LoraError` names the file and the LoRA's model family.
 LCM-LoRA is not handled here: `loading.ModelSpec(lcm_lora=...)` fuses it at load time.
 Only the UNet part of a LoRA is applied; text-encoder parts are skipped (logged).
+
+Fusing (`fuse()` / `unfuse()`): every adapted layer's base weight becomes W0 + sum_i w_i s_i B_i A_i,
+in place (peft's merge; W0 is kept on the device, so `unfuse()` restores it exactly and repeated
+weight changes never accumulate rounding), and the adapters run no matmuls per frame. A weight
+change while fused re-folds in place (one B A product per layer and adapter), so a captured graph
+stays valid; adding or removing LoRAs unfuses first and fuses the new set again.
 """
 
 from __future__ import annotations
@@ -82,6 +88,11 @@ class LoraStack:
         self.local_files_only = local_files_only
         self._adapters: dict[str, _Adapter] = {}
         self.loads = 0  # LoRA files read so far (weight changes read none)
+        self._w0: dict[torch.nn.Module, Tensor] = {}  # fused: each adapted layer's base weight before fusing
+
+    @property
+    def fused(self) -> bool:
+        return bool(self._w0)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -89,8 +100,9 @@ class LoraStack:
 
     @property
     def structure_key(self) -> tuple:
-        """Changes exactly when adapters are added or removed (the UNet's modules change)."""
-        return tuple((name, a.spec.source) for name, a in self._adapters.items())
+        """Changes exactly when adapters are added or removed (the UNet's modules change) or when
+        they are fused or unfused (each layer computes something else): engines recapture then."""
+        return tuple((name, a.spec.source) for name, a in self._adapters.items()) + (("fused",) if self.fused else ())
 
     # ------------------------------------------------------------------ live weights
     def set_weights(self, weights: Mapping[str, float]) -> None:
@@ -101,10 +113,32 @@ class LoraStack:
                 known = ", ".join(self._adapters) or "none loaded"
                 raise LoraError(f"LoRA {name!r}: no LoRA of that name is loaded ({known})")
             _check_weight(name, weight)
+        refuse = self.fused
+        self.unfuse()
         for name, weight in weights.items():
             adapter = self._adapters[name]
             adapter.spec = LoraSpec(adapter.spec.source, float(weight), adapter.spec.name)
             _write_weight(adapter, float(weight))
+        if refuse:
+            self.fuse()
+
+    # ------------------------------------------------------------------ fused weights
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the LoRAs at their weights into the base weights, in place (no per-frame cost)."""
+        if self.fused or not self._adapters:
+            return
+        for layer in _lora_layers(self.c.unet, self._adapters):
+            self._w0[layer] = layer.get_base_layer().weight.detach().clone()
+            layer.merge(adapter_names=[n for n in self._adapters if n in layer.lora_A])
+
+    @torch.no_grad()
+    def unfuse(self) -> None:
+        """The base weights exactly as before `fuse()` (in place); the adapters run live again."""
+        for layer, w0 in self._w0.items():
+            layer.unmerge()
+            layer.get_base_layer().weight.copy_(w0)
+        self._w0 = {}
 
     # ------------------------------------------------------------------ the set of LoRAs
     def apply(self, specs: Sequence[LoraSpec], files: Mapping[str, LoraFile] | None = None) -> None:
@@ -119,13 +153,22 @@ class LoraStack:
             _check_weight(name, spec.weight)
             wanted[name] = spec
         new = [s for n, s in wanted.items() if n not in self._adapters or self._adapters[n].spec.source != s.source]
+        refuse = self.fused
+        self.unfuse()
+        try:
+            self._apply(wanted, new, files or {})
+        finally:
+            if refuse:
+                self.fuse()
+
+    def _apply(self, wanted: dict[str, LoraSpec], new: list[LoraSpec], files: Mapping[str, LoraFile]) -> None:
         loaded: list[str] = []
         try:
             for spec in new:
                 if spec.adapter_name in self._adapters:  # same name, other file: load under a temporary name
                     raise LoraError(f"LoRA {spec.source!r}: the name {spec.adapter_name!r} is already used by "
                                     f"{self._adapters[spec.adapter_name].spec.source!r}; remove it first or rename")
-                self._load(spec, (files or {}).get(spec.source))
+                self._load(spec, files.get(spec.source))
                 loaded.append(spec.adapter_name)
         except Exception:
             for name in loaded:
@@ -235,6 +278,13 @@ class LoraStack:
         names = list(self._adapters)
         if names:
             self.c.unet.set_adapters(names, [1.0] * len(names))
+
+
+def _lora_layers(unet: torch.nn.Module, adapters) -> list:
+    """The UNet's peft LoRA layers that hold at least one of `adapters`."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in unet.modules() if isinstance(m, LoraLayer) and any(n in m.lora_A for n in adapters)]
 
 
 def _check_weight(name: str, weight: float) -> None:

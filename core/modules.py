@@ -11,15 +11,22 @@ the stream makes every model call through them.
   list the same way). Engines take them as ordinary call inputs (traced, exported, captured).
   ControlNet residuals are `control_down_0..N-1` (the UNet's skip order) and `control_mid`
   (computed by core/controlnet.py; their shapes depend on the latent size: `residual_shapes`).
+  IP-Adapter image embeddings are `image_embeds` (B, 1, *embed): one adapter, one image per row
+  (core/ip_adapter.py; declared by the stream's `conditions` while an adapter is attached);
+  `EagerUNet` hands them to diffusers as its list of one tensor per adapter.
 - `encode(images (B,3,H,W) in [-1,1]) -> latents (B,4,H/8,W/8)`, already multiplied by the
   VAE scaling factor; deterministic (the full VAE returns the mean, never a sample).
 - `decode(latents (scaled as above)) -> images (B,3,H,W) in [-1,1]`.
+- `controlnet(net) -> call`: the engine's way to run a loaded ControlNetModel (default: eager);
+  `call(sample, timestep, encoder_hidden_states, controlnet_cond (B,3,H,W) in [0,1], **added)
+  -> (down_0, ..., down_{N-1}, mid)` unscaled (conditioning scale 1; core/controlnet.py scales),
+  `added` = SDXL's text_embeds and time_ids (CONTROLNET_COND_NAMES).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -31,9 +38,12 @@ UNetCall = Callable[..., Tensor]  # unet(sample, timestep, encoder_hidden_states
 SDXL_TIME_IDS = 6  # (original h, w, crop top, left, target h, w)
 # conditioning names that diffusers' UNet2DConditionModel takes inside `added_cond_kwargs`
 ADDED_COND_NAMES = ("text_embeds", "time_ids", "image_embeds")
+IMAGE_EMBEDS = "image_embeds"  # IP-Adapter image embeddings (B, 1, *embed)
 # ControlNet residuals (core/controlnet.py): control_down_0..N-1 in the UNet's order, then control_mid
 CONTROL_DOWN_PREFIX = "control_down_"
 CONTROL_MID = "control_mid"
+CONTROLNET_COND_NAMES = ("text_embeds", "time_ids")  # what a ControlNet takes in its added_cond_kwargs
+ControlNetCall = Callable[..., tuple[Tensor, ...]]
 
 
 def control_residual_names(down_count: int) -> tuple[str, ...]:
@@ -64,11 +74,26 @@ def example_conditions(conditions: tuple[Condition, ...], batch: int, *, dtype: 
     return {c.name: torch.randn(batch, *c.row_shape, dtype=dtype, device=device) for c in conditions}
 
 
+class EagerControlNet:
+    """Calls a diffusers ControlNetModel at conditioning scale 1: (down_0, ..., down_{N-1}, mid)."""
+
+    def __init__(self, net) -> None:
+        self.model = net
+
+    def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, controlnet_cond: Tensor,
+                 **added: Tensor) -> tuple[Tensor, ...]:
+        down, mid = self.model(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                               controlnet_cond=controlnet_cond, conditioning_scale=1.0,
+                               added_cond_kwargs=added or None, return_dict=False)
+        return (*down, mid)
+
+
 @dataclass
 class StepModules:
     unet: UNetCall
     encode: Callable[[Tensor], Tensor]
     decode: Callable[[Tensor], Tensor]
+    controlnet: Callable[[Any], ControlNetCall] = EagerControlNet
 
 
 class EagerUNet:
@@ -79,6 +104,8 @@ class EagerUNet:
 
     def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
         added = {name: value for name, value in cond.items() if name in ADDED_COND_NAMES}
+        if IMAGE_EMBEDS in added:  # diffusers takes a list: one (B, images, *embed) tensor per IP-Adapter
+            added[IMAGE_EMBEDS] = [added[IMAGE_EMBEDS]]
         down = sorted((name for name in cond if name.startswith(CONTROL_DOWN_PREFIX)),
                       key=lambda name: int(name[len(CONTROL_DOWN_PREFIX):]))
         unknown = [name for name in cond if name not in added and name not in down and name != CONTROL_MID]

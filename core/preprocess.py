@@ -19,6 +19,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .limits import PREPROCESSOR_NAMES
+
 Tensor = torch.Tensor
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as OpenCV's RGB2GRAY
 TAN_22_5 = math.tan(math.radians(22.5))
@@ -204,18 +206,58 @@ class Passthrough:
         return ((images + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
-PREPROCESSORS = {"canny": Canny, "soft_edge": SoftEdge, "passthrough": Passthrough}
+class External:
+    """The control image comes from the app (a second source: camera, file), not from the frame.
+    It lives in a persistent device tensor (B, 3, H, W) in [0, 1] that the stream allocates at its
+    size (`allocate`, black until set) and the app rewrites in place (`set`, through
+    `StreamDiffusion.set_control_image`, which fits the app's frame like the stream's own): a
+    captured graph reads the newest image with no recapture."""
+
+    name = "external"
+
+    def __init__(self) -> None:
+        self.image: Tensor | None = None
+
+    def allocate(self, shape: tuple[int, ...], *, device: torch.device | str, dtype: torch.dtype) -> None:
+        if self.image is None or tuple(self.image.shape) != tuple(shape) or self.image.dtype != dtype:
+            self.image = torch.zeros(shape, device=device, dtype=dtype)
+
+    def set(self, images: Tensor) -> None:
+        """(1 or B, 3, H, W) in [0, 1] at the allocated size (one image is used for every frame)."""
+        if self.image is None:
+            raise RuntimeError("external control image: set the ControlNets on a stream first (it allocates the image)")
+        if images.dim() != 4 or images.shape[0] not in (1, self.image.shape[0]) \
+                or tuple(images.shape[1:]) != tuple(self.image.shape[1:]):
+            raise ValueError(f"external control image: expected (1 or {self.image.shape[0]}, "
+                             f"{', '.join(map(str, self.image.shape[1:]))}), got {tuple(images.shape)}")
+        self.image.copy_(images.expand_as(self.image))
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if self.image is None:
+            raise RuntimeError("external control image: set the ControlNets on a stream first (it allocates the image)")
+        return self.image
+
+
+PREPROCESSORS = {"canny": Canny, "soft_edge": SoftEdge, "passthrough": Passthrough}  # the frame alone
+# every name a ControlNet slot may use (core/limits.py, also read by the settings schema): depth loads a
+# model (core/depth.py), external reads the app's image
+assert set(PREPROCESSORS) | {"depth", "external"} == set(PREPROCESSOR_NAMES)
 
 
 def make_preprocessor(name: str, *, device: torch.device | str = "cpu", **params) -> Preprocessor:
-    """A preprocessor by name; `params` are its constructor's (e.g. low, high, sigma)."""
-    cls = PREPROCESSORS.get(name)
-    if cls is None:
-        raise ValueError(f"preprocessor: must be one of {', '.join(PREPROCESSORS)}, got {name!r}")
-    if cls is Passthrough:
+    """A preprocessor by name; `params` are its constructor's (e.g. low, high, sigma; depth:
+    source (hub id or folder), dtype, local_files_only: see core/depth.py, which loads the model)."""
+    if name not in PREPROCESSOR_NAMES:
+        raise ValueError(f"preprocessor: must be one of {', '.join(PREPROCESSOR_NAMES)}, got {name!r}")
+    if name == "depth":
+        from .depth import load_depth_model
+
+        return load_depth_model(device=device, **params)
+    cls = PREPROCESSORS.get(name, External)
+    if cls in (Passthrough, External):
         if params:
-            raise ValueError(f"preprocessor passthrough: takes no parameters, got {', '.join(params)}")
-        return Passthrough()
+            raise ValueError(f"preprocessor {name}: takes no parameters, got {', '.join(params)}")
+        return cls()
     try:
         return cls(device=device, **params)
     except TypeError as exc:

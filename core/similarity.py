@@ -38,7 +38,9 @@ class SimilarityFilter:
 
     def should_skip(self, small: torch.Tensor) -> bool:
         """Decide for one frame (`small`: a flat float downsample). Records processed frames."""
-        if self.threshold is None or self._reference is None or self._reference.shape != small.shape:
+        ref = self._reference
+        # a frame of another size, or from another device (host numpy after GPU tensors), is not comparable
+        if self.threshold is None or ref is None or ref.shape != small.shape or ref.device != small.device:
             self.record(small)
             return False
         sim = float(torch.nn.functional.cosine_similarity(self._reference, small, dim=0, eps=1e-6))

@@ -15,7 +15,7 @@ warm-up, live updates, prompt transitions) live in `__call__` and `update`, outs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,12 +23,15 @@ import torch
 from . import blending
 from . import frames as fr
 from .config import StreamConfig
-from .controlnet import ControlNetStack
+from .controlnet import ControlNetError, ControlNetStack, check_fits
 from .loading import Components
-from .modules import StepModules, eager_modules, unet_conditions
+from .modules import IMAGE_EMBEDS, Condition, StepModules, eager_modules, unet_conditions
 from .prompts import PromptEncoder
 from .schedule import slot_coefficients
 from .similarity import SimilarityFilter
+
+if TYPE_CHECKING:
+    from .ip_adapter import IPAdapter
 
 Tensor = torch.Tensor
 
@@ -40,6 +43,7 @@ class _Transition:
     start_pooled: Tensor | None
     target_pooled: Tensor | None
     frames: int
+    method: str = "linear"
     done: int = 0
 
 
@@ -52,9 +56,7 @@ class StreamDiffusion:
         self.components = components
         self.config = config or StreamConfig()
         self.modules = modules or eager_modules(components)
-        self._plain_modules = self.modules  # without ControlNets (set_controlnets)
         self.loras: Any = None  # LoraStack on the UNet (set_loras): its structure joins shape_key
-        self.control = ControlNetStack()  # set_controlnets (stand-in, see below)
         self.device, self.dtype = components.device, components.dtype
         self.prompts = PromptEncoder(components, prompt_cache_size)
         self.filter = SimilarityFilter(self.config.similarity_threshold, self.config.similarity_max_skip,
@@ -62,14 +64,19 @@ class StreamDiffusion:
         self._v_prediction = components.prediction_type == "v_prediction"
         self._sdxl = components.family == "sdxl"
         self.conditions = unet_conditions(components)  # names and shapes of the UNet's extra inputs
+        self.ip_adapter: IPAdapter | None = None  # set_ip_adapter
+        self._ip_version = -1  # the adapter's image_version the image_embeds rows hold
         self._primed = False
         self._force_next = False
         self._transition: _Transition | None = None
         self._stager = fr.HostStager()
+        self._control_stager = fr.HostStager()  # the external control images' uploads
+        self.control = ControlNetStack()  # ControlNets: set_controlnets(stack) swaps in another
+        self._allocation = 0  # counts _allocate calls: part of shape_key (a graph of older tensors never fits)
         self.last_output: Tensor | None = None
         self.frames_processed = 0
         self.frames_skipped = 0
-        cond, pooled = self.prompts.encode(self.config.prompt)
+        cond, pooled = self._prompt_embeds(self.config)
         uncond, upooled = self.prompts.encode_negative(self.config.negative_prompt)
         self._cond, self._pooled, self._uncond, self._upooled = cond, pooled, uncond, upooled
         self._allocate()
@@ -93,45 +100,45 @@ class StreamDiffusion:
     @property
     def stateless(self) -> bool:
         """True when no frame's step reads state that an earlier frame's step wrote (one denoising
-        step: the in-flight buffer and the RCFG residual are empty), so frames may run concurrently."""
-        return self.num_steps == 1
+        step: the in-flight buffer and the RCFG residual are empty; no latent or image feedback),
+        so frames may run concurrently."""
+        return self.num_steps == 1 and not self._feedback_on
+
+    @property
+    def _feedback_on(self) -> bool:
+        return self.config.mode == "img2img" and (self.config.latent_feedback > 0 or self.config.image_feedback > 0)
+
+    @property
+    def _layout_key(self) -> tuple:
+        """Changes exactly when the state tensors are reallocated."""
+        c = self.config
+        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch)
 
     @property
     def shape_key(self) -> tuple:
-        """Changes exactly when the state tensors are reallocated (engines recapture then)."""
-        c = self.config
-        return (c.mode, c.cfg_type, self.num_steps, c.frame_buffer_size, c.height, c.width, self.unet_batch,
-                self.structure_key)
+        """Changes exactly when engines must recapture (or replay a graph they kept for this key): the
+        state tensors are reallocated, the step's structure changes, or `stateless` flips (feedback
+        switched on/off in a 1-step stream: lanes may share no state); never on a live scale or
+        weight change (those are in-place tensor writes)."""
+        return self._layout_key + (self._allocation, self.structure_key, self.stateless)
 
-    # ---- conditioning objects. MINIMAL STAND-IN of helper "cn"'s set_controlnets /
-    # set_controlnet_scales / structure_key (same names; merge toward cn's version). Helper "surf"'s
-    # own part to keep: set_loras, set_lora_weights and the LoRA stack's key in structure_key.
     @property
     def structure_key(self) -> tuple:
-        """Changes exactly when the set of running nets / adapters changes (never on a scale or weight)."""
+        """The set of extra nets and adapters the step runs: the ControlNets with a scale != 0, the
+        attached IP-Adapter and the LoRA adapters, while any are loaded (attaching, swapping or removing
+        one changes the UNet's modules and inputs)."""
         loras = self.loras.structure_key if self.loras is not None else ()
-        return (self.control.structure_key,) + ((loras,) if loras else ())  # LoRA adapters: helper surf's part
+        return (self.control.structure_key,
+                self.ip_adapter.structure_key if self.ip_adapter is not None else None) + ((loras,) if loras else ())
 
+    # ---- LoRAs (core/lora.py): the LoraStack on this stream's UNet; its adapters join structure_key
     def set_loras(self, stack: Any) -> None:
-        """The LoraStack (core/lora.py) on this stream's UNet, or None: its adapters join structure_key."""
+        """The LoraStack (core/lora.py) on this stream's UNet, or None."""
         self.loras = stack
 
     def set_lora_weights(self, weights: dict[str, float]) -> None:
         """Live LoRA weights by adapter name (in place: no recapture); the next frame shows them."""
         self.loras.set_weights(weights)
-        self._force_next = True
-
-    def set_controlnets(self, stack: Any) -> None:
-        """Run `stack` (a ControlNetStack; None or empty: none) from the next step on; between frames."""
-        from .controlnet import controlled_modules
-
-        self.control = stack if stack is not None else ControlNetStack()
-        self.modules = controlled_modules(self._plain_modules, self.control) if self.control.units \
-            else self._plain_modules
-        self._force_next = True
-
-    def set_controlnet_scales(self, scales: dict[str, float]) -> None:
-        self.control.set_scales(scales)
         self._force_next = True
 
     def _allocate(self) -> None:
@@ -149,35 +156,43 @@ class StreamDiffusion:
         self.guidance = torch.ones((), **f32)
         self.delta = torch.ones((), **f32)
         self.noise_gain = torch.ones((), **f32)
+        self._allocate_feedback()
         self.cond_embeds = torch.zeros_like(self._cond)
         self.unet_embeds = torch.zeros(self.unet_batch, *self._cond.shape[1:], device=dev, dtype=self.dtype)
         self.unet_timesteps = torch.zeros(self.unet_batch, device=dev, dtype=torch.int64)
         # the UNet's named extra inputs (SDXL: pooled text embeddings, size/crop ids), passed in every call
-        self.unet_cond: dict[str, Tensor] = {
-            cond.name: torch.zeros(self.unet_batch, *cond.row_shape, device=dev, dtype=self.dtype)
-            for cond in self.conditions}
+        self.unet_cond: dict[str, Tensor] = {cond.name: self._rows(cond) for cond in self.conditions}
         if self._sdxl:
             self.unet_pooled, self.unet_time_ids = self.unet_cond["text_embeds"], self.unet_cond["time_ids"]
             if self.unet_pooled.shape[-1] != self._pooled.shape[-1]:
                 raise ValueError(f"model: the UNet expects pooled text embeddings of width {self.unet_pooled.shape[-1]}, "
                                  f"the second text encoder gives {self._pooled.shape[-1]}")
             self.unet_time_ids.copy_(torch.tensor([c.height, c.width, 0, 0, c.height, c.width], dtype=self.dtype))
+        self._allocation += 1
+        self.control.bind(fbs, c.height, c.width, device=dev, dtype=self.dtype)
         self._primed = False
+
+    def _rows(self, cond: Condition) -> Tensor:
+        return torch.zeros(self.unet_batch, *cond.row_shape, device=self.device, dtype=self.dtype)
 
     def step_state(self) -> list[Tensor]:
         """The persistent tensors `step_tensor` writes (the frames in flight and their RCFG noise).
         An engine that runs extra steps (warm-up before a capture) saves and restores exactly these;
         every other state tensor is only written by `update`/`prime`/`prepare`."""
-        return [self.buffer, self.stock]
+        return [self.buffer, self.stock, *self.feedback_state]
 
     def _write_all(self) -> None:
-        self._write_noise(self.config.seed)
+        self._write_noise()
         self._write_schedule()
         self._write_embeds(self._cond, self._pooled)
         self._write_scalars()
+        self._write_ip_image()
 
-    def _write_noise(self, seed: int) -> None:
-        noise = blending.seed_noise(seed, self.init_noise.shape)
+    def _write_noise(self) -> None:
+        c, shape = self.config, self.init_noise.shape
+        seeds = c.seed_items  # a seed blend replaces the seed
+        noise = (blending.blend_seeds([s for s, _ in seeds], [w for _, w in seeds], shape, c.blend_method)
+                 if seeds else blending.seed_noise(c.seed, shape))
         self.init_noise.copy_(noise)
         self.noise_next.copy_(torch.roll(noise, -self.fbs, dims=0))
 
@@ -203,6 +218,8 @@ class StreamDiffusion:
         self.guidance.fill_(max(1.0, self.config.guidance_scale))
         self.delta.fill_(self.config.delta)
         self.noise_gain.fill_(1.0 if self.config.do_add_noise else 0.0)
+        self.latent_share.fill_(self.config.latent_feedback)
+        self.image_share.fill_(self.config.image_feedback)
 
     def _write_embeds(self, cond: Tensor, pooled: Tensor | None) -> None:
         """Lay the cond/uncond embeddings out in the UNet batch order of the guidance mode."""
@@ -214,40 +231,63 @@ class StreamDiffusion:
         if self._sdxl:
             self.unet_pooled.copy_(torch.cat([self._upooled.expand(n_uncond, -1), pooled.expand(n_b, -1)]))
 
+    def _write_ip_image(self) -> None:
+        """The IP-Adapter's image embeddings into the UNet batch rows: unconditional CFG rows (the
+        first unet_batch - n*fbs) get its unconditional embeds, every other row the image's."""
+        adapter = self.ip_adapter
+        if adapter is None:
+            return
+        rows = self.unet_cond[IMAGE_EMBEDS]
+        n_uncond = self.unet_batch - self.num_steps * self.fbs
+        rows[:n_uncond].copy_(adapter.uncond_embeds.expand(n_uncond, *rows.shape[1:]))
+        rows[n_uncond:].copy_(adapter.image_embeds.expand(rows.shape[0] - n_uncond, *rows.shape[1:]))
+        self._ip_version = adapter.image_version
+
     # ------------------------------------------------------------------ the step (pure tensors)
     def _eps(self, out: Tensor, sample: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
         out = out.float()
         return alpha * out + beta * sample if self._v_prediction else out
 
-    def encode_latents(self, x_uint8: Tensor) -> Tensor:
+    def encode_latents(self, x_uint8: Tensor, feedback: bool = False) -> Tensor:
         images = fr.to_unit(x_uint8, self.dtype)
+        if feedback:
+            images = self._mix_image(images)
         return self.modules.encode(images).float()
+
+    def _unet(self, sample: Tensor) -> Tensor:
+        """One UNet call on the stream's batch, with the ControlNets' residuals (none: {})."""
+        residuals = self.control.residuals(sample, self.unet_timesteps, self.unet_embeds, **self.unet_cond)
+        return self.modules.unet(sample, self.unet_timesteps, self.unet_embeds, **self.unet_cond, **residuals)
 
     @torch.no_grad()
     def step_tensor(self, x_uint8: Tensor | None) -> Tensor:
-        """(fbs,H,W,3) uint8 on the device -> (fbs,H,W,3) uint8. In txt2img `x_uint8` is ignored."""
+        """(fbs,H,W,3) uint8 on the device -> (fbs,H,W,3) uint8. In txt2img `x_uint8` is ignored
+        (but a ControlNet's preprocessor still sees it; `external` ones read their own image)."""
         fbs, cfg = self.fbs, self.config.cfg_type
+        wanted = self.config.mode == "img2img" or bool(self.control.active)  # txt2img without nets: no image
+        images = fr.to_unit(x_uint8, self.dtype) if x_uint8 is not None and wanted else None
+        self.control.prepare(images)
         if self.config.mode == "img2img":
-            z = self.encode_latents(x_uint8)
+            # the ControlNets read the frame itself; the VAE the frame with the image feedback mixed in
+            z = self._mix_latent(self.modules.encode(self._mix_image(images)).float())
             x_t0 = self.alpha[:fbs] * z + self.beta[:fbs] * self.init_noise[:fbs]
         else:
             x_t0 = self.init_noise[:fbs]
         x = torch.cat([x_t0, self.buffer]) if self.num_steps > 1 else x_t0
         stock = torch.cat([self.init_noise[:fbs], self.stock[: x.shape[0] - fbs]])
-        unet = self.modules.unet
+        unet = self._unet
         if cfg == "full":
-            out = unet(torch.cat([x, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond)
+            out = unet(torch.cat([x, x]).to(self.dtype))
             eps_u, eps_c = self._eps(out, torch.cat([x, x]), self.alpha.repeat(2, 1, 1, 1),
                                      self.beta.repeat(2, 1, 1, 1)).chunk(2)
         elif cfg == "initialize":
-            out = unet(torch.cat([x_t0, x]).to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond)
+            out = unet(torch.cat([x_t0, x]).to(self.dtype))
             neg = self._eps(out[:fbs], x_t0, self.alpha[:fbs], self.beta[:fbs])
             eps_c = self._eps(out[fbs:], x, self.alpha, self.beta)
             stock = torch.cat([neg, stock[fbs:]])
             eps_u = self.delta * stock
         else:
-            eps_c = self._eps(unet(x.to(self.dtype), self.unet_timesteps, self.unet_embeds, **self.unet_cond), x,
-                              self.alpha, self.beta)
+            eps_c = self._eps(unet(x.to(self.dtype)), x, self.alpha, self.beta)
             eps_u = self.delta * stock if cfg == "self" else eps_c
         eps = eps_c if cfg == "none" else eps_u + self.guidance * (eps_c - eps_u)
         x0 = self.c_out * (x - self.beta * eps) / self.alpha + self.c_skip * x
@@ -258,7 +298,38 @@ class StreamDiffusion:
             renoise = self.noise_gain * self.beta[fbs:] * self.init_noise[fbs:]
             self.buffer.copy_(self.alpha[fbs:] * x0[:-fbs] + renoise)
         images = self.modules.decode(x0[-fbs:].to(self.dtype))
+        self._keep_feedback(x0[-fbs:], images)
         return fr.from_unit(images)
+
+    # ------------------------------------------------------------------ temporal feedback (in the step)
+    def _allocate_feedback(self) -> None:
+        """The previous output's latent and image (the feedback state), `feedback_valid` 0 until a
+        step wrote them (the first frame after a reset mixes nothing in), and the two live shares."""
+        c, fbs, f32 = self.config, self.fbs, dict(device=self.device, dtype=torch.float32)
+        self.prev_latent = torch.zeros(fbs, 4, c.height // 8, c.width // 8, **f32)
+        self.prev_image = torch.zeros(fbs, 3, c.height, c.width, device=self.device, dtype=self.dtype)
+        self.feedback_valid = torch.zeros((), **f32)
+        self.latent_share = torch.zeros((), **f32)
+        self.image_share = torch.zeros((), **f32)
+
+    @property
+    def feedback_state(self) -> list[Tensor]:
+        return [self.prev_latent, self.prev_image, self.feedback_valid]
+
+    def _mix_image(self, images: Tensor) -> Tensor:
+        """image = (1 - b) image + b previous output image (b = image_feedback; 0 before the first output)."""
+        b = (self.image_share * self.feedback_valid).to(images.dtype)
+        return (1 - b) * images + b * self.prev_image
+
+    def _mix_latent(self, z: Tensor) -> Tensor:
+        """z = (1 - a) z + a x0_prev (a = latent_feedback; 0 before the first output)."""
+        a = self.latent_share * self.feedback_valid
+        return (1 - a) * z + a * self.prev_latent
+
+    def _keep_feedback(self, x0: Tensor, images: Tensor) -> None:
+        self.prev_latent.copy_(x0)
+        self.prev_image.copy_(images.clamp(-1, 1))
+        self.feedback_valid.fill_(1.0)
 
     @torch.no_grad()
     def prime(self, x_uint8: Tensor | None) -> None:
@@ -299,6 +370,9 @@ class StreamDiffusion:
         batch = 1 if frame.ndim == 3 else frame.shape[0]
         if batch != self.fbs:
             raise ValueError(f"frame: expected {self.fbs} frames (frame_buffer_size), got {batch}")
+        if self.ip_image_pending:  # a new style image: into the UNet rows, and this frame is not skipped
+            self._write_ip_image()
+            self._force_next = True
         if self._filter_on():
             small = fr.small_copy(frame)
             if self._must_process():
@@ -315,12 +389,15 @@ class StreamDiffusion:
             self.prime(x)
         return frame, x
 
-    def finish(self, out: Tensor, frame: np.ndarray | Tensor) -> np.ndarray | Tensor:
-        """Keep `out` (uint8 fbs x H x W x 3, any device) as the last output; return it like `frame`."""
+    def finish(self, out: Tensor, frame: np.ndarray | Tensor, *,
+               returned: np.ndarray | Tensor | None = None) -> np.ndarray | Tensor:
+        """Keep `out` (uint8 fbs x H x W x 3, any device) as the last output; return it like `frame`.
+        `returned`: the same values already in that form (`frames.like_input`, made by an engine
+        from its own buffer), returned as they are: the caller then gets one copy, not two."""
         self.last_output = out
         self.frames_processed += 1
         self._force_next = False
-        return fr.like_input(out, frame)
+        return returned if returned is not None else fr.like_input(out, frame)
 
     def repeat_last(self, frame: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """The output for a frame the similarity filter skipped: the last output again, like `frame`."""
@@ -330,6 +407,11 @@ class StreamDiffusion:
     def transition_active(self) -> bool:
         """A prompt transition is in progress: each prepare() rewrites the prompt embeddings."""
         return self._transition is not None
+
+    @property
+    def ip_image_pending(self) -> bool:
+        """The IP-Adapter's image changed since the rows were written: the next prepare() rewrites them."""
+        return self.ip_adapter is not None and self.ip_adapter.image_version != self._ip_version
 
     def _filter_on(self) -> bool:
         return self.config.mode == "img2img" and self.config.similarity_threshold is not None
@@ -343,10 +425,10 @@ class StreamDiffusion:
             return
         tr.done += 1
         weight = tr.done / tr.frames
-        cond = blending.transition(tr.start, tr.target, weight).to(self.dtype)
+        cond = blending.transition(tr.start, tr.target, weight, tr.method).to(self.dtype)
         pooled = None
         if tr.target_pooled is not None:
-            pooled = blending.transition(tr.start_pooled, tr.target_pooled, weight).to(self.dtype)
+            pooled = blending.transition(tr.start_pooled, tr.target_pooled, weight, tr.method).to(self.dtype)
         self._write_embeds(cond, pooled)
         if tr.done >= tr.frames:
             self._transition = None
@@ -360,7 +442,7 @@ class StreamDiffusion:
         if "similarity_max_skip_frames" in changes:
             changes["similarity_max_skip"] = changes.pop("similarity_max_skip_frames")
         old, new = self.config, self.config.replace(**changes)
-        cond, pooled = self._encode("prompt", self.prompts.encode, new.prompt)  # may raise: nothing changed yet
+        cond, pooled = self._prompt_embeds(new)  # may raise: nothing changed yet
         uncond, upooled = self._encode("negative_prompt", self.prompts.encode_negative, new.negative_prompt)
         self._commit(old, new, (cond, pooled, uncond, upooled))
 
@@ -373,28 +455,54 @@ class StreamDiffusion:
         except Exception as exc:
             raise ValueError(f"{field}: could not encode {prompt[:60]!r}: {type(exc).__name__}: {exc}") from exc
 
+    def _prompt_embeds(self, config: StreamConfig) -> tuple[Tensor, Tensor | None]:
+        """The conditional embeddings `config` asks for: its prompt blend (each prompt encoded
+        through the cache, then `blending.blend_embeddings`, SDXL pooled too), else its prompt."""
+        items = config.prompt_items
+        if not items:
+            return self._encode("prompt", self.prompts.encode, config.prompt)
+        encoded = [self._encode("prompt_blend", self.prompts.encode, prompt) for prompt, _ in items]
+        weights, method = [w for _, w in items], config.blend_method
+        cond = blending.blend_embeddings([e for e, _ in encoded], weights, method).to(self.dtype)
+        pooled = None
+        if encoded[0][1] is not None:
+            pooled = blending.blend_embeddings([p for _, p in encoded], weights, method).to(self.dtype)
+        return cond, pooled
+
+    @staticmethod
+    def _prompt_key(c: StreamConfig) -> tuple:
+        """Equal for two configs exactly when they ask for the same conditional embeddings."""
+        items = c.prompt_items
+        return ("blend", items, c.blend_method) if items else ("prompt", c.prompt)
+
+    @staticmethod
+    def _noise_key(c: StreamConfig) -> tuple:
+        items = c.seed_items
+        return ("blend", items, c.blend_method) if items else ("seed", c.seed)
+
     def _commit(self, old: StreamConfig, new: StreamConfig, embeds: tuple) -> None:
-        old_shape = self.shape_key
-        prompt_changed = new.prompt != old.prompt
+        old_shape = self._layout_key
+        prompt_changed = self._prompt_key(new) != self._prompt_key(old)
         start = self.cond_embeds.clone()
         start_pooled = self.unet_pooled[-1:].clone() if self._sdxl else None
         self.config = new
         self._cond, self._pooled, self._uncond, self._upooled = embeds
         self.filter.configure(new.similarity_threshold, new.similarity_max_skip)
-        if self.shape_key != old_shape:
+        if self._layout_key != old_shape:
             self._allocate()
             self._transition = None
             self._write_all()
             self._force_next = True
             return
-        if new.seed != old.seed:
-            self._write_noise(new.seed)
+        if self._noise_key(new) != self._noise_key(old):
+            self._write_noise()
         if new.indexes != old.indexes or new.mode != old.mode:
             self._write_schedule()
             self._primed = False
         self._write_scalars()
         if prompt_changed and new.transition_frames > 0 and self._primed:
-            self._transition = _Transition(start, self._cond, start_pooled, self._pooled, new.transition_frames)
+            self._transition = _Transition(start, self._cond, start_pooled, self._pooled, new.transition_frames,
+                                           new.blend_method)
             self._write_embeds(start, start_pooled)
         elif prompt_changed or self._transition is None:
             self._transition = None
@@ -403,8 +511,82 @@ class StreamDiffusion:
             self._write_embeds(start, start_pooled)
         self._force_next = True
 
+    def set_ip_adapter(self, adapter: IPAdapter | None) -> None:
+        """Attach an IP-Adapter (core/ip_adapter.py, loaded for these components) or, with None, remove
+        the attached one; between two frames. While one is attached the UNet takes `image_embeds`
+        (declared in `conditions`, held in `unet_cond`) and `shape_key` includes the adapter's
+        `structure_key` (engines recapture); its scale and image change live without that. On an
+        error nothing changes."""
+        if adapter is self.ip_adapter:
+            return
+        if adapter is not None and adapter.components.unet is not self.components.unet:
+            raise ValueError("ip_adapter: it was loaded for another model's UNet; load it for this stream's model")
+        old = self.ip_adapter
+        if old is not None:
+            old.detach()
+        try:
+            if adapter is not None:
+                adapter.attach()
+        except Exception:
+            if old is not None:
+                old.attach()
+            raise
+        self.ip_adapter = adapter
+        self.conditions = unet_conditions(self.components) + ((adapter.condition,) if adapter is not None else ())
+        self.unet_cond.pop(IMAGE_EMBEDS, None)
+        if adapter is not None:
+            self.unet_cond[IMAGE_EMBEDS] = self._rows(adapter.condition)
+            self._write_ip_image()
+        self._force_next = True
+
+    # ------------------------------------------------------------------ ControlNets
+    @property
+    def controlnets(self) -> ControlNetStack:
+        """The ControlNets in force (an empty stack by default). Live scales:
+        `set_controlnet_scales`; another set of nets: `set_controlnets`."""
+        return self.control
+
+    def set_controlnets(self, stack: ControlNetStack | None) -> None:
+        """Swap in another set of ControlNets between two frames (None or an empty stack: none).
+        Everything is checked (family and blocks of each net, its device) and made ready (the
+        engine's ControlNet call, the stack's tensors at the stream's size) on the new stack first;
+        on an error (ControlNetError, naming the net) the stream keeps the stack it had."""
+        stack = stack if stack is not None else ControlNetStack()
+        if not isinstance(stack, ControlNetStack):
+            raise ControlNetError(f"controlnets: expected a ControlNetStack, got {type(stack).__name__}")
+        for unit in stack.units:
+            check_fits(unit.name, unit.net.config, self.components)
+            device = unit.scale_tensor.device
+            if device.type != self.device.type:
+                raise ControlNetError(f"ControlNet {unit.name!r}: it is on {device}, the stream on {self.device}; "
+                                      f"load it with the stream's components")
+        stack.use_engine(self.modules.controlnet)
+        c = self.config
+        stack.bind(self.fbs, c.height, c.width, device=self.device, dtype=self.dtype)
+        self.control = stack
+        self._force_next = True
+
+    def set_controlnet_scales(self, scales: dict[str, float]) -> None:
+        """Live conditioning scales by ControlNet name (in-place: no recapture unless a scale
+        crosses 0, which changes `structure_key`); all checked first."""
+        self.control.set_scales(scales)
+        self._force_next = True
+
+    def set_control_image(self, name: str, frame: np.ndarray | Tensor) -> None:
+        """The app's image for the `external` ControlNet `name`: uint8 HxWx3 (or fbs x H x W x 3),
+        numpy or torch, any size: fitted like the stream's frames (resize policy) and written in
+        place into the stack's persistent control image (on the device, no host wait)."""
+        fr.check_frame(frame)
+        self.control.unit(name)  # an unknown name fails before any upload
+        x = fr.to_tensor(frame, self.device, self._control_stager)
+        if isinstance(frame, np.ndarray) and self.device.type == "cuda":
+            self._control_stager.mark_uploaded()
+        x = fr.fit(x, self.config.width, self.config.height, self.config.resize)
+        self.control.set_external(name, x.permute(0, 3, 1, 2).to(self.dtype).div(255.0))
+
     def reset(self) -> None:
         """Forget the frames in flight (the next frame primes the buffer again)."""
         self._primed = False
         self.filter.reset()
         self.last_output = None
+        self.feedback_valid.zero_()  # the next frame mixes in no output of before the reset

@@ -315,9 +315,133 @@ def make_tiny_controlnet(model_dir: str | Path, folder: str | Path, *, seed: int
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 8, 16))
     zero_started = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block]
     with torch.no_grad():
+        # He-initialised condition embedding: with the default init its signal fades layer by layer and
+        # the net would hardly depend on the control image (a test could not tell two images apart)
+        for layer in net.controlnet_cond_embedding.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         for layer in zero_started:
             torch.nn.init.normal_(layer.weight, std=0.2)
             torch.nn.init.normal_(layer.bias, std=0.05)
     folder = Path(folder)
     net.save_pretrained(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- IP-Adapter
+def image_encoder_config(*, hidden_size: int = 32, layers: int = 2, heads: int = 4, intermediate_size: int = 37,
+                         image_size: int = 32, patch_size: int = 8, projection_dim: int = 32):
+    """A CLIPVisionConfig (tiny by default; `bench/` passes the ViT-H sizes)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                            projection_dim=projection_dim)
+
+
+def ip_adapter_state(unet, image_embed_dim: int, *, seed: int = 0, tokens: int = 4,
+                     kind: str = "plain") -> dict[str, torch.Tensor]:
+    """Random IP-Adapter weights for `unet` in the original flat layout of h94's files (float32, CPU):
+    `ip_adapter.<2i+1>.to_{k,v}_ip.weight` for the i-th cross-attention layer and the image projection:
+    plain = `image_proj.proj.{weight,bias}` (image embedding -> `tokens` x cross-attention width) +
+    `image_proj.norm.*`; plus = the Plus resampler (`latents`, `proj_in`, 4 blocks of `layers.<i>.0.*`
+    attention and `layers.<i>.1.*` feed-forward, `proj_out`, `norm_out`) on `image_embed_dim`-wide
+    encoder hidden states. Scaled like a trained layer's default init."""
+    from .ip_adapter import cross_attention_layers
+
+    gen = torch.Generator().manual_seed(seed)
+    cross = int(unet.config.cross_attention_dim)
+
+    def rand(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std
+
+    if kind == "plain":
+        proj = {"proj.weight": rand(tokens * cross, image_embed_dim, std=image_embed_dim ** -0.5),
+                "proj.bias": rand(tokens * cross, std=0.1), "norm.weight": 1 + rand(cross, std=0.1),
+                "norm.bias": rand(cross, std=0.1)}
+    elif kind == "plus":
+        proj = _plus_resampler_state(image_embed_dim, cross, tokens, seed)
+    else:
+        raise ValueError(f"kind must be plain or plus, got {kind!r}")
+    state = {f"image_proj.{k}": v for k, v in proj.items()}
+    for i, (_, attn) in enumerate(cross_attention_layers(unet)):
+        for part in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{2 * i + 1}.{part}.weight"] = rand(int(attn.inner_dim), cross, std=cross ** -0.5)
+    return state
+
+
+def _plus_resampler_state(embed_dims: int, output_dims: int, tokens: int, seed: int,
+                          hidden_dims: int = 32) -> dict[str, torch.Tensor]:
+    """A random diffusers IPAdapterPlusImageProjection (depth 4, one 64-wide head: the depth and head
+    width diffusers' converter assumes) with its keys put back into the original resampler layout."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    torch.manual_seed(seed)
+    resampler = IPAdapterPlusImageProjection(embed_dims=embed_dims, output_dims=output_dims, hidden_dims=hidden_dims,
+                                             depth=4, dim_head=64, heads=1, num_queries=tokens)
+    ours = resampler.state_dict()
+    renames = {"ln0": "0.norm1", "ln1": "0.norm2", "attn.to_q": "0.to_q", "attn.to_out.0": "0.to_out",
+               "ff.0": "1.0", "ff.1.net.0.proj": "1.1", "ff.1.net.2": "1.3"}
+    state = {}
+    for key, value in ours.items():
+        if not key.startswith("layers."):
+            state[key] = value.clone()
+            continue
+        _, block, rest = key.split(".", 2)
+        if rest.startswith(("attn.to_k.", "attn.to_v.")):
+            if rest.startswith("attn.to_k."):
+                state[f"layers.{block}.0.to_kv.weight"] = torch.cat(
+                    [value, ours[f"layers.{block}.attn.to_v.weight"]])
+            continue
+        for new, old in renames.items():
+            if rest.startswith(new + "."):
+                state[f"layers.{block}.{old}{rest[len(new):]}"] = value.clone()
+                break
+        else:
+            raise KeyError(key)
+    return state
+
+
+def make_tiny_ip_adapter(model_dir: str | Path, path: str | Path, *, seed: int = 0, kind: str = "plain") -> Path:
+    """Save a random IP-Adapter ("plain" or "plus") for the tiny model's UNet as ONE original-layout
+    .safetensors file at `path`, and a tiny CLIPVisionModelWithProjection (save_pretrained) as
+    `image_encoder/` beside it: the h94/IP-Adapter layout (models/ip-adapter_sd15.safetensors +
+    models/image_encoder/), which both `core.ip_adapter.load_ip_adapter` and diffusers'
+    `load_ip_adapter` read."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = image_encoder_config()
+    CLIPVisionModelWithProjection(config).save_pretrained(path.parent / "image_encoder")
+    unet = UNet2DConditionModel.from_pretrained(Path(model_dir), subfolder="unet")
+    width = config.projection_dim if kind == "plain" else config.hidden_size
+    state = ip_adapter_state(unet, width, seed=seed, kind=kind)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+def make_tiny_depth_model(folder: str | Path, *, seed: int = 0, input_side: int = 42) -> Path:
+    """Save a tiny random Depth Anything model (DINOv2 backbone, DPT neck and head: the real
+    architecture with tiny widths) and its image-processor config (`input_side` x `input_side`,
+    keep aspect ratio, multiple of the patch size 14, ImageNet normalisation) to `folder`."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2, image_size=42,
+                            patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 8, 16, 16],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    with torch.no_grad():  # the default init gives depths of ~1e-7; real models give ~0.1..100
+        for param in model.head.parameters():
+            torch.nn.init.normal_(param, std=0.5)
+        model.head.conv3.bias.fill_(2.0)  # mostly above the final ReLU: a depth map with structure
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    DPTImageProcessorPil(size={"height": input_side, "width": input_side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                         do_pad=False).save_pretrained(folder)
     return folder

@@ -7,14 +7,32 @@ model and size loads kernels from disk instead of compiling them again.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 
+from dreamcam.core.modules import EagerUNet
+
+from .background import live_modules
 from .cache import use_compile_cache
 from .config import EngineConfig
 from .contract import StepModules
-from .eager import cast_modules, prepare
+from .eager import cast_modules, controlnet_factory, prepare
+
+# Inductor options of the bounded max-autotune search (issue 11): the earlier full search (mode
+# "max-autotune-no-cudagraphs" = max_autotune + coordinate_descent_tuning, Triton conv templates)
+# did not finish compiling the UNet in 550 s on the H200.
+BOUNDED_AUTOTUNE = {
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "TRITON,ATEN",
+    "max_autotune_conv_backends": "ATEN",  # cuDNN convolutions (benchmark mode picks the kernel)
+    "conv_1x1_as_mm": True,  # the resnets' 1x1 shortcut convs as tuned GEMMs (the residual add fused)
+    "max_autotune_gemm_search_space": "DEFAULT",
+    "epilogue_fusion": True,  # bias, activations, residual adds into the GEMM templates
+    "autotune_local_cache": True,  # choices kept under TORCHINDUCTOR_CACHE_DIR (the engine cache)
+    "precompilation_timeout_seconds": 120,
+}
 
 
 def tune_inductor(enabled: bool) -> None:
@@ -29,37 +47,91 @@ def tune_inductor(enabled: bool) -> None:
     ic.epilogue_fusion = False
 
 
-def compile_fn(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    """torch.compile without Inductor's own CUDA graphs: the caller captures one graph per frame."""
+def inductor_options(config: EngineConfig) -> dict[str, Any] | None:
+    """Per-compile Inductor options for `config` (None: Inductor's defaults for `compile_mode`).
+
+    Options unknown to this torch version are left out (names move between releases)."""
+    import torch._inductor.config as ic
+
+    options: dict[str, Any] = {}
+    if config.compile_mode == "max-autotune-no-cudagraphs":
+        if config.autotune_search == "full":
+            return None  # the mode itself
+        options.update(BOUNDED_AUTOTUNE)
+    if config.coordinate_descent:
+        options["coordinate_descent_tuning"] = True
+    if config.channels_last_io:
+        options["force_layout_optimization"] = True
+    return {k: v for k, v in options.items() if hasattr(ic, k)} or None
+
+
+def compile_fn(fn: Callable[..., Any], mode: str, options: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """torch.compile without Inductor's own CUDA graphs: the caller captures one graph per frame.
+    `options` (Inductor config for this compile only) replace `mode`: torch takes one or the other."""
+    if options:
+        return torch.compile(fn, options=options, dynamic=False, fullgraph=False)
     return torch.compile(fn, mode=None if mode == "default" else mode, dynamic=False, fullgraph=False)
 
 
-def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool) -> Callable[..., torch.Tensor]:
+def _layout(a: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last and a.dim() == 4:
+        return a.contiguous(memory_format=torch.channels_last)
+    return a.contiguous()
+
+
+def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool, channels_last: bool = False,
+                   options: dict[str, Any] | None = None) -> Callable[..., torch.Tensor]:
     """Compile the core's own callable, never a shared wrapper: Dynamo caches per code object,
     so three modules behind one wrapper function would share (and exhaust) one recompile budget.
 
     With `contiguous` the inputs (named conditioning too) are made contiguous first: Dynamo
     guards on strides, and the latents the stream computes can come out channels_last-strided
     (from the encoder) or not (txt2img noise); one layout means one compilation (the copy of a
-    latent costs microseconds).
+    latent costs microseconds). With `channels_last` that one layout is channels_last for 4-D
+    inputs (no layout change at the compiled graph's edges).
     """
     target = fn if inspect.isfunction(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
-    compiled = compile_fn(target, mode)
+    compiled = compile_fn(target, mode, options)
     if not contiguous:
         return compiled
 
     def call(*args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
-        return compiled(*(a.contiguous() for a in args), **{k: v.contiguous() for k, v in named.items()})
+        return compiled(*(_layout(a, channels_last) for a in args),
+                        **{k: _layout(v, channels_last) for k, v in named.items()})
 
     return call
 
 
-def compile_modules(modules: StepModules, config: EngineConfig) -> StepModules:
-    mode = config.compile_mode
-    # The encoder keeps the stream's layout: its uint8 NHWC frames permuted are channels_last already.
-    return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True),
-                       encode=_compiled_call(modules.encode, mode, contiguous=False),
-                       decode=_compiled_call(modules.decode, mode, contiguous=True))
+def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dtype | None = None) -> StepModules:
+    """The UNet and both TAESD/VAE halves, each compiled with the same mode and options; with `dtype`
+    (the compute precision) also the ControlNets, each like the UNet (compiled at its first call: the
+    capture's warm-up of a step that runs it)."""
+    mode, options, cl = config.compile_mode, inductor_options(config), config.channels_last_io
+    controlnet = modules.controlnet
+    if dtype is not None:
+        controlnet = controlnet_factory(config, dtype, lambda call: _compiled_call(call, mode, contiguous=True,
+                                                                                 options=options))
+    # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
+    # are channels_last already.
+    return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True, channels_last=cl, options=options),
+                       encode=_compiled_call(modules.encode, mode, contiguous=cl, channels_last=cl, options=options),
+                       decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options),
+                       controlnet=controlnet)
+
+
+def rewrite_unet(unet: torch.nn.Module, config: EngineConfig) -> tuple[torch.nn.Module, dict[str, int]]:
+    """The engine's own copy of the UNet with the opted-in module substitutions (weights shared with
+    the components' UNet, which stays unchanged), and how many modules each replaced."""
+    counts: dict[str, int] = {}
+    if config.fuse_norm_silu:
+        from .fused_norm import fuse_resnets
+
+        unet, counts["fused_resnets"] = fuse_resnets(unet)
+    if config.fp8_linear:
+        from .fp8 import to_fp8
+
+        unet, counts["fp8_linears"] = to_fp8(unet)
+    return unet, counts
 
 
 def raise_recompile_limit(limit: int = 64) -> None:
@@ -76,5 +148,13 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     on_gpu = next(components.unet.parameters()).device.type == "cuda"
     tune_inductor(config.inductor_tuning and on_gpu)
     raise_recompile_limit()
+    if config.compile_threads:
+        import torch._inductor.config as ic
+
+        ic.compile_threads = config.compile_threads  # process-wide: the worker pool is shared
     modules, dtype, io = prepare(components, config)
-    return cast_modules(compile_modules(modules, config), dtype, io)
+    unet, _ = rewrite_unet(components.unet, config)
+    if unet is not components.unet:
+        modules = replace(modules, unet=EagerUNet(unet))
+    # new shapes after the start (a live change of steps or guidance) compile in the background
+    return cast_modules(live_modules(compile_modules(modules, config, dtype), modules), dtype, io)

@@ -9,6 +9,7 @@ from pathlib import Path
 DTYPES = ("fp16", "bf16", "fp32")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 COMPILE_SCOPES = ("modules", "step")
+AUTOTUNE_SEARCHES = ("bounded", "full")
 
 
 def default_cache_dir() -> Path:
@@ -60,6 +61,15 @@ class EngineConfig:
     compile_mode: str = "default"
     compile_scope: str = "modules"  # "step": also compile the core's whole per-frame step
     inductor_tuning: bool = False  # conv 1x1 as matmul, coordinate-descent tuning (longer compile)
+    # Issue 11 directions, each off until measured (`python -m bench.run` variants compare them):
+    # max-autotune's search: "bounded" = Triton + ATen GEMM templates (default search space, epilogue
+    # fusion), cuDNN convolutions, no coordinate descent; "full" = Inductor's own mode (much longer)
+    autotune_search: str = "bounded"
+    coordinate_descent: bool = False  # Inductor's coordinate-descent tuning of each kernel's launch config
+    compile_threads: int = 0  # Inductor's compile workers (process-wide); 0 = Inductor's default (CPU count)
+    channels_last_io: bool = False  # compiled modules get channels_last 4-D inputs; Inductor keeps that layout
+    fuse_norm_silu: bool = False  # UNet ResnetBlock2D GroupNorm+SiLU (+temb add) as one Triton op (fused_norm.py)
+    fp8_linear: bool = False  # UNet linear layers as fp8 e4m3 matmuls on sm >= 8.9 (fp8.py)
     probe: bool = True  # run the new modules once at creation so failures fall back early
     lora_set: tuple[tuple[str, float], ...] = ()  # (name, scale) fused into the UNet, for cache keys
     trt_min_side: int = 256
@@ -72,6 +82,10 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.autotune_search not in AUTOTUNE_SEARCHES:
+            raise ValueError(f"autotune_search must be one of {', '.join(AUTOTUNE_SEARCHES)}, got {self.autotune_search!r}")
+        if self.compile_threads < 0:
+            raise ValueError(f"compile_threads must be 0 (Inductor's default) or more, got {self.compile_threads}")
         if self.compile_scope not in COMPILE_SCOPES:
             raise ValueError(f"compile_scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
 

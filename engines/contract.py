@@ -5,6 +5,8 @@ The engines build callables with exactly the signatures of the core's default mo
   `cond` the named extra inputs declared by `unet_conditions(components)` (SDXL: text_embeds, time_ids)
 - encode(images (B,3,H,W) in [-1,1]) -> latents, already scaled
 - decode(latents) -> images in [-1,1]
+- controlnet(net) -> call(sample, timestep, encoder_hidden_states, controlnet_cond, **added) ->
+  (down_0, ..., down_{N-1}, mid): how this engine runs a loaded ControlNetModel
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from dreamcam.core.modules import (  # noqa: F401  (re-exported)
     Condition,
+    EagerControlNet,
     StepModules,
     eager_modules,
     example_conditions,

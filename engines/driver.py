@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamcam.core.frames import like_input
+
+from . import background
 from .config import EngineConfig
 from .graphed import FrameHandle, GraphedStep, GraphStatus
 
@@ -40,8 +43,12 @@ class PendingFrame:
         if self._handle is None:
             return self._stream.repeat_last(self._frame)
         out = self._handle.result()
-        if self._handle.pinned:  # a plain pageable copy: the pinned buffer is reused a few submits later
-            out = torch.from_numpy(out.numpy().copy())
+        if self._handle.pinned and isinstance(self._frame, np.ndarray):
+            # the pinned buffer is reused a few submits later: the caller gets a numpy copy of it and the
+            # stream keeps the device copy (one host copy per frame, not two)
+            return self._stream.finish(self._handle.kept, self._frame, returned=like_input(out, self._frame))
+        if self._handle.pinned:  # a host tensor frame: a tensor of its own
+            out = out.clone()
         return self._stream.finish(out, self._frame)
 
 
@@ -61,7 +68,8 @@ class StreamDriver:
         # closures over the stream only (the stream never points back): no reference cycle, so a
         # dropped driver frees its graphs at once instead of in a later garbage collection
         self.graphed = GraphedStep(_step_fn(stream, config), lambda: stream.shape_key, device=stream.device,
-                                   lanes=lanes, stateless_fn=lambda: stream.stateless, state_fn=stream.step_state)
+                                   lanes=lanes, stateless_fn=lambda: stream.stateless, state_fn=stream.step_state,
+                                   defer_fn=background.compiling)
 
     @property
     def lanes(self) -> int:
@@ -74,7 +82,8 @@ class StreamDriver:
 
     @torch.no_grad()
     def submit(self, frame: Frame | None = None) -> PendingFrame:
-        if self.stream.transition_active:  # prepare() rewrites embeddings frames in flight still read
+        # prepare() rewrites inputs that frames in flight still read (prompt transition, new style image)
+        if self.stream.transition_active or self.stream.ip_image_pending:
             self.graphed.fence()
         frame, x = self.stream.prepare(frame)
         if x is None:
@@ -96,6 +105,26 @@ class StreamDriver:
     def fence(self) -> None:
         """Wait for the frames in flight (before the stream's models or conditioning change)."""
         self.graphed.fence()
+
+    def set_ip_adapter(self, adapter: Any) -> None:
+        """Attach (or with None remove) the stream's IP-Adapter with no frame in flight (core/ip_adapter.py)."""
+        self.graphed.fence()
+        self.stream.set_ip_adapter(adapter)
+
+    # ControlNets: fenced like update (no write lands under a frame in flight). A scale change is an
+    # in-place write: the graph stays; a scale crossing 0 or another stack changes `shape_key`: the
+    # next frame captures (or takes up the graph kept for that key: toggling back is free).
+    def set_controlnets(self, stack: Any) -> None:
+        self.graphed.fence()
+        self.stream.set_controlnets(stack)
+
+    def set_controlnet_scales(self, scales: dict[str, float]) -> None:
+        self.graphed.fence()
+        self.stream.set_controlnet_scales(scales)
+
+    def set_control_image(self, name: str, frame: Frame) -> None:
+        self.graphed.fence()
+        self.stream.set_control_image(name, frame)
 
     def close(self) -> None:
         """Release the CUDA graphs now (a stream that is dropped should not wait for Python's GC)."""

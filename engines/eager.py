@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
 
 from .config import EngineConfig
-from .contract import StepModules, eager_modules, model_parts
+from .contract import EagerControlNet, StepModules, eager_modules, model_parts
 
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -59,12 +60,40 @@ def _cast(fn: Callable[..., torch.Tensor], compute: torch.dtype, io: torch.dtype
     return call
 
 
+def _cast_many(fn: Callable[..., tuple[torch.Tensor, ...]], compute: torch.dtype,
+               io: torch.dtype) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """As `_cast`, for a callable with several outputs (a ControlNet's residuals)."""
+    def to(a: torch.Tensor) -> torch.Tensor:
+        return a.to(compute) if a.is_floating_point() else a
+
+    def call(*args: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(r.to(io) for r in fn(*(to(a) for a in args), **{k: to(v) for k, v in named.items()}))
+
+    return call
+
+
 def cast_modules(modules: StepModules, compute: torch.dtype, io: torch.dtype) -> StepModules:
-    """Run the modules in `compute` precision behind the stream's `io` precision."""
+    """Run the modules in `compute` precision behind the stream's `io` precision (the ControlNet
+    factory's calls too)."""
     if compute == io:
         return modules
+    factory = modules.controlnet
     return StepModules(unet=_cast(modules.unet, compute, io), encode=_cast(modules.encode, compute, io),
-                       decode=_cast(modules.decode, compute, io))
+                       decode=_cast(modules.decode, compute, io),
+                       controlnet=lambda net: _cast_many(factory(net), compute, io))
+
+
+def controlnet_factory(config: EngineConfig, dtype: torch.dtype,
+                       wrap: Callable[[Callable], Callable] | None = None) -> Callable[[Any], Callable]:
+    """The engine's ControlNet call: the net retuned like the UNet (precision, channels_last on a
+    GPU, SDPA attention), called eagerly or through `wrap` (the compiled engine compiles it)."""
+    def make(net: torch.nn.Module) -> Callable:
+        tune_module(net, dtype, config.channels_last and module_device(net).type == "cuda")
+        use_sdpa(net)
+        call = EagerControlNet(net)
+        return wrap(call) if wrap is not None else call
+
+    return make
 
 
 def compute_dtype(config: EngineConfig, device: torch.device, io: torch.dtype) -> torch.dtype:
@@ -98,4 +127,4 @@ def prepare(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) 
 
 def make_eager(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) -> StepModules:
     modules, dtype, io = prepare(components, config, qkv_fusion=qkv_fusion)
-    return cast_modules(modules, dtype, io)
+    return cast_modules(replace(modules, controlnet=controlnet_factory(config, dtype)), dtype, io)

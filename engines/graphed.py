@@ -6,6 +6,9 @@
 step's state (`state_fn()`) and captures it; every other frame is: copy into the lane's static
 input -> graph replay -> async copy out (to pinned host memory or a device tensor) -> one event.
 `engines/driver.py` is the only caller: the one graph driver of the app and the benchmark.
+Captures of earlier keys are kept (`keep` in all, least recently used dropped first), so a key
+that comes back (a ControlNet switched off and on again: the stream's structure key) replays its
+graph at once instead of capturing again.
 
 Capture is guarded against what broke it in the field: Python's cyclic garbage collector freeing
 another CUDA graph mid-capture (CUDAGraph::reset is not permitted while a stream captures, and the
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 import torch
 
@@ -38,6 +43,14 @@ def uncaptured_message(reason: str) -> str:
     return (f"the stream runs without a CUDA graph ({UNCAPTURED_SLOWDOWN} slower): capture failed: {reason}")
 
 
+WAITING = ("compiling the new shapes in the background: frames run without a CUDA graph (slower) until "
+           "they are ready")
+
+
+class _Deferred(Exception):
+    """A capture put off until a background compile is done (engines/background.py)."""
+
+
 @dataclass(frozen=True)
 class GraphStatus:
     """Whether the step replays as CUDA graphs. `applies` is False off CUDA (nothing to capture)."""
@@ -45,11 +58,16 @@ class GraphStatus:
     applies: bool
     lanes: int = 0  # lanes captured for the current shape (0: not captured yet, or failed)
     error: str | None = None  # why the capture failed (the step then runs uncaptured)
+    waiting: bool = False  # new shapes compile in the background: uncaptured until they are ready
 
     @property
     def message(self) -> str:
-        """Empty while all is well (or off CUDA), else `uncaptured_message`."""
-        return uncaptured_message(self.error) if self.applies and self.error else ""
+        """Empty while all is well (or off CUDA), else `uncaptured_message` (or, for a while, `WAITING`)."""
+        if not self.applies:
+            return ""
+        if self.error:
+            return uncaptured_message(self.error)
+        return WAITING if self.waiting else ""
 
 
 @dataclass
@@ -72,12 +90,15 @@ class _Lane:
 
 class FrameHandle:
     """A frame in flight; `result()` waits for it: pinned host frames (valid until this slot is
-    reused, `slots` submits later) or a device tensor ordered on the caller's current stream."""
+    reused, `slots` submits later) or a device tensor ordered on the caller's current stream.
+    With pinned host frames, `kept` is a device copy of the same frame that stays valid (what a
+    caller keeps as its last output, so that the host frame needs only one copy, the caller's)."""
 
     def __init__(self, slot: _Slot | None, out: torch.Tensor, lane_stream: torch.cuda.Stream | None,
-                 *, pinned: bool = False) -> None:
+                 *, pinned: bool = False, kept: torch.Tensor | None = None) -> None:
         self._slot, self._out, self._lane_stream = slot, out, lane_stream
         self.pinned = pinned  # `result()` is a reused pinned buffer: copy it before the slot comes round again
+        self.kept = kept
 
     def done(self) -> bool:
         """True once the output is complete (never waits)."""
@@ -96,6 +117,48 @@ class FrameHandle:
                 self._out.record_stream(current)  # allocated on the lane's stream, used on the caller's
         slot.busy = False
         return self._out
+
+
+@dataclass
+class _Capture:
+    lanes: list[_Lane]
+    slots: list[_Slot]
+
+
+V = TypeVar("V")
+
+
+class KeptCaptures(Generic[V]):
+    """The captures of keys other than the current one, least recently used first, at most `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def values(self) -> list[V]:
+        return list(self._items.values())
+
+    def put(self, key: Hashable, value: V) -> list[V]:
+        """Keep `value` for `key`; returns what no longer fits (the caller drops it)."""
+        self._items.pop(key, None)
+        self._items[key] = value
+        dropped = []
+        while len(self._items) > self.limit:
+            dropped.append(self._items.popitem(last=False)[1])
+        return dropped
+
+    def take(self, key: Hashable) -> V | None:
+        return self._items.pop(key, None)
+
+    def clear(self) -> list[V]:
+        values, self._items = list(self._items.values()), OrderedDict()
+        return values
 
 
 @contextmanager
@@ -129,6 +192,8 @@ class GraphedStep:
         lanes: int = 1,
         stateless_fn: Callable[[], bool] | None = None,
         state_fn: Callable[[], list[torch.Tensor]] | None = None,
+        defer_fn: Callable[[], bool] | None = None,
+        keep: int = 2,
     ) -> None:
         if not 1 <= lanes <= 4:
             raise ValueError(f"lanes must be 1 to 4, got {lanes}")
@@ -140,14 +205,22 @@ class GraphedStep:
         self.n_slots = max(slots, lanes)
         self.stateless_fn = stateless_fn or (lambda: False)
         self.state_fn = state_fn  # the step's persistent state: restored after warm-up, so capture has no side effect
+        # True while a new capture must wait (a module compiles new shapes in the background): the
+        # step then runs uncaptured, and the capture happens at the first frame after it is False
+        self.defer_fn = defer_fn or (lambda: False)
         self.captures = 0
         self.failures = 0  # capture attempts that failed (each retried once)
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
+        self.timings: dict[str, float] = {}  # the last capture: warmup_s (first calls: compiles, autotuning), capture_s
+        self._waiting = False  # the current shape waits for a background compile (see defer_fn)
         self._failed_key: Hashable = None
+        self._failed_reason: str | None = None  # why the capture of _failed_key failed
         self._key: Hashable = object()
         self._lanes: list[_Lane] = []
         self._slots: list[_Slot] = []
         self._next = 0
+        self._kept: KeptCaptures[_Capture] = KeptCaptures(keep - 1)  # captures of other keys
+        self.switches = 0  # times a kept capture was taken up again instead of capturing
 
     @property
     def active_lanes(self) -> int:
@@ -155,12 +228,12 @@ class GraphedStep:
         return len(self._lanes)
 
     def status(self) -> GraphStatus:
-        return GraphStatus(self.device.type == "cuda", len(self._lanes), self.capture_error)
+        return GraphStatus(self.device.type == "cuda", len(self._lanes), self.capture_error, self._waiting)
 
     # -- capture ---------------------------------------------------------------------------
     def _capture(self, first: torch.Tensor, n_lanes: int) -> None:
         """Warm up on a side stream (allocations, autotuning, lazy state), then capture each lane."""
-        self._release()
+        self._stash()
         torch.cuda.synchronize(self.device)
         static_in = torch.empty(first.shape, dtype=torch.uint8, device=self.device)
         static_in.copy_(first)
@@ -170,6 +243,7 @@ class GraphedStep:
         # caller's; several: each lane is warmed up, captured and replayed on a stream of its own
         streams = [torch.cuda.Stream(self.device) for _ in range(n_lanes)] if n_lanes > 1 else [None]
         current = torch.cuda.current_stream(self.device)
+        start = time.perf_counter()
         try:
             for stream in streams:
                 side = stream or torch.cuda.Stream(self.device)
@@ -179,9 +253,13 @@ class GraphedStep:
                         self.step_fn(static_in)
                 current.wait_stream(side)
             torch.cuda.synchronize(self.device)
+            if self.defer_fn():  # the warm-up met new shapes that now compile in the background
+                raise _Deferred
+            warmed = time.perf_counter()
             with _collector_paused():
                 lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
                          for i, stream in enumerate(streams)]
+            self.timings = {"warmup_s": warmed - start, "capture_s": time.perf_counter() - warmed}
         finally:  # warm-up steps must not count as frames, whether or not the capture worked
             with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
                 for tensor, value in zip(state, saved):
@@ -206,7 +284,8 @@ class GraphedStep:
         until the shape key or frame shape changes."""
         key = (self.shape_key_fn(), tuple(first.shape))
         if self.device.type != "cuda":
-            self.capture_error, self._failed_key = "no CUDA device", key
+            self.capture_error = self._failed_reason = "no CUDA device"
+            self._failed_key = key
             return False
         wanted = self.lanes if self.lanes > 1 and self.stateless_fn() else 1
         reason = ""
@@ -216,6 +295,9 @@ class GraphedStep:
                     self._capture(first, n_lanes)
                     self.capture_error = None
                     return True
+                except _Deferred:  # not a failure: captured at the first frame after the compile
+                    self._release()
+                    return False
                 except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
                     self.failures += 1
                     self._release()
@@ -223,17 +305,43 @@ class GraphedStep:
                     reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                     log.warning("capturing %d lane(s) failed (attempt %d of 2): %s", n_lanes, attempt, reason)
         log.warning("%s", uncaptured_message(reason))
-        self.capture_error, self._failed_key = reason, key
+        self.capture_error = self._failed_reason = reason
+        self._failed_key = key
         return False
 
     def _release(self) -> None:
-        """Drop the graphs (their memory pools go back to the allocator) outside any capture."""
+        """Drop the current graphs (their memory pools go back to the allocator) outside any capture."""
         self._lanes, self._slots = [], []
+
+    def _stash(self) -> None:
+        """Keep the current capture for its key (dropping the least recently used beyond `keep`)."""
+        if self._lanes:
+            for dropped in self._kept.put(self._key, _Capture(self._lanes, self._slots)):
+                self._wait_slots(dropped.slots)
+            self._release()
+
+    def _take_up(self, key: Hashable) -> bool:
+        """Replay a kept capture of `key` from now on (no capture); False when none is kept."""
+        if key not in self._kept:
+            return False
+        kept = self._kept.take(key)
+        self._stash()
+        self._lanes, self._slots, self._key, self._next = kept.lanes, kept.slots, key, 0
+        self.capture_error = None  # this key's graphs replay (another key's capture may have failed)
+        self.switches += 1
+        return True
+
+    @staticmethod
+    def _wait_slots(slots: list[_Slot]) -> None:
+        for slot in slots:  # frames still in flight in a graph about to be dropped
+            if slot.busy:
+                slot.done.synchronize()
 
     def close(self) -> None:
         """Release the graphs now (after the frames in flight), not whenever Python frees this."""
-        if self._lanes and self.device.type == "cuda":
+        if (self._lanes or len(self._kept)) and self.device.type == "cuda":
             _synchronize_quietly(self.device)
+        self._kept.clear()
         self._release()
 
     # -- per frame -------------------------------------------------------------------------
@@ -241,10 +349,16 @@ class GraphedStep:
         """Frames already on the device (written on the caller's current stream) in; the output
         lands in pinned host memory (`to_host`) or a device tensor. Collect handles in submit order."""
         key = (self.shape_key_fn(), tuple(frames.shape))  # once per frame: the checks below compare it
-        if self.capture_error is not None and self._failed_key == key:
+        if self._failed_reason is not None and self._failed_key == key:
+            self.capture_error = self._failed_reason
             return self._run_uncaptured(frames, to_host)
-        if not self._lanes or self._key != key:
-            if not self._try_capture(frames):
+        if (not self._lanes or self._key != key) and not self._take_up(key):
+            if self.defer_fn():  # new shapes compile in the background: uncaptured until they are ready
+                self._waiting = True
+                return self._run_uncaptured(frames, to_host)
+            captured = self._try_capture(frames)
+            self._waiting = not captured and self.capture_error is None  # put off, not failed
+            if not captured:
                 return self._run_uncaptured(frames, to_host)
         slot, lane = self._next_slot()
         if lane.stream is None:  # one lane: everything on the caller's stream, no stream switch
@@ -267,12 +381,12 @@ class GraphedStep:
             if slot.host_out is None or slot.host_out.shape != lane.static_out.shape:
                 slot.host_out = torch.empty(lane.static_out.shape, dtype=torch.uint8, pin_memory=True)
             slot.host_out.copy_(lane.static_out, non_blocking=True)
-            out = slot.host_out
+            out, kept = slot.host_out, lane.static_out.clone()  # a device copy is cheaper than a host one
         else:
-            out = lane.static_out.clone()  # the graph's output buffer is reused next frame
+            out = kept = lane.static_out.clone()  # the graph's output buffer is reused next frame
         slot.done.record()
         slot.busy = True
-        return FrameHandle(slot, out, stream, pinned=to_host)
+        return FrameHandle(slot, out, stream, pinned=to_host, kept=kept)
 
     def _next_slot(self) -> tuple[_Slot, _Lane]:
         index = self._next
@@ -288,7 +402,7 @@ class GraphedStep:
         if self.device.type != "cuda":
             return
         current = torch.cuda.current_stream(self.device)
-        for lane in self._lanes:
+        for lane in self._lanes + [lane for kept in self._kept.values() for lane in kept.lanes]:
             if lane.stream is not None:
                 current.wait_stream(lane.stream)
 

@@ -2,6 +2,13 @@
 
 Engines live in `<cache>/tensorrt/<key>/` (see cache.EngineKey): a second start with the same
 weights, LoRAs, sizes, TensorRT version and GPU loads them in seconds; any change builds anew.
+
+ControlNets: each net is its own engine ("controlnet", keyed by its weights) with the UNet's
+dynamic profile (its control image at the pixel sizes of that profile); the first ControlNet also
+builds "unet_control", the UNet with the residual inputs control_down_*/control_mid (shapes:
+core.controlnet.residual_shapes at the profile's min/opt/max latent sizes). The UNet call runs
+that engine when the step passes residuals and the plain one otherwise. Both are built when the
+app sets the ControlNets (`StepModules.controlnet(net)`: minutes the first time, then cached).
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ from typing import Any, Callable
 
 import torch
 
+from dreamcam.core.controlnet import residual_shapes
+from dreamcam.core.modules import CONTROL_MID, CONTROLNET_COND_NAMES
+
 from . import onnx_export
 from .cache import EngineKey, engine_dir, lora_set, model_fingerprint
 from .config import EngineConfig
-from .contract import Condition, StepModules, model_parts, unet_conditions
-from .eager import make_eager, module_dtype
+from .contract import Condition, EagerControlNet, StepModules, model_parts, unet_conditions
+from .eager import make_eager, module_dtype, tune_module, use_sdpa
 from .errors import EngineUnavailable
 from .profiles import ShapeProfile, choose_profile
 
@@ -52,14 +62,37 @@ def require_tensorrt() -> Any:
     return trt
 
 
+def _unet_shapes(profile: ShapeProfile, config: EngineConfig, text_dim: int,
+                 conditions: tuple[Condition, ...]) -> Shapes:
+    g = config.geometry
+    return {"sample": profile.latent_shapes(g.latent_channels), "timestep": profile.batch_shapes(),
+            "encoder_hidden_states": profile.batch_shapes(g.text_len, text_dim),
+            **{c.name: profile.batch_shapes(*c.row_shape) for c in conditions}}
+
+
+def residual_profile_shapes(unet_config: Any, profile: ShapeProfile) -> Shapes:
+    """(min, opt, max) of every ControlNet residual over the profile's latent sizes."""
+    f = profile.vae_factor
+    lo, hi = profile.min_side // f, profile.max_side // f
+    sizes = [(profile.min_batch, lo, lo), (profile.opt_batch, profile.opt_height // f, profile.opt_width // f),
+             (profile.max_batch, hi, hi)]
+    per_size = [(b, residual_shapes(unet_config, h, w)) for b, h, w in sizes]
+    return {name: tuple((b, *shapes[name]) for b, shapes in per_size) for name in per_size[0][1]}
+
+
+def _profiles(config: EngineConfig) -> tuple[ShapeProfile, ShapeProfile]:
+    g = config.geometry
+    sides = dict(min_side=config.trt_min_side, max_side=config.trt_max_side, vae_factor=g.vae_factor)
+    return (choose_profile(g.height, g.width, g.unet_batch, **sides),
+            choose_profile(g.height, g.width, g.frame_batch, **sides))
+
+
 def plan_parts(modules: StepModules, unet: torch.nn.Module, vae: torch.nn.Module, config: EngineConfig,
                device: torch.device, conditions: tuple[Condition, ...] = ()) -> list[PartPlan]:
     g = config.geometry
     dtype = module_dtype(unet)
     text_dim = int(unet.config.cross_attention_dim)
-    sides = dict(min_side=config.trt_min_side, max_side=config.trt_max_side, vae_factor=g.vae_factor)
-    unet_profile = choose_profile(g.height, g.width, g.unet_batch, **sides)
-    vae_profile = choose_profile(g.height, g.width, g.frame_batch, **sides)
+    unet_profile, vae_profile = _profiles(config)
     h, w = g.latent_hw
     images = torch.rand(g.frame_batch, 3, g.height, g.width, device=device, dtype=dtype) * 2 - 1
     latents = torch.randn(g.frame_batch, g.latent_channels, h, w, device=device, dtype=dtype)
@@ -67,15 +100,40 @@ def plan_parts(modules: StepModules, unet: torch.nn.Module, vae: torch.nn.Module
         PartPlan("unet", modules.unet, unet,
                  onnx_export.unet_example(g.unet_batch, (h, w), g.text_len, text_dim, dtype=dtype, device=device,
                                           conditions=conditions),
-                 onnx_export.unet_spec(conditions), unet_profile,
-                 {"sample": unet_profile.latent_shapes(g.latent_channels), "timestep": unet_profile.batch_shapes(),
-                  "encoder_hidden_states": unet_profile.batch_shapes(g.text_len, text_dim),
-                  **{c.name: unet_profile.batch_shapes(*c.row_shape) for c in conditions}}),
+                 onnx_export.unet_spec(conditions), unet_profile, _unet_shapes(unet_profile, config, text_dim, conditions)),
         PartPlan("vae_encoder", modules.encode, vae, (images,), onnx_export.ENCODER, vae_profile,
                  {"images": vae_profile.image_shapes(3)}),
         PartPlan("vae_decoder", modules.decode, vae, (latents,), onnx_export.DECODER, vae_profile,
                  {"latents": vae_profile.latent_shapes(g.latent_channels)}),
     ]
+
+
+def plan_controlled_unet(unet_call: Callable[..., torch.Tensor], unet: torch.nn.Module, config: EngineConfig,
+                         device: torch.device, conditions: tuple[Condition, ...] = ()) -> PartPlan:
+    """The UNet with the ControlNet residuals as inputs (same profile as the plain UNet)."""
+    g = config.geometry
+    text_dim = int(unet.config.cross_attention_dim)
+    profile, _ = _profiles(config)
+    residuals = residual_profile_shapes(unet.config, profile)
+    example = onnx_export.unet_example(g.unet_batch, g.latent_hw, g.text_len, text_dim, dtype=module_dtype(unet),
+                                       device=device, conditions=conditions, residuals_of=unet.config)
+    return PartPlan("unet_control", unet_call, unet, example, onnx_export.unet_spec(conditions, tuple(residuals)),
+                    profile, {**_unet_shapes(profile, config, text_dim, conditions), **residuals})
+
+
+def plan_controlnet(call: Callable[..., tuple[torch.Tensor, ...]], net: torch.nn.Module, config: EngineConfig,
+                    device: torch.device, conditions: tuple[Condition, ...] = ()) -> PartPlan:
+    """One ControlNet with the UNet's profile; its control image spans the profile's pixel sizes."""
+    g = config.geometry
+    text_dim = int(net.config.cross_attention_dim)
+    conditions = tuple(c for c in conditions if c.name in CONTROLNET_COND_NAMES)
+    profile, _ = _profiles(config)
+    names = tuple(residual_profile_shapes(net.config, profile))
+    example = onnx_export.controlnet_example(g.unet_batch, g.latent_hw, g.text_len, text_dim, dtype=module_dtype(net),
+                                             device=device, vae_factor=g.vae_factor, conditions=conditions)
+    return PartPlan("controlnet", call, net, example, onnx_export.controlnet_spec(conditions, names), profile,
+                    {**_unet_shapes(profile, config, text_dim, ()), "controlnet_cond": profile.image_shapes(3),
+                     **{c.name: profile.batch_shapes(*c.row_shape) for c in conditions}})
 
 
 def run_build(onnx_path: Path, engine_path: Path, shapes: Shapes, config: EngineConfig, timing_cache: Path) -> None:
@@ -119,6 +177,36 @@ def _as_io(fn: Callable[..., torch.Tensor], io: torch.dtype) -> Callable[..., to
     return call
 
 
+def _as_io_many(fn: Callable[..., tuple[torch.Tensor, ...]], io: torch.dtype) -> Callable[..., tuple[torch.Tensor, ...]]:
+    def call(*args: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(r.to(io) for r in fn(*args, **named))
+
+    return call
+
+
+class UNetEngines:
+    """The UNet call: the plain engine, or (when the step passes ControlNet residuals) the engine
+    with the residual inputs, built by `ensure_controlled` when the first ControlNet is set."""
+
+    def __init__(self, plain: Callable[..., torch.Tensor], build_controlled: Callable[[], Callable[..., torch.Tensor]]):
+        self.plain = plain
+        self.controlled: Callable[..., torch.Tensor] | None = None
+        self._build = build_controlled
+
+    def ensure_controlled(self) -> None:
+        if self.controlled is None:
+            self.controlled = self._build()
+
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 **named: torch.Tensor) -> torch.Tensor:
+        if CONTROL_MID not in named:
+            return self.plain(sample, timestep, encoder_hidden_states, **named)
+        if self.controlled is None:
+            raise RuntimeError("the TensorRT UNet with ControlNet inputs is not built; set the ControlNets on the "
+                               "stream (StreamDiffusion.set_controlnets), which builds it")
+        return self.controlled(sample, timestep, encoder_hidden_states, **named)
+
+
 def make_tensorrt(components: Any, config: EngineConfig) -> StepModules:
     trt = require_tensorrt()
     unet, vae = model_parts(components)
@@ -130,10 +218,24 @@ def make_tensorrt(components: Any, config: EngineConfig) -> StepModules:
     io = module_dtype(unet)
     cc = "%d.%d" % torch.cuda.get_device_capability(device)
     hashes = {"unet": model_fingerprint(unet), "vae_encoder": model_fingerprint(vae), "vae_decoder": model_fingerprint(vae)}
+    conditions = unet_conditions(components)
     from .tensorrt_runtime import TrtModule
 
-    built = {}
-    for plan in plan_parts(modules, unet, vae, config, device, unet_conditions(components)):
-        path = ensure_engine(plan, hashes[plan.part], config, trt.__version__, cc)
-        built[plan.part] = _as_io(TrtModule(path, device, arg_names=plan.spec.inputs), io)
-    return StepModules(unet=built["unet"], encode=built["vae_encoder"], decode=built["vae_decoder"])
+    def load(plan: PartPlan, model_hash: str) -> TrtModule:
+        path = ensure_engine(plan, model_hash, config, trt.__version__, cc)
+        return TrtModule(path, device, arg_names=plan.spec.inputs, output_names=plan.spec.outputs)
+
+    built = {plan.part: _as_io(load(plan, hashes[plan.part]), io)
+             for plan in plan_parts(modules, unet, vae, config, device, conditions)}
+    unet_call = UNetEngines(built["unet"], lambda: _as_io(
+        load(plan_controlled_unet(modules.unet, unet, config, device, conditions), hashes["unet"]), io))
+
+    def controlnet(net: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """Build (or load from the cache) this net's engine and the UNet's with residual inputs."""
+        unet_call.ensure_controlled()
+        tune_module(net, module_dtype(unet), channels_last=False)
+        use_sdpa(net)
+        plan = plan_controlnet(EagerControlNet(net), net, config, device, conditions)
+        return _as_io_many(load(plan, model_fingerprint(net)), io)
+
+    return StepModules(unet=unet_call, encode=built["vae_encoder"], decode=built["vae_decoder"], controlnet=controlnet)

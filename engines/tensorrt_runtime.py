@@ -28,12 +28,13 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 
 
 class TrtModule:
-    """`module(*inputs, **named) -> output` for an engine with one output. `arg_names` gives the
+    """`module(*inputs, **named) -> output` for an engine with one output, or the tuple of its
+    outputs in `output_names` order for several (a ControlNet's residuals). `arg_names` gives the
     names of positional inputs in call order (default: the engine's input order); named inputs
-    (the UNet's conditioning) bind by their own names."""
+    (the UNet's conditioning and residuals) bind by their own names."""
 
     def __init__(self, engine_path: Path, device: torch.device | str = "cuda",
-                 arg_names: tuple[str, ...] | None = None) -> None:
+                 arg_names: tuple[str, ...] | None = None, output_names: tuple[str, ...] | None = None) -> None:
         import tensorrt as trt
 
         self._trt = trt
@@ -47,13 +48,14 @@ class TrtModule:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        if len(self.output_names) != 1:
-            raise RuntimeError(f"expected one output, engine has {self.output_names}")
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+        if output_names is not None and set(output_names) != set(outputs):
+            raise RuntimeError(f"expected the outputs {list(output_names)}, engine has {outputs}")
+        self.output_names = list(output_names or outputs)
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.arg_names = tuple(arg_names or self.input_names)
         self._inputs: dict[str, torch.Tensor] = {}
-        self._output: torch.Tensor | None = None
+        self._outputs: list[torch.Tensor] = []
         self._shapes: tuple | None = None
 
     def _bind(self, shapes: tuple[tuple[int, ...], ...]) -> None:
@@ -63,15 +65,17 @@ class TrtModule:
             buf = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
             self._inputs[name] = buf
             self.context.set_tensor_address(name, buf.data_ptr())
-        out = self.output_names[0]
-        out_shape = tuple(self.context.get_tensor_shape(out))
-        if any(d < 0 for d in out_shape):
-            raise RuntimeError(f"output {out} shape {out_shape} unresolved after setting the input shapes")
-        self._output = torch.empty(out_shape, dtype=self.dtypes[out], device=self.device)
-        self.context.set_tensor_address(out, self._output.data_ptr())
+        self._outputs = []
+        for out in self.output_names:
+            out_shape = tuple(self.context.get_tensor_shape(out))
+            if any(d < 0 for d in out_shape):
+                raise RuntimeError(f"output {out} shape {out_shape} unresolved after setting the input shapes")
+            buf = torch.empty(out_shape, dtype=self.dtypes[out], device=self.device)
+            self._outputs.append(buf)
+            self.context.set_tensor_address(out, buf.data_ptr())
         self._shapes = shapes
 
-    def __call__(self, *args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         feeds = dict(zip(self.arg_names, args), **named)
         if len(args) > len(self.arg_names) or set(feeds) != set(self.input_names):
             raise TypeError(f"engine takes {self.input_names}, got {len(args)} positional and {sorted(named)}")
@@ -84,4 +88,5 @@ class TrtModule:
         stream = torch.cuda.current_stream(self.device).cuda_stream
         if not self.context.execute_async_v3(stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
-        return self._output.clone()  # the caller may keep it; the engine reuses its buffer
+        outs = tuple(o.clone() for o in self._outputs)  # the caller may keep them; the engine reuses its buffers
+        return outs[0] if len(outs) == 1 else outs

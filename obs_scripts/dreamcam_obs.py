@@ -86,6 +86,7 @@ FIELDS: Dict[str, Dict[str, Any]] = {
 GROUPS = [g for g in SCHEMA["groups"] if any(f["group"] == g for f in FIELDS.values())]
 # Text fields (prompts) go out only when applied (Apply button or Enter), never while typing.
 APPLIED_FIELDS = tuple(name for name, spec in FIELDS.items() if spec["type"] == "text")
+# Each section with text fields ends with an Apply button (each applies every typed text): apply_button.
 # The panel's own connection fields (host, port, password) mirror the app's obs_* settings.
 CONNECTION = {f["name"]: f for f in SCHEMA["fields"] if f["name"] in ("obs_host", "obs_port", "obs_password")}
 if len(CONNECTION) < 3:  # no schema: enough to show the connection fields and the error

@@ -4,8 +4,9 @@
 ControlNet and IP-Adapter scales, Canny thresholds: in place, no reload, no recapture) and asks
 the `BackgroundLoader` for any new sources; the loads (files, the hub, weights to the GPU) run in
 its thread while frames keep flowing with what is in force. `swap()`, between two frames, puts
-finished loads on the stream through its explicit methods (`set_loras` + `LoraStack.apply`,
-`set_controlnets`, `set_ip_adapter`), after fencing the frames in flight. Each kind is all or
+finished loads on the stream through the graph driver's fenced methods (`set_controlnets`,
+`set_ip_adapter`, `set_control_image`; LoRAs: `fence()`, then `LoraStack.apply` on the stack the
+stream knows through `set_loras`). Each kind is all or
 nothing: a failed load leaves that kind exactly as it was, and its outcome names the settings to
 put back. The functions that read files and the hub are `Loaders` (the edges tests may slow).
 """
@@ -94,15 +95,17 @@ class Restore:
 
 
 class Conditioner:
-    """Owns the stream's LoRA stack, ControlNets and IP-Adapter; `fence()` waits for the frames in
-    flight (the graph driver's); `feed`: the `control_source` of external ControlNets, or None."""
+    """Owns the stream's LoRA stack, ControlNets and IP-Adapter, changed through `driver` (the
+    engines' StreamDriver: its methods fence the frames in flight); `feed`: the `control_source` of
+    external ControlNets, or None."""
 
-    def __init__(self, stream: Any, fence: Callable[[], None], engine_name: str, *,
-                 loaders: Optional[Loaders] = None, local_files_only: bool = False, feed: Any = None) -> None:
+    def __init__(self, driver: Any, engine_name: str, *, loaders: Optional[Loaders] = None,
+                 local_files_only: bool = False, feed: Any = None) -> None:
         from dreamcam.core.lora import LoraStack
 
-        self.stream = stream
-        self.fence = fence
+        self.driver = driver
+        self.stream = stream = driver.stream
+        self.fence = driver.fence
         self.engine_name = engine_name
         self.loaders = loaders or Loaders()
         self.local_files_only = local_files_only
@@ -171,7 +174,7 @@ class Conditioner:
         if weights and weights != written.get("weights"):
             self.stream.set_lora_weights(weights)
         if net_scales and net_scales != written.get("scales"):
-            self.stream.set_controlnet_scales(net_scales)
+            self.driver.set_controlnet_scales(net_scales)
         if thresholds != written.get("thresholds"):
             for net in self.nets.values():
                 if net.slot.preprocessor == "canny":
@@ -197,7 +200,7 @@ class Conditioner:
         if image is not None and index != self._fed:
             self._fed = index
             for name in external:
-                self.stream.set_control_image(name, image)
+                self.driver.set_control_image(name, image)
         return outcomes
 
     # ---- loads -----------------------------------------------------------------------------
@@ -268,8 +271,7 @@ class Conditioner:
             return nets
 
         def install(nets: dict[int, _Net]) -> None:
-            self.fence()
-            self.stream.set_controlnets(ControlNetStack([nets[s].unit for s in sorted(nets)]))  # checks first
+            self.driver.set_controlnets(ControlNetStack([nets[s].unit for s in sorted(nets)]))  # checks first
             self.nets = nets
             self._fed = -1  # a new external net gets the newest control frame at once
 
@@ -293,7 +295,7 @@ class Conditioner:
             self.fence()
             if adapter is not None:
                 adapter.set_image(embeds)  # None: no image (the unconditional image rows)
-            self.stream.set_ip_adapter(adapter)
+            self.driver.set_ip_adapter(adapter)
             self.ip_adapter, self.ip_source = adapter, source
 
         return load, install

@@ -70,6 +70,19 @@ def check_tensorrt() -> Check:
     return Check("TensorRT", True, tensorrt.__version__, optional=True)
 
 
+def check_engine(found=None) -> Check:
+    """The engine `--engine auto` will run here and why, in one line (engines.choice: the app's own rule).
+    `found`: what was detected (engines.choice.Detected); None = detect on this machine."""
+    from dreamcam.engines.choice import choose_engine, detect, triton_install_hint
+
+    found = found if found is not None else detect("cuda")
+    choice = choose_engine(found)
+    fix = ""
+    if found.cuda and choice.engine == "eager":
+        fix = f"for the compiled engine (about 1.5x faster) install Triton: {triton_install_hint(found.platform)}"
+    return Check("engine (auto)", True, choice.line(), fix, optional=True)
+
+
 def check_vcam() -> Check:
     from .devices import vcam_backends
     from .sinks.vcam import install_hint
@@ -220,7 +233,7 @@ def check_running_app(port: int | None = None) -> Check | None:
 
 def run_checks(obs_host: str | None = None, obs_port: int | None = None,
                obs_password: str | None = None) -> list[Check]:
-    checks = [check_python(), *check_torch(), check_tensorrt(), check_vcam(), *check_capture(),
+    checks = [check_python(), *check_torch(), check_tensorrt(), check_engine(), check_vcam(), *check_capture(),
               check_obs(obs_host, obs_port, obs_password), *check_obs_panel()]
     running = check_running_app()
     return checks + ([running] if running else [])

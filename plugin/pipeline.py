@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .processor import CoreProcessor
+from .processor import CoreProcessor, blend_settings
 from .settings import AppSettings, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def stream_config(app: AppSettings, settings: StreamSettings):
         seed=settings.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
         similarity_threshold=settings.similarity_threshold if settings.similarity_filter else None,
         similarity_max_skip=settings.similarity_max_skip, transition_frames=settings.transition_frames,
+        **blend_settings(settings),
     )
 
 
@@ -77,7 +78,7 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
                         unet_batch=unet_batch(settings, app.frame_buffer_size))
     config = EngineConfig(geometry=geometry, dtype=ENGINE_DTYPES[dtype], probe=engine != "eager")
     progress(f"building the {engine} engine (the first build of a compiled or TensorRT engine takes minutes)")
-    built = create_engine(engine, components, config, log=lambda text: log.info("%s", text))
+    built = create_engine(engine, components, config, log=lambda text: log.info("%s", text), progress=progress)
     if engine not in ("auto", built.name):  # asked for another engine: say why it is not used
         log.warning("%s", built.describe())
     progress(built.describe())
@@ -118,8 +119,7 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
         feed = ControlFeed(control_source or make_source(app.control_source, width=app.width, height=app.height,
                                                          fps=app.fps), app.control_source or "")
         feed.start()
-    conditioner = Conditioner(stream, driver.fence, built.name, loaders=loaders, local_files_only=local_files_only,
-                              feed=feed)
+    conditioner = Conditioner(driver, built.name, loaders=loaders, local_files_only=local_files_only, feed=feed)
     wanted = conditioning_of(settings)
     if any(wanted.keys().values()):
         say("loading the ControlNets, IP-Adapter and LoRAs")

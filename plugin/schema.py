@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Tuple
 
-from dreamcam.core.limits import (CFG_TYPES, MAX_PROMPT_CHARS, PREPROCESSOR_NAMES, RANGES, RESIZE_POLICIES, STEPS,
-                                  Range, shown)
+from dreamcam.core.limits import (BLEND_METHODS, CFG_TYPES, MAX_PROMPT_CHARS, PREPROCESSOR_NAMES, RANGES,
+                                  RESIZE_POLICIES, STEPS, Range, shown)
+from dreamcam.core.weighted import PROMPT_BLEND, SEED_BLEND
 
 SCHEMA_VERSION = 1
 TYPES = ("text", "int", "float", "bool", "choice", "int_list")
 WIDGETS = ("text", "multiline", "slider", "number", "toggle", "choice", "list")
-GROUPS = ("Prompt", "Diffusion", "Similarity filter", "Output", "ControlNet", "IP-Adapter", "LoRA", "Input", "Model",
-          "OBS", "Control")
+GROUPS = ("Prompt", "Diffusion", "Similarity filter", "Blending", "Stability", "Output", "ControlNet", "IP-Adapter",
+          "LoRA", "Input", "Model", "OBS", "Control")
 ENGINES = ("auto", "eager", "compiled", "tensorrt")
 DTYPES = ("float16", "bfloat16", "float32")
 NONE_WORDS = ("", "none")  # a nullable text field given one of these is None (CLI, TOML: "none")
@@ -207,6 +208,21 @@ SCHEMA: Tuple[Field, ...] = (
     _stream("similarity_max_skip", "int", 10, "Max frames skipped in a row",
             "At most this many frames skipped in a row.", "Similarity filter", "slider",
             range=RANGES["similarity_max_skip"], step=1, cli="max-skip"),
+    _stream("prompt_blend", "text", "", "Prompt blend",
+            "Weighted prompts, e.g. 'a cat : 0.7 | a dog : 0.3'; replaces the prompt while set (empty: off).",
+            "Blending", "multiline", text_problem=PROMPT_BLEND.problem),
+    _stream("seed_blend", "text", "", "Seed blend",
+            "Weighted seeds, e.g. '2:0.6, 7:0.4'; replaces the seed while set (empty: off).", "Blending", "text",
+            text_problem=SEED_BLEND.problem),
+    _stream("blend_method", "choice", "linear", "Blend method",
+            "How prompt blends, seed blends and prompt transitions mix: linear or slerp (spherical).",
+            "Blending", "choice", choices=BLEND_METHODS),
+    _stream("latent_feedback", "float", 0.0, "Latent feedback",
+            "Share of the previous output mixed into each new frame's latent: steadier, less flicker, "
+            "more trailing (0: off).", "Stability", "slider", range=RANGES["latent_feedback"], step=0.01),
+    _stream("image_feedback", "float", 0.0, "Image feedback",
+            "Share of the previous output image mixed into each new input image (0: off).", "Stability",
+            "slider", range=RANGES["image_feedback"], step=0.01),
     _stream("paused", "bool", False, "Pause (pass the input through unchanged)",
             "Pass the input through unchanged.", "Output", "toggle", in_preset=False),
     _stream("preset", "text", None, "Preset", "Start from a saved preset (its values, then the others given).",

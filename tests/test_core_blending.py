@@ -149,3 +149,64 @@ def test_transition_runs_from_start_to_target(method):
     # the distance to the target shrinks monotonically along the transition
     dists = [float((bl.transition(start, target, t, method) - target).norm()) for t in (0, 0.25, 0.5, 0.75, 1)]
     assert dists == sorted(dists, reverse=True)
+
+
+# ---- the weighted lists typed as text (core/weighted.py), shared by StreamConfig and the schema ----
+def test_prompt_blend_text_is_read_into_prompts_and_weights():
+    from dreamcam.core.weighted import PROMPT_BLEND
+
+    assert PROMPT_BLEND.parse("prompt_blend", "") == () and PROMPT_BLEND.parse("prompt_blend", "   ") == ()
+    assert PROMPT_BLEND.parse("prompt_blend", "prompt A : 0.7 | prompt B : 0.3") == (("prompt A", 0.7),
+                                                                                      ("prompt B", 0.3))
+    # no weight: 1; the weight is after the LAST colon; a colon followed by words is part of the prompt
+    assert PROMPT_BLEND.parse("p", " a cat|style: ink : 2 | art: watercolor ") == (
+        ("a cat", 1.0), ("style: ink", 2.0), ("art: watercolor", 1.0))
+    assert PROMPT_BLEND.parse("p", "a : 0 | b : 1e-1") == (("a", 0.0), ("b", 0.1))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("a : 0,7 | b", "weight of 'a : 0,7' is not a number"),
+    ("a : | b", "has no weight after ':'"),
+    (": 0.5 | b", "has no prompt"),
+    ("a | | b", "empty"),
+    ("a : 0 | b : 0", "add up to 0"),
+    ("a : -1 | b", ">= 0"),
+    ("a : -inf", ">= 0"),
+    (" | ".join("abcdefghi"), "at most 8 prompts"),
+])
+def test_bad_prompt_blends_are_one_line_naming_the_field(text, words):
+    from dreamcam.core.weighted import PROMPT_BLEND
+
+    with pytest.raises(ValueError, match="^prompt_blend: ") as err:
+        PROMPT_BLEND.parse("prompt_blend", text)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert PROMPT_BLEND.problem(text) == str(err.value)[len("prompt_blend: "):]
+
+
+def test_seed_blend_text_is_read_into_seeds_and_weights():
+    from dreamcam.core.weighted import SEED_BLEND
+
+    assert SEED_BLEND.parse("seed_blend", "2:0.6, 7:0.4") == ((2, 0.6), (7, 0.4))
+    assert SEED_BLEND.parse("seed_blend", " 5 ,9: 3") == ((5, 1.0), (9, 3.0))
+    for text, words in (("2:0.5, x:1", "whole number"), ("2.5", "whole number"), ("2:-1", ">= 0"),
+                        ("-3", "from 0 to"), (f"{2**31}", "from 0 to"), ("2, 2", "listed twice"),
+                        ("2:", "not a number"), ("2,,3", "empty"), ("1:0", "add up to 0")):
+        with pytest.raises(ValueError, match="^seed_blend: ") as err:
+            SEED_BLEND.parse("seed_blend", text)
+        assert words in str(err.value), (text, str(err.value))
+
+
+def test_stream_config_and_the_settings_schema_reject_a_blend_with_the_same_line():
+    from dreamcam.core.config import StreamConfig
+    from dreamcam.plugin.schema import SettingsError, validate
+
+    for name, bad in (("prompt_blend", "a : 0 | b : 0"), ("seed_blend", "3, 3"), ("blend_method", "cubic"),
+                      ("latent_feedback", 1.5), ("image_feedback", -0.1)):
+        with pytest.raises(ValueError) as core:
+            StreamConfig(**{name: bad})
+        with pytest.raises(SettingsError) as app:
+            validate(name, bad)
+        assert str(core.value) == str(app.value), name
+    config = StreamConfig(prompt_blend="a : 1 | b : 3", seed_blend="4:1, 5:1", blend_method="slerp")
+    assert config.prompt_items == (("a", 1.0), ("b", 3.0)) and config.seed_items == ((4, 1.0), (5, 1.0))
+    assert validate("prompt_blend", "a : 1 | b : 3") == "a : 1 | b : 3"  # settings keep the text

@@ -9,10 +9,8 @@ import torch
 from diffusers import LCMScheduler, StableDiffusionControlNetImg2ImgPipeline
 
 from dreamcam.core.config import StreamConfig
-from dreamcam.core.controlnet import (ControlNetError, ControlNetStack, ControlNetUnit, controlled_modules,
-                                      load_controlnet, residual_shapes)
+from dreamcam.core.controlnet import ControlNetError, ControlNetStack, ControlNetUnit, load_controlnet, residual_shapes
 from dreamcam.core.loading import ModelSpec, load_components
-from dreamcam.core.modules import eager_modules
 from dreamcam.core.preprocess import Canny, SoftEdge
 from dreamcam.core.stream import StreamDiffusion
 from dreamcam.core.tiny import make_tiny_controlnet, make_tiny_model
@@ -70,8 +68,8 @@ def test_one_step_with_controlnets_equals_diffusers_pipeline(comp, nets, count):
     image = frame()
     pres, scales = [Canny(50, 120), SoftEdge()][:count], [0.8, 0.6][:count]
     units = [ControlNetUnit(f"net{i}", nets[i], pres[i], scales[i]) for i in range(count)]
-    stack = ControlNetStack(units)
-    stream = StreamDiffusion(comp, config(), modules=controlled_modules(eager_modules(comp), stack))
+    stream = StreamDiffusion(comp, config())
+    stream.set_controlnets(ControlNetStack(units))
     got = stream(image).astype(np.float32) / 255.0
     controls = [p(images_of(image)) for p in pres]  # the same control images, given to diffusers
     want = reference(comp, nets[:count], controls, scales, image)
@@ -86,18 +84,23 @@ def test_scale_is_live_and_zero_skips_the_net(comp, nets):
     try:
         unit = ControlNetUnit("canny", nets[0], Canny(50, 120), 0.0)
         stack = ControlNetStack([unit])
-        stream = StreamDiffusion(comp, config(cfg_type="self", guidance_scale=1.2),
-                                 modules=controlled_modules(eager_modules(comp), stack))
+        stream = StreamDiffusion(comp, config(cfg_type="self", guidance_scale=1.2))
+        plain_key = stream.shape_key
+        stream.set_controlnets(stack)
+        assert stream.controlnets is stack and stream.shape_key == plain_key  # no net runs: the plain step
         plain = StreamDiffusion(comp, config(cfg_type="self", guidance_scale=1.2))
         image = frame()
         assert np.array_equal(stream(image), plain(image)) and calls == []  # scale 0: the net does no work
         assert stack.structure_key == ()
         scale_ptr = unit.scale_tensor.data_ptr()
-        stack.set_scales({"canny": 0.5})
+        stream.set_controlnet_scales({"canny": 0.5})
+        on_key = stream.shape_key
+        assert on_key != plain_key  # a scale crossing 0 changes the structure
         half = stream(image)
         stack.set_scales({"canny": 1.0})
+        assert stream.shape_key == on_key  # a scale change is not a structure change
         full = stream(image)
-        assert len(calls) == 2 and stack.structure_key == ("canny",)
+        assert len(calls) == 2 and stack.structure_key[1:] == (("canny",),)
         assert unit.scale_tensor.data_ptr() == scale_ptr  # rewritten in place: a captured graph sees it
         base = plain(image).astype(int)
         assert 0 < np.abs(half.astype(int) - base).mean() < np.abs(full.astype(int) - base).mean()

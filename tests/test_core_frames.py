@@ -67,3 +67,13 @@ def test_size_must_be_a_multiple_of_eight():
         StreamConfig(width=100)
     with pytest.raises(ValueError, match="resize"):
         StreamConfig(resize="zoom")
+
+
+
+def test_the_host_copy_of_the_upload_path_copies_rgb_and_rgba_frames_exactly():
+    rng = np.random.default_rng(0)
+    dst = torch.empty(1, 24, 40, 3, dtype=torch.uint8)
+    for channels in (3, 4):
+        frame = rng.integers(0, 256, (1, 24, 40, channels), dtype=np.uint8)
+        fr.host_copy(dst, torch.from_numpy(frame)[..., :3])  # RGBA: a strided view
+        assert torch.equal(dst, torch.from_numpy(frame[..., :3].copy()))

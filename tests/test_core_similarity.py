@@ -133,3 +133,14 @@ def test_update_forces_the_next_frame_through_the_filter(comp):
     stream.update(prompt="the sea")
     stream(same)
     assert counts["unet"] == 2
+
+
+def test_a_frame_from_another_device_than_the_reference_is_processed_not_compared():
+    # host numpy frames give host downsamples, GPU tensors device ones: a caller may switch between them
+    # (seen on the H200: cosine_similarity across devices raised). "meta" stands in for the other device.
+    filt = SimilarityFilter(0.5, None, seed=0)
+    host = torch.ones(3072)
+    assert not filt.should_skip(host)
+    assert not filt.should_skip(torch.ones(3072, device="meta"))  # new reference, no cross-device compare
+    assert not filt.should_skip(host)  # back on the host: again a new reference
+    assert filt.should_skip(host)  # identical to that reference: p = 1

@@ -293,10 +293,11 @@ def test_properties_panel_has_every_control_in_folding_sections(dialog):
     assert props["details"].extra["word_wrap"] is True  # long text wraps instead of widening the panel
     assert [v for _, v in props["cfg_type"].items] == module.FIELDS["cfg_type"]["choices"]
     groups = [p for p in props.values() if p.kind == "group"]
-    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Output", "ControlNet",
-                                        "IP-Adapter", "LoRA", "Presets", "Connection", "Details"]
+    assert [g.desc for g in groups] == ["Prompt", "Diffusion", "Similarity filter", "Blending", "Stability", "Output",
+                                        "ControlNet", "IP-Adapter", "LoRA", "Presets", "Connection", "Details"]
     assert all(g.extra["group_type"] == obs.OBS_GROUP_CHECKABLE for g in groups)
     assert set(groups[0].extra["box"].props) == {"prompt", "negative_prompt", "apply_prompts", "transition_frames"}
+    assert set(groups[3].extra["box"].props) == {"prompt_blend", "seed_blend", "apply_blending", "blend_method"}
     assert props["guidance_scale"].kind == "float_slider" and props["guidance_scale"].extra["high"] == 20.0
     assert props["seed"].kind == "int" and props["seed"].extra["high"] == 2**31 - 1
     for button in ("refresh_status", "apply_prompts", "randomize_seed", "preset_load", "preset_save", "preset_delete"):

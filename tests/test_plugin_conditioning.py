@@ -314,10 +314,9 @@ def test_an_external_controlnet_without_a_control_source_is_one_error(app_settin
         assert app.stop()
 
 
-# ---- IP-Adapter (helper ip's core/ip_adapter.py: skipped until it is merged) -----------------------
+# ---- IP-Adapter ------------------------------------------------------------------------------------
 def test_ip_adapter_loads_in_the_background_a_new_image_is_only_encoded_and_a_bad_image_changes_nothing(
         tiny_sd15_dir, tmp_path):
-    pytest.importorskip("dreamcam.core.ip_adapter")
     from PIL import Image
 
     from dreamcam.core.tiny import make_tiny_ip_adapter
@@ -375,10 +374,6 @@ class UnpluggableStill(StillCamera):
 
 
 def test_an_external_controlnet_follows_its_source_and_goes_off_while_the_source_is_lost(app_settings, models):
-    from dreamcam.core import preprocess
-
-    if "external" not in preprocess.PREPROCESSORS:
-        pytest.skip("the external preprocessor is helper cn's (core/preprocess.py)")
     second = UnpluggableStill()
     initial = StreamSettings(similarity_filter=False, controlnet_1=f"external:{models['controlnet']}")
     app, processor, sink = start(app_settings, initial, control_source=second)

@@ -1,0 +1,164 @@
+"""New shapes compile in the background while the eager modules serve the frames.
+
+A compiled module meets a new input signature (shapes, strides, dtype) when a live change (more
+denoising steps, full guidance) changes the stream's batch. torch.compile would then compile on
+the frame thread for many seconds: a frozen virtual camera. `LiveCompiled` instead answers that
+call with the eager module and compiles the new signature on a thread of its own, on example
+inputs of the same signature; later calls of that signature use the compiled code. The first
+signature (the engine's probe, at start) compiles in the caller's thread as before.
+
+`compiling()` is True while any such compile runs in this process: the graph driver then runs new
+shapes uncaptured and captures them once it is False (no capture while another thread compiles,
+and the capture then records the compiled kernels, not the stand-in).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+import torch
+
+from .contract import StepModules
+
+log = logging.getLogger(__name__)
+Call = Callable[..., torch.Tensor]
+
+_lock = threading.Lock()
+_running = 0  # background compiles in this process
+
+
+def compiling() -> bool:
+    with _lock:
+        return _running > 0
+
+
+def wait_idle(timeout_s: float = 1800.0, poll_s: float = 0.05) -> bool:
+    """Wait until no background compile runs (benchmarks: time the compiled, captured step, not the
+    stand-in). True when idle."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while compiling():
+        if time.monotonic() > end:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def _started() -> None:
+    global _running
+    with _lock:
+        _running += 1
+
+
+def _finished() -> None:
+    global _running
+    with _lock:
+        _running -= 1
+
+
+def signature(args: tuple, named: dict) -> Hashable:
+    """What torch.compile's guards look at here: each tensor's shape, strides, dtype and device."""
+    def one(a: Any) -> Hashable:
+        if isinstance(a, torch.Tensor):
+            return (tuple(a.shape), a.stride(), a.dtype, a.device.type, a.device.index)
+        return ("value", repr(a))
+    return tuple(one(a) for a in args) + tuple((k, one(v)) for k, v in sorted(named.items()))
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """Shape, strides, dtype and device of a tensor, without keeping the tensor (or its memory)."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _meta(a: Any) -> Any:
+    return _Meta(tuple(a.shape), a.stride(), a.dtype, a.device) if isinstance(a, torch.Tensor) else a
+
+
+def _example(m: Any) -> Any:
+    """A tensor of the same signature, harmless values, no memory shared with the stream."""
+    if not isinstance(m, _Meta):
+        return m
+    out = torch.empty_strided(m.shape, m.stride, dtype=m.dtype, device=m.device)
+    return out.normal_() if m.dtype.is_floating_point else out.fill_(500)  # ints: timesteps
+
+
+class LiveCompiled:
+    """One module: `compiled` for every signature it has compiled, `eager` meanwhile."""
+
+    def __init__(self, name: str, compiled: Call, eager: Call, *, on_event: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.compiled, self.eager = compiled, eager
+        self.on_event = on_event or (lambda text: log.info("%s", text))
+        self._ready: set[Hashable] = set()
+        self._pending: set[Hashable] = set()
+        self._failed: dict[Hashable, str] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, *args: Any, **named: Any) -> torch.Tensor:
+        sig = signature(args, named)
+        with self._guard:
+            ready, first = sig in self._ready, not self._ready and not self._pending
+        if ready:
+            return self.compiled(*args, **named)
+        if first:  # the engine's probe at start: compile here (start-up shows its progress)
+            out = self.compiled(*args, **named)
+            with self._guard:
+                self._ready.add(sig)
+            return out
+        self._start(sig, args, named)
+        return self.eager(*args, **named)
+
+    def _start(self, sig: Hashable, args: tuple, named: dict) -> None:
+        with self._guard:
+            if sig in self._pending or sig in self._failed:
+                return
+            self._pending.add(sig)
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        self.on_event(f"compiling the {self.name} for new shapes {shapes} in the background; the eager "
+                      "module serves the frames until it is ready")
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        meta = ([_meta(a) for a in args], {k: _meta(v) for k, v in named.items()})
+        _started()
+        threading.Thread(target=self._compile, args=(sig, meta, device), name=f"compile-{self.name}",
+                         daemon=True).start()
+
+    def _compile(self, sig: Hashable, meta: tuple, device: torch.device) -> None:
+        try:
+            side = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with torch.no_grad(), (torch.cuda.stream(side) if side is not None else nullcontext()):
+                args = [_example(a) for a in meta[0]]
+                named = {k: _example(v) for k, v in meta[1].items()}
+                self.compiled(*args, **named)
+                if side is not None:
+                    side.synchronize()
+            with self._guard:
+                self._ready.add(sig)
+            self.on_event(f"the {self.name} is compiled for the new shapes: the compiled module serves them now")
+        except Exception as exc:  # noqa: BLE001 - the eager module keeps serving this signature
+            with self._guard:
+                self._failed[sig] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("compiling the %s for new shapes failed (the eager module serves them): %s",
+                        self.name, self._failed[sig])
+        finally:
+            with self._guard:
+                self._pending.discard(sig)
+            _finished()
+
+
+def live_modules(compiled: StepModules, eager: StepModules,
+                 on_event: Callable[[str], None] | None = None) -> StepModules:
+    """Each compiled module behind a `LiveCompiled` with its eager twin."""
+    return StepModules(unet=LiveCompiled("UNet", compiled.unet, eager.unet, on_event=on_event),
+                       encode=LiveCompiled("image encoder", compiled.encode, eager.encode, on_event=on_event),
+                       decode=LiveCompiled("image decoder", compiled.decode, eager.decode, on_event=on_event),
+                       controlnet=compiled.controlnet)  # a ControlNet compiles at its first call (frame thread)

@@ -1,0 +1,134 @@
+"""ControlNets in the captured step (CUDA): the whole step with one and two ControlNets (canny and
+depth) replays as one CUDA graph equal to the uncaptured step; a scale change shows in the next
+replay without a recapture; a scale crossing 0 changes the structure (a capture, or the graph kept
+for that key); the compiled engine does the same with a compiled ControlNet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamcam.core.config import StreamConfig
+from dreamcam.core.controlnet import ControlNetStack, ControlNetUnit, load_controlnet
+from dreamcam.core.depth import load_depth_model
+from dreamcam.core.loading import ModelSpec, load_components
+from dreamcam.core.preprocess import Canny, External
+from dreamcam.core.stream import StreamDiffusion
+from dreamcam.core.tiny import make_tiny_controlnet, make_tiny_depth_model
+from dreamcam.engines import EngineConfig, Geometry, create_engine
+from dreamcam.engines.driver import StreamDriver
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
+
+
+@pytest.fixture(scope="module")
+def comps(tiny_model_dir):
+    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cuda",
+                                     dtype="float16", local_files_only=True))
+
+
+@pytest.fixture(scope="module")
+def parts(comps, tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu-cn")
+    nets = [load_controlnet(str(make_tiny_controlnet(tiny_model_dir, root / f"n{i}", seed=i)), comps,
+                            local_files_only=True) for i in (1, 2)]
+    depth = load_depth_model(str(make_tiny_depth_model(root / "depth")), device="cuda", dtype=torch.float16,
+                             local_files_only=True)
+    return nets, depth
+
+
+def _cfg(**kw) -> StreamConfig:
+    return StreamConfig(**{**dict(width=64, height=64, t_index_list=(30,), cfg_type="self", seed=2, prompt="a fox"),
+                           **kw})
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(6)
+    out = []
+    for _ in range(n):
+        f = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        f[16:48, 16:48] = 255
+        out.append(f)
+    return out
+
+
+def _stack(parts, count: int, scales=(0.8, 0.6)) -> ControlNetStack:
+    nets, depth = parts
+    units = [ControlNetUnit("canny", nets[0], Canny(50, 120, device="cuda"), scales[0]),
+             ControlNetUnit("depth", nets[1], depth, scales[1])]
+    return ControlNetStack(units[:count])
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert diff.max() <= 2 and diff.mean() < 0.1, (int(diff.max()), float(diff.mean()))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_step_with_controlnets_replays_as_one_graph_equal_to_eager(comps, parts, count):
+    frames = _frames(4)
+    eager = StreamDiffusion(comps, _cfg())
+    eager.set_controlnets(_stack(parts, count))
+    want = [eager(f) for f in frames]
+    driver = StreamDriver(StreamDiffusion(comps, _cfg()))
+    driver.set_controlnets(_stack(parts, count))
+    got = [driver(f) for f in frames]
+    assert driver.graph_status().error is None and driver.graphed.captures == 1
+    for g, w in zip(got, want):
+        _close(g, w)
+    plain = StreamDiffusion(comps, _cfg())(frames[-1])
+    assert np.abs(got[-1].astype(int) - plain.astype(int)).mean() > 0.2  # the nets act inside the graph
+
+
+def test_scale_changes_replay_without_recapture_and_zero_switches_graphs(comps, parts):
+    frames = _frames(3)
+    driver = StreamDriver(StreamDiffusion(comps, _cfg()))
+    driver.set_controlnets(_stack(parts, 2))
+    first = driver(frames[0])
+    driver.set_controlnet_scales({"canny": 0.2, "depth": 1.2})
+    changed = driver(frames[0])
+    assert driver.graphed.captures == 1  # in-place scale writes: the same graph
+    ref = StreamDiffusion(comps, _cfg())
+    ref.set_controlnets(_stack(parts, 2, (0.2, 1.2)))
+    _close(changed, ref(frames[0]))
+    assert np.abs(changed.astype(int) - first.astype(int)).mean() > 0.2
+    driver.set_controlnet_scales({"depth": 0.0})  # structure change: depth leaves the step
+    only_canny = driver(frames[1])
+    assert driver.graphed.captures == 2
+    ref1 = StreamDiffusion(comps, _cfg())
+    ref1.set_controlnets(_stack(parts, 2, (0.2, 0.0)))
+    _close(only_canny, ref1(frames[1]))
+    driver.set_controlnet_scales({"depth": 0.7})  # back: the kept graph replays, no capture
+    driver(frames[2])
+    assert driver.graphed.captures == 2 and driver.graphed.switches == 1
+    assert driver.graph_status().error is None
+
+
+def test_external_control_image_changes_inside_the_graph(comps, parts):
+    nets, _ = parts
+    driver = StreamDriver(StreamDiffusion(comps, _cfg(mode="txt2img", strength=1.0, t_index_list=None, steps=1)))
+    driver.set_controlnets(ControlNetStack([ControlNetUnit("ext", nets[0], External(), 1.0)]))
+    black = driver()
+    driver.set_control_image("ext", _frames(1)[0])
+    lit = driver()
+    assert driver.graphed.captures == 1 and np.abs(lit.astype(int) - black.astype(int)).mean() > 0.2
+
+
+def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, parts, tmp_path):
+    engine = create_engine("compiled", comps, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
+    frames = _frames(3)
+    eager = StreamDiffusion(comps, _cfg())
+    eager.set_controlnets(_stack(parts, 2))
+    want = [eager(f) for f in frames]
+    driver = StreamDriver(StreamDiffusion(comps, _cfg(), modules=engine.modules))
+    driver.set_controlnets(_stack(parts, 2))
+    got = [driver(f) for f in frames]
+    assert driver.graph_status().error is None and driver.graphed.captures == 1
+    for g, w in zip(got, want):
+        diff = np.abs(g.astype(np.int16) - w.astype(np.int16))
+        assert diff.mean() < 1.0, float(diff.mean())  # compiled kernels round differently
+    driver.set_controlnet_scales({"canny": 0.3})
+    driver(frames[0])
+    assert driver.graphed.captures == 1

@@ -1,0 +1,123 @@
+"""A live change that needs new compiled shapes keeps the frames coming: the eager modules serve
+them while the new shapes compile on another thread (engines/background.py). The only stand-in is
+the compiler itself (torch.compile would take minutes on this CPU): a "compile" that holds its
+first call of each new signature until the test lets it go."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dreamcam.core.config import StreamConfig
+from dreamcam.core.loading import ModelSpec, load_components
+from dreamcam.core.modules import StepModules, eager_modules
+from dreamcam.core.stream import StreamDiffusion
+from dreamcam.engines import background
+from dreamcam.engines.background import LiveCompiled, live_modules, signature
+from dreamcam.engines.driver import StreamDriver
+
+
+class SlowCompile:
+    """Like a torch.compile'd module: the first call of a signature "compiles" (here: waits until
+    `gate` opens, once `held` is set), later calls run the module. Records which thread ran it."""
+
+    def __init__(self, fn, gate: threading.Event, held: threading.Event) -> None:
+        self.fn, self.gate, self.held = fn, gate, held
+        self.compiled: set = set()
+        self.calls: list[tuple[str, object]] = []  # (thread name, signature)
+
+    def __call__(self, *args, **named):
+        sig = signature(args, named)
+        self.calls.append((threading.current_thread().name, sig))
+        if sig not in self.compiled:
+            if self.held.is_set():
+                assert self.gate.wait(timeout=120), "the test never opened the gate"
+            self.compiled.add(sig)
+        return self.fn(*args, **named)
+
+
+@pytest.fixture()
+def components(tiny_model_dir):
+    return load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd")))
+
+
+def _frames(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _config() -> StreamConfig:
+    return StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type="none", seed=2, prompt="a cat",
+                        guidance_scale=1.5)
+
+
+def _wait_for_background(limit_s: float = 120) -> None:
+    end = time.monotonic() + limit_s
+    while background.compiling() and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not background.compiling()
+
+
+def test_frames_keep_coming_while_a_live_change_compiles_and_then_the_compiled_module_serves(components, tiny_model_dir):
+    gate, held = threading.Event(), threading.Event()
+    eager = eager_modules(components)
+    slow = StepModules(*(SlowCompile(fn, gate, held) for fn in (eager.unet, eager.encode, eager.decode)))
+    driver = StreamDriver(StreamDiffusion(components, _config(), modules=live_modules(slow, eager)))
+    plain = StreamDiffusion(load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))),
+                            _config())
+    frames = _frames(9)
+    for f in frames[:2]:  # the start: the first signature compiles in the frame thread
+        np.testing.assert_array_equal(driver(f), plain(f))
+    assert {name for name, _ in slow.unet.calls} == {threading.current_thread().name}
+
+    held.set()  # from now on a new signature "compiles" until the gate opens
+    driver.update(cfg_type="full")  # UNet batch 1 -> 2: a new signature for the UNet only
+    plain.update(cfg_type="full")
+    unet_calls = len(slow.unet.calls)
+    for f in frames[2:6]:  # the compile is held: these frames would never come if it ran here
+        np.testing.assert_array_equal(driver(f), plain(f))  # the eager UNet served them
+    assert background.compiling()
+    new_calls = slow.unet.calls[unet_calls:]
+    assert [name for name, _ in new_calls] == ["compile-UNet"]  # only the background thread met the new shape
+    assert all(name == threading.current_thread().name for name, _ in slow.decode.calls)  # decode: compiled as before
+
+    gate.set()
+    _wait_for_background()
+    for f in frames[6:]:
+        np.testing.assert_array_equal(driver(f), plain(f))
+    served = slow.unet.calls[unet_calls + 1:]
+    assert len(served) == 3 and all(name == threading.current_thread().name for name, _ in served)
+    assert served[0][1] == new_calls[0][1]  # the same signature the background compiled
+
+
+def test_a_failed_background_compile_leaves_the_eager_module_serving(caplog):
+    eager_calls: list[int] = []
+
+    def compiled(x):
+        if x.shape[0] != 1:
+            raise RuntimeError("inductor failed")
+        return x + 1
+
+    def eager(x):
+        eager_calls.append(x.shape[0])
+        return x + 1
+
+    live = LiveCompiled("UNet", compiled, eager)
+    assert live(torch.zeros(1)).item() == 1  # the first signature: compiled in the caller's thread
+    assert live(torch.zeros(2)).tolist() == [1, 1]  # a new one: eager now, compile started
+    _wait_for_background()
+    assert live(torch.zeros(2)).tolist() == [1, 1] and eager_calls == [2, 2]  # still eager, not retried
+    assert "inductor failed" in caplog.text
+
+
+def test_the_status_says_while_new_shapes_compile_and_a_failure_still_wins():
+    from dreamcam.engines.graphed import WAITING, GraphStatus
+
+    assert GraphStatus(applies=True, waiting=True).message == WAITING
+    assert GraphStatus(applies=True, error="boom", waiting=True).message.startswith("the stream runs without a CUDA graph")
+    assert GraphStatus(applies=False, waiting=True).message == ""  # off CUDA there is no graph to wait for
+    assert GraphStatus(applies=True).message == ""
