@@ -27,6 +27,7 @@ class Scenario:
     stages: bool = False  # also time encode / unet / decode alone
     lanes: tuple[int, ...] = ()  # host -> host with this many frames in flight, each on its own stream
     controlnets: tuple[tuple[str, float], ...] = ()  # (preprocessor canny | depth, scale), random-weight nets
+    depth_side: int = 518  # the depth model's input size (Depth Anything's own: 518)
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -57,7 +58,10 @@ CONDITIONING_SCENARIOS = {
     "cn-scale0": Scenario("cn-scale0", app_path=True, controlnets=(("canny", 0.0),)),
 }
 CONDITIONING_BASELINE = "img2img-1step-512"  # the plain stream the conditioning targets compare with
-ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS}
+# by name only (--scenarios): the depth lever if cn-depth misses its target
+CONDITIONING_EXTRA = {"cn-depth-392": Scenario("cn-depth-392", app_path=True, controlnets=(("depth", 1.0),),
+                                               depth_side=392)}
+ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS, **CONDITIONING_EXTRA}
 
 
 def controlnet_stack(s: Scenario, components: Any):
@@ -70,7 +74,8 @@ def controlnet_stack(s: Scenario, components: Any):
 
     units = []
     for i, (kind, scale) in enumerate(s.controlnets):
-        pre = depth_model(components.device, components.dtype) if kind == "depth" else Canny(device=components.device)
+        pre = (depth_model(components.device, components.dtype, side=s.depth_side) if kind == "depth"
+               else Canny(device=components.device))
         units.append(ControlNetUnit(f"{kind}{i}", controlnet(components.unet, i), pre, scale))
     return ControlNetStack(units)
 
