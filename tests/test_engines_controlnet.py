@@ -151,3 +151,12 @@ def _residual_names(net) -> tuple[str, ...]:
     from dreamcam.core.controlnet import residual_shapes
 
     return tuple(residual_shapes(net.config, 8, 8))
+
+
+def test_a_net_set_again_keeps_its_engine_call(comps, nets):
+    """A new stack with a net the engine has seen reuses its call (the compiled engine: no recompile)."""
+    modules = make_eager(comps, EngineConfig(geometry=Geometry(64, 64)))
+    first, second = _stack(nets), _stack(nets)
+    first.use_engine(modules.controlnet)
+    second.use_engine(modules.controlnet)
+    assert [u.call for u in first.units] == [u.call for u in second.units]
