@@ -160,3 +160,17 @@ def test_a_net_set_again_keeps_its_engine_call(comps, nets):
     first.use_engine(modules.controlnet)
     second.use_engine(modules.controlnet)
     assert [u.call for u in first.units] == [u.call for u in second.units]
+
+
+def test_an_update_that_reallocates_drops_the_kept_graphs(comps):
+    """Kept graphs read the state tensors of their allocation; after a reallocating update none can
+    replay again, so the driver releases them (their memory) at once."""
+    from dreamcam.engines.graphed import _Capture
+
+    driver = StreamDriver(StreamDiffusion(comps, _cfg()))
+    kept = driver.graphed._kept  # no CUDA here: an empty capture stands in for a kept one
+    kept.put("old", _Capture([], []))
+    driver.update(guidance_scale=2.0)  # same allocation: kept
+    assert len(kept) == 1
+    driver.update(t_index_list=(20, 35))  # reallocated
+    assert len(kept) == 0
