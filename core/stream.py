@@ -125,8 +125,8 @@ class StreamDiffusion:
     def structure_key(self) -> tuple:
         """The set of extra nets and adapters the step runs: the ControlNets with a scale != 0 and the
         attached IP-Adapter (attaching, swapping or removing one changes the UNet's modules and inputs)."""
-        return (self.control.structure_key,
-                self.ip_adapter.structure_key if self.ip_adapter is not None else None)
+        ip = (self.ip_adapter.structure_key,) if self.ip_adapter is not None else ()
+        return (self.control.structure_key, *ip)
 
     def _allocate(self) -> None:
         c, dev = self.config, self.device
