@@ -159,10 +159,11 @@ def controlnet(unet: Any, index: int = 0, seed: int = 0) -> Any:
     return _CONTROLNETS[key]
 
 
-def depth_model(device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+def depth_model(device: str, dtype: torch.dtype, seed: int = 0, side: int = 518) -> Any:
     """The `depth` preprocessor with a Depth-Anything-V2-Small-size model (transformers'
     DepthAnythingConfig defaults: DINOv2-S/14 backbone, 518 px input, 24.8 M parameters), random
-    weights, with that model's input rule (518, keep aspect, multiple of 14, ImageNet normalisation)."""
+    weights, with that model's input rule (518 or `side`, keep aspect, multiple of 14, ImageNet
+    normalisation); one model, shared by every side."""
     key = (str(device), str(dtype))
     if key not in _DEPTH:
         from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
@@ -172,5 +173,5 @@ def depth_model(device: str, dtype: torch.dtype, seed: int = 0) -> Any:
         torch.manual_seed(seed)
         with torch.device(device):
             model = DepthAnythingForDepthEstimation(DepthAnythingConfig())
-        _DEPTH[key] = Depth(model.to(dtype=dtype).eval().requires_grad_(False), DepthInput())
-    return _DEPTH[key]
+        _DEPTH[key] = model.to(dtype=dtype).eval().requires_grad_(False)
+    return Depth(_DEPTH[key], DepthInput(height=side, width=side))

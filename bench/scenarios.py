@@ -29,6 +29,7 @@ class Scenario:
     family: str = "sd21"  # the models it runs on (bench/models.py): "sdxl" scenarios run with `bench.run --sdxl`
     ip_adapter: bool = False  # a random IP-Adapter (bench/models.ip_adapter) attached, with a style image
     controlnets: tuple[tuple[str, float], ...] = ()  # (preprocessor canny | depth, scale), random-weight nets
+    depth_side: int = 518  # the depth model's input size (Depth Anything's own: 518)
 
     def stream_config(self):
         from dreamcam.core.config import StreamConfig
@@ -74,7 +75,10 @@ CONDITIONING_SCENARIOS = {
     "cn-scale0": Scenario("cn-scale0", app_path=True, controlnets=(("canny", 0.0),)),
 }
 CONDITIONING_BASELINE = "img2img-1step-512"  # the plain stream the conditioning targets compare with
-ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS}
+# by name only (--scenarios): the depth lever if cn-depth misses its target
+CONDITIONING_EXTRA = {"cn-depth-392": Scenario("cn-depth-392", app_path=True, controlnets=(("depth", 1.0),),
+                                               depth_side=392)}
+ALL_SCENARIOS = {**SCENARIOS, **CONDITIONING_SCENARIOS, **CONDITIONING_EXTRA}
 
 
 def controlnet_stack(s: Scenario, components: Any):
@@ -87,7 +91,8 @@ def controlnet_stack(s: Scenario, components: Any):
 
     units = []
     for i, (kind, scale) in enumerate(s.controlnets):
-        pre = depth_model(components.device, components.dtype) if kind == "depth" else Canny(device=components.device)
+        pre = (depth_model(components.device, components.dtype, side=s.depth_side) if kind == "depth"
+               else Canny(device=components.device))
         units.append(ControlNetUnit(f"{kind}{i}", controlnet(components.unet, i), pre, scale))
     return ControlNetStack(units)
 

@@ -30,7 +30,7 @@ import torch
 
 from .loading import FAMILY_LABELS, Components, ModelLoadError, _check_source, _explain, detect_family
 from .modules import CONTROLNET_COND_NAMES, ControlNetCall, EagerControlNet, control_residual_names
-from .preprocess import External, Preprocessor
+from .preprocess import Canny, External, Preprocessor
 
 Tensor = torch.Tensor
 ControlNetFactory = Callable[[Any], ControlNetCall]  # a loaded ControlNetModel -> the engine's call of it
@@ -191,6 +191,14 @@ class ControlNetStack:
             _check_scale(name, scale)
         for name, scale in scales.items():
             units[name].set_scale(scale)
+
+    def set_canny_thresholds(self, low: float, high: float) -> None:
+        """Live thresholds of every canny unit (the `canny_low`/`canny_high` settings): in-place
+        tensor writes, no recapture; checked first (ValueError naming them)."""
+        Canny.check_thresholds(low, high)
+        for u in self.units:
+            if isinstance(u.preprocessor, Canny):
+                u.preprocessor.set_thresholds(low, high)
 
     def use_engine(self, factory: ControlNetFactory | None) -> None:
         for u in self.units:

@@ -14,7 +14,7 @@ per image to [0, 1] ((d - min) / (max - min), a flat map gives 0) -> bilinear re
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -81,9 +81,12 @@ def _processor_config(source: str, kind: str, local_only: bool) -> dict | None:
 
 
 def load_depth_model(source: str = DEFAULT_DEPTH_MODEL, *, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32, local_files_only: bool = False) -> "Depth":
-    """The `depth` preprocessor with the model of `source` (hub id or folder) on `device`.
-    Raises DepthModelError (one line naming the model and the fix) when it is missing or broken."""
+                     dtype: torch.dtype = torch.float32, local_files_only: bool = False,
+                     input_side: int | None = None) -> "Depth":
+    """The `depth` preprocessor with the model of `source` (hub id or folder) on `device`;
+    `input_side` overrides the processor's input size (e.g. 392 instead of Depth Anything's 518:
+    fewer ViT tokens, a coarser map). Raises DepthModelError (one line naming the model and the
+    fix) when it is missing or broken."""
     from transformers import AutoModelForDepthEstimation
 
     try:
@@ -104,6 +107,8 @@ def load_depth_model(source: str = DEFAULT_DEPTH_MODEL, *, device: torch.device 
                               f"{str(exc).splitlines()[0][:200]}; {_FIX}") from exc
     patch = int(getattr(model.config, "patch_size", 14) or 14)
     settings = DepthInput.from_processor(processor) if processor is not None else DepthInput(multiple=patch)
+    if input_side is not None:
+        settings = replace(settings, height=int(input_side), width=int(input_side))
     return Depth(model.to(device=device, dtype=dtype).eval().requires_grad_(False), settings)
 
 

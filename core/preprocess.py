@@ -172,12 +172,17 @@ class Canny:
         self.high = torch.zeros((), device=device)
         self.set_thresholds(low, high)
 
-    def set_thresholds(self, low: float, high: float) -> None:
-        """Live: 0 <= low <= high (grey-level gradient units, 0..~1442); raises ValueError naming them."""
+    @staticmethod
+    def check_thresholds(low: float, high: float) -> None:
+        """0 <= low <= high (grey-level gradient units, 0..~1442); raises ValueError naming them."""
         values = (low, high)
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values) \
                 or not 0 <= low <= high:
             raise ValueError(f"canny thresholds: need 0 <= low <= high, got low={low!r}, high={high!r}")
+
+    def set_thresholds(self, low: float, high: float) -> None:
+        """Live (see check_thresholds)."""
+        self.check_thresholds(low, high)
         self.low.fill_(float(low))
         self.high.fill_(float(high))
 

@@ -125,11 +125,11 @@ class StreamDiffusion:
     @property
     def structure_key(self) -> tuple:
         """The set of extra nets and adapters the step runs: the ControlNets with a scale != 0, the
-        attached IP-Adapter and the LoRA adapters, while any are loaded (attaching, swapping or removing
-        one changes the UNet's modules and inputs)."""
-        loras = self.loras.structure_key if self.loras is not None else ()
-        return (self.control.structure_key,
-                self.ip_adapter.structure_key if self.ip_adapter is not None else None) + ((loras,) if loras else ())
+        attached IP-Adapter and the LoRA adapters (attaching, swapping or removing one changes the UNet's
+        modules and inputs); the IP-Adapter's and the LoRAs' parts only while there are any."""
+        ip = (self.ip_adapter.structure_key,) if self.ip_adapter is not None else ()
+        loras = (self.loras.structure_key,) if self.loras is not None and self.loras.structure_key else ()
+        return (self.control.structure_key, *ip, *loras)
 
     # ---- LoRAs (core/lora.py): the LoraStack on this stream's UNet; its adapters join structure_key
     def set_loras(self, stack: Any) -> None:

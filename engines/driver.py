@@ -96,7 +96,10 @@ class StreamDriver:
 
     def update(self, **changes: Any) -> None:
         self.graphed.fence()  # no state write may land under a frame in flight
+        before = self.stream.shape_key
         self.stream.update(**changes)
+        if self.stream.shape_key != before:  # reallocated state: no kept graph can replay again
+            self.graphed.drop_kept()
 
     def reset(self) -> None:
         self.graphed.fence()

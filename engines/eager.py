@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -87,11 +88,16 @@ def controlnet_factory(config: EngineConfig, dtype: torch.dtype,
                        wrap: Callable[[Callable], Callable] | None = None) -> Callable[[Any], Callable]:
     """The engine's ControlNet call: the net retuned like the UNet (precision, channels_last on a
     GPU, SDPA attention), called eagerly or through `wrap` (the compiled engine compiles it)."""
+    made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a net set again (a new stack) is not
+    # retuned or recompiled; a net the app drops is not kept alive
+
     def make(net: torch.nn.Module) -> Callable:
-        tune_module(net, dtype, config.channels_last and module_device(net).type == "cuda")
-        use_sdpa(net)
-        call = EagerControlNet(net)
-        return wrap(call) if wrap is not None else call
+        if net not in made:
+            tune_module(net, dtype, config.channels_last and module_device(net).type == "cuda")
+            use_sdpa(net)
+            call = EagerControlNet(net)
+            made[net] = wrap(call) if wrap is not None else call
+        return made[net]
 
     return make
 

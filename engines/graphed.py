@@ -337,6 +337,12 @@ class GraphedStep:
             if slot.busy:
                 slot.done.synchronize()
 
+    def drop_kept(self) -> None:
+        """Release the kept graphs of other keys (e.g. the state they read was reallocated: they
+        can never replay again), after their frames in flight."""
+        for kept in self._kept.clear():
+            self._wait_slots(kept.slots)
+
     def close(self) -> None:
         """Release the graphs now (after the frames in flight), not whenever Python frees this."""
         if (self._lanes or len(self._kept)) and self.device.type == "cuda":

@@ -176,9 +176,7 @@ class Conditioner:
         if net_scales and net_scales != written.get("scales"):
             self.driver.set_controlnet_scales(net_scales)
         if thresholds != written.get("thresholds"):
-            for net in self.nets.values():
-                if net.slot.preprocessor == "canny":
-                    net.unit.preprocessor.set_thresholds(*thresholds)
+            self.stream.controlnets.set_canny_thresholds(*thresholds)  # every canny unit, in place
         if ip_scale is not None and ip_scale != written.get("ip_scale"):
             self.ip_adapter.set_scale(ip_scale)
         self._written = {"weights": weights, "scales": net_scales, "thresholds": thresholds, "ip_scale": ip_scale}

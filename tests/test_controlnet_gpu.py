@@ -132,3 +132,31 @@ def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, pa
     driver.set_controlnet_scales({"canny": 0.3})
     driver(frames[0])
     assert driver.graphed.captures == 1
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_builds_a_controlnet_engine_and_the_residual_unet(comps, parts, tiny_model_dir, tmp_path):
+    """Where TensorRT imports: setting a ControlNet builds its engine and the UNet with residual
+    inputs (cached: a second stack of the same net loads them), and the frames follow eager's."""
+    pytest.importorskip("tensorrt")
+    nets, _ = parts
+    config = EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path, trt_min_side=64, trt_max_side=256)
+    frames = _frames(3)
+    fresh = load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cuda",
+                                      dtype="float16", local_files_only=True))
+    eager = StreamDiffusion(fresh, _cfg())
+    eager.set_controlnets(ControlNetStack([ControlNetUnit("canny", nets[0], Canny(50, 120, device="cuda"), 0.8)]))
+    want = [eager(f) for f in frames]
+    engine = create_engine("tensorrt", comps, config)
+    assert engine.name == "tensorrt", engine.describe()
+    driver = engine.driver(StreamDiffusion(comps, _cfg(), modules=engine.modules))
+    driver.set_controlnets(ControlNetStack([ControlNetUnit("canny", nets[0], Canny(50, 120, device="cuda"), 0.8)]))
+    got = [driver(f) for f in frames]
+    for g, w in zip(got, want):
+        assert np.abs(g.astype(int) - w.astype(int)).mean() < 2.0
+    parts_built = sorted(p.parent.name.split("--")[0] for p in (tmp_path / "tensorrt").glob("*/model.engine"))
+    assert parts_built == ["controlnet", "unet", "unet_control", "vae_decoder", "vae_encoder"]
+    stamps = [p.stat().st_mtime_ns for p in sorted((tmp_path / "tensorrt").glob("*/model.engine"))]
+    driver.set_controlnets(ControlNetStack([ControlNetUnit("canny", nets[0], Canny(50, 120, device="cuda"), 0.5)]))
+    driver(frames[0])
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "tensorrt").glob("*/model.engine"))] == stamps

@@ -143,6 +143,13 @@ def test_set_controlnets_swaps_between_frames_and_shape_key_follows_the_structur
     assert stream.shape_key not in (key_a, plain_key)
     stream.set_controlnets(None)
     assert stream.shape_key == plain_key and len(stream.controlnets) == 0
+    canny = a.units[0].preprocessor
+    low_ptr = canny.low.data_ptr()
+    a.set_canny_thresholds(30.0, 90.0)  # the canny_low / canny_high settings: in place
+    assert (float(canny.low), float(canny.high)) == (30.0, 90.0) and canny.low.data_ptr() == low_ptr
+    with pytest.raises(ValueError, match="canny thresholds"):
+        a.set_canny_thresholds(90.0, 30.0)
+    assert (float(canny.low), float(canny.high)) == (30.0, 90.0)
     stream.update(width=SIZE + 8)  # reallocation: a new key even if the size comes back
     stream.update(width=SIZE)
     assert stream.shape_key != plain_key

@@ -110,3 +110,67 @@ def test_driver_takes_the_external_image(comps, nets):
     black = driver(_frames(1)[0])
     driver.set_control_image("ext", _frames(2)[1])
     assert np.abs(driver(_frames(1)[0]).astype(int) - black.astype(int)).mean() > 0
+
+
+def test_tensorrt_unet_call_runs_the_residual_engine_only_with_residuals(comps, nets):
+    """engines.tensorrt.UNetEngines (no TensorRT here: the two engines are the eager UNet behind
+    counters): plain calls go to the plain engine; the first ControlNet builds the one with the
+    residual inputs, which then gets every call that passes residuals."""
+    import torch
+
+    from dreamcam.core.modules import EagerUNet
+    from dreamcam.engines.tensorrt import UNetEngines
+
+    calls: list[str] = []
+
+    def engine(name: str):
+        unet = EagerUNet(comps.unet)
+
+        def call(*args, **named):
+            calls.append(name)
+            return unet(*args, **named)
+
+        return call
+
+    builds: list[int] = []
+    unets = UNetEngines(engine("plain"), lambda: builds.append(1) or engine("controlled"))
+    sample, t, text = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 1024)
+    residuals = dict(zip(_residual_names(nets[0]), EagerControlNet(nets[0])(sample, t, text, torch.rand(1, 3, 64, 64))))
+    with torch.no_grad():
+        unets(sample, t, text)
+        with pytest.raises(RuntimeError, match="set_controlnets"):
+            unets(sample, t, text, **residuals)
+        unets.ensure_controlled()
+        unets.ensure_controlled()
+        unets(sample, t, text, **residuals)
+        unets(sample, t, text)
+    assert calls == ["plain", "controlled", "plain"] and builds == [1]
+
+
+def _residual_names(net) -> tuple[str, ...]:
+    from dreamcam.core.controlnet import residual_shapes
+
+    return tuple(residual_shapes(net.config, 8, 8))
+
+
+def test_a_net_set_again_keeps_its_engine_call(comps, nets):
+    """A new stack with a net the engine has seen reuses its call (the compiled engine: no recompile)."""
+    modules = make_eager(comps, EngineConfig(geometry=Geometry(64, 64)))
+    first, second = _stack(nets), _stack(nets)
+    first.use_engine(modules.controlnet)
+    second.use_engine(modules.controlnet)
+    assert [u.call for u in first.units] == [u.call for u in second.units]
+
+
+def test_an_update_that_reallocates_drops_the_kept_graphs(comps):
+    """Kept graphs read the state tensors of their allocation; after a reallocating update none can
+    replay again, so the driver releases them (their memory) at once."""
+    from dreamcam.engines.graphed import _Capture
+
+    driver = StreamDriver(StreamDiffusion(comps, _cfg()))
+    kept = driver.graphed._kept  # no CUDA here: an empty capture stands in for a kept one
+    kept.put("old", _Capture([], []))
+    driver.update(guidance_scale=2.0)  # same allocation: kept
+    assert len(kept) == 1
+    driver.update(t_index_list=(20, 35))  # reallocated
+    assert len(kept) == 0
