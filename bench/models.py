@@ -164,11 +164,11 @@ def depth_model(device: str, dtype: torch.dtype, seed: int = 0, side: int = 518)
     DepthAnythingConfig defaults: DINOv2-S/14 backbone, 518 px input, 24.8 M parameters), random
     weights, with that model's input rule (518 or `side`, keep aspect, multiple of 14, ImageNet
     normalisation); one model, shared by every side."""
-    key = (str(device), str(dtype))
-    if key not in _DEPTH:
-        from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
+    from dreamcam.core.depth import Depth, DepthInput
 
-        from dreamcam.core.depth import Depth, DepthInput
+    key = (str(device), str(dtype))
+    if key not in _DEPTH:  # built once: a second scenario (cn-two after cn-depth) reuses the model
+        from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
 
         torch.manual_seed(seed)
         with torch.device(device):

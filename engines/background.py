@@ -108,8 +108,10 @@ class LiveCompiled:
         sig = signature(args, named)
         with self._guard:
             ready, first = sig in self._ready, not self._ready and not self._pending
+        if ready and not compiling():  # no compiled call while another thread traces: Dynamo's and FX's
+            return self.compiled(*args, **named)  # tracing flags are process-wide (seen on the H200)
         if ready:
-            return self.compiled(*args, **named)
+            return self.eager(*args, **named)
         if first:  # the engine's probe at start: compile here (start-up shows its progress)
             out = self.compiled(*args, **named)
             with self._guard:

@@ -156,5 +156,7 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     unet, _ = rewrite_unet(components.unet, config)
     if unet is not components.unet:
         modules = replace(modules, unet=EagerUNet(unet))
-    # new shapes after the start (a live change of steps or guidance) compile in the background
-    return cast_modules(live_modules(compile_modules(modules, config, dtype), modules), dtype, io)
+    compiled = compile_modules(modules, config, dtype)
+    if config.background_compile:  # new shapes after the start compile on a thread of their own (opt-in)
+        compiled = live_modules(compiled, modules)
+    return cast_modules(compiled, dtype, io)

@@ -70,6 +70,11 @@ class EngineConfig:
     channels_last_io: bool = False  # compiled modules get channels_last 4-D inputs; Inductor keeps that layout
     fuse_norm_silu: bool = False  # UNet ResnetBlock2D GroupNorm+SiLU (+temb add) as one Triton op (fused_norm.py)
     fp8_linear: bool = False  # UNet linear layers as fp8 e4m3 matmuls on sm >= 8.9 (fp8.py)
+    # new shapes after the start (a live change of steps or guidance, a ControlNet or IP-Adapter attached) compile
+    # on a thread of their own while the eager modules serve (background.py); off: they compile on the frame
+    # thread (the output waits). Off by default: on the H200 (torch 2.11) a compiled call on the frame thread
+    # during a background compile raised "FX to symbolically trace a dynamo-optimized function"
+    background_compile: bool = False
     probe: bool = True  # run the new modules once at creation so failures fall back early
     lora_set: tuple[tuple[str, float], ...] = ()  # (name, scale) fused into the UNet, for cache keys
     trt_min_side: int = 256

@@ -67,3 +67,14 @@ def test_lora_cost_run_measures_live_and_fused(bench_parts, tmp_path):
     assert row["live"]["set_weights_ms"] >= 0 and row["fused"]["fps"] > 0
     assert all(torch.equal(a, b) for a, b in zip(plain, comps.unet.parameters()))  # the UNet is left as it was
     assert "| 1 x 4 |" in "\n".join(loras.report_lines(result))
+
+
+def test_the_bench_depth_model_is_built_once_and_served_again():
+    # cn-two after cn-depth asks for it a second time (on the H200 that call raised UnboundLocalError)
+    import torch
+
+    from bench.models import depth_model
+
+    first, second = depth_model("cpu", torch.float32, side=28), depth_model("cpu", torch.float32, side=56)
+    assert first.model is second.model
+    assert (first.settings.height, second.settings.height) == (28, 56)

@@ -90,7 +90,8 @@ def test_a_live_change_of_guidance_keeps_frames_coming_while_it_compiles_then_ca
     comps = load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cuda",
                                       dtype=torch.float16))
     config = StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type="none", prompt="a cat", seed=1)
-    engine = create_engine("compiled", comps, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
+    engine_config = EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path, background_compile=True)
+    engine = create_engine("compiled", comps, engine_config)
     driver = engine.driver(StreamDiffusion(comps, config, modules=engine.modules))
     frames = _frames(2, 64)
     _settle(driver, frames[0])
