@@ -357,21 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         add_differences(results, outputs)
         save()
         del models_v
-    if args.flicker:
+    for key, wanted, run in (("flicker", args.flicker, flicker_run), ("loras", args.loras, lora_run)):
+        if not wanted:
+            continue
         try:
-            results["flicker"] = flicker_run(args, models, device, dtype, budget)
-        except Exception as exc:  # noqa: BLE001
+            results[key] = run(args, models, device, dtype, budget)
+        except Exception as exc:  # noqa: BLE001 - record and go on
             traceback.print_exc()
-            results["flicker"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        log(f"flicker {results['flicker']}")
-        save()
-    if args.loras:
-        try:
-            results["loras"] = lora_run(args, models, device, dtype, budget)
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            results["loras"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        log(f"loras {results['loras']}")
+            results[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(f"{key} {results[key]}")
         save()
     if not args.no_app_e2e and device == "cuda":  # on the CPU (--small) two app runs would take minutes
         results["app_e2e"] = app_e2e(args, budget)

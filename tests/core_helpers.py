@@ -20,3 +20,14 @@ def make(comp, **kw) -> StreamDiffusion:
     defaults = dict(width=64, height=64, t_index_list=(20, 40), cfg_type="full", guidance_scale=2.0,
                     prompt="the cat", negative_prompt="an ant")
     return StreamDiffusion(comp, StreamConfig(**{**defaults, **kw}))
+
+
+def square_frames(count: int, seed: int, size: int = 64) -> list[np.ndarray]:
+    """Random uint8 frames with a white square in the middle (a clear edge for ControlNet preprocessors)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        f = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        f[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
+        out.append(f)
+    return out

@@ -19,6 +19,8 @@ from dreamcam.core.tiny import make_tiny_controlnet, make_tiny_depth_model
 from dreamcam.engines import EngineConfig, Geometry, create_engine
 from dreamcam.engines.driver import StreamDriver
 
+from core_helpers import square_frames
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
 
@@ -45,13 +47,7 @@ def _cfg(**kw) -> StreamConfig:
 
 
 def _frames(n: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(6)
-    out = []
-    for _ in range(n):
-        f = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        f[16:48, 16:48] = 255
-        out.append(f)
-    return out
+    return square_frames(n, seed=6)
 
 
 def _stack(parts, count: int, scales=(0.8, 0.6)) -> ControlNetStack:

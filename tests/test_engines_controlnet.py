@@ -19,6 +19,8 @@ from dreamcam.engines.driver import StreamDriver
 from dreamcam.engines.eager import make_eager
 from dreamcam.engines.graphed import KeptCaptures
 
+from core_helpers import square_frames
+
 
 @pytest.fixture(scope="module")
 def comps(tiny_model_dir):
@@ -38,13 +40,7 @@ def _cfg(**kw) -> StreamConfig:
 
 
 def _frames(n: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(4)
-    out = []
-    for _ in range(n):
-        f = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        f[16:48, 16:48] = 255
-        out.append(f)
-    return out
+    return square_frames(n, seed=4)
 
 
 def _stack(nets, scales=(0.8, 0.6)) -> ControlNetStack:
