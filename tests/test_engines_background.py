@@ -121,3 +121,31 @@ def test_the_status_says_while_new_shapes_compile_and_a_failure_still_wins():
     assert GraphStatus(applies=True, error="boom", waiting=True).message.startswith("the stream runs without a CUDA graph")
     assert GraphStatus(applies=False, waiting=True).message == ""  # off CUDA there is no graph to wait for
     assert GraphStatus(applies=True).message == ""
+
+
+def test_while_a_background_compile_runs_even_compiled_signatures_are_served_eagerly():
+    # on the H200 a compiled call on the frame thread during another thread's compile raised (Dynamo's
+    # and FX's tracing flags are process-wide): no compiled call may run while one is in progress
+    calls: list[str] = []
+    live = LiveCompiled("UNet", lambda x: calls.append("compiled") or x, lambda x: calls.append("eager") or x,
+                        on_event=lambda text: None)
+    x = torch.zeros(2)
+    live(x)  # the first signature compiles in the caller's thread: now ready
+    background._started()
+    try:
+        live(x)
+    finally:
+        background._finished()
+    live(x)
+    assert calls == ["compiled", "eager", "compiled"]
+
+
+def test_the_compiled_engine_compiles_new_shapes_on_the_frame_thread_unless_asked(components, tmp_path):
+    from dreamcam.engines.compiled import make_compiled
+    from dreamcam.engines.config import EngineConfig, Geometry
+
+    plain = make_compiled(components, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
+    opted = make_compiled(components, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path,
+                                                   background_compile=True))
+    assert not any(isinstance(m, LiveCompiled) for m in (plain.unet, plain.encode, plain.decode))
+    assert all(isinstance(m, LiveCompiled) for m in (opted.unet, opted.encode, opted.decode))
