@@ -24,6 +24,7 @@ stays valid; adding or removing LoRAs unfuses first and fuses the new set again.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -72,11 +73,15 @@ class LoraFile:
     skipped: int  # text-encoder weights that are not applied
 
 
+_loads = itertools.count(1)  # one number per adapter load: its parameters are new tensors
+
+
 @dataclass
 class _Adapter:
     spec: LoraSpec
     originals: list[tuple[Tensor, Tensor]]  # (lora_B parameter in the UNet, its loaded value)
     family: str | None
+    load: int = 0
 
 
 class LoraStack:
@@ -102,7 +107,10 @@ class LoraStack:
     def structure_key(self) -> tuple:
         """Changes exactly when adapters are added or removed (the UNet's modules change) or when
         they are fused or unfused (each layer computes something else): engines recapture then."""
-        return tuple((name, a.spec.source) for name, a in self._adapters.items()) + (("fused",) if self.fused else ())
+        # the load number too: a LoRA removed and loaded again has new parameter tensors, so a graph
+        # captured with the first load (and kept by the engine for its key) must not replay
+        return (tuple((name, a.spec.source, a.load) for name, a in self._adapters.items())
+                + (("fused",) if self.fused else ()))
 
     # ------------------------------------------------------------------ live weights
     def set_weights(self, weights: Mapping[str, float]) -> None:
@@ -217,7 +225,7 @@ class LoraStack:
             if isinstance(lora_b, torch.nn.ModuleDict) and name in lora_b:
                 for param in lora_b[name].parameters():
                     originals.append((param, param.detach().clone()))
-        self._adapters[name] = _Adapter(spec, originals, file.family)
+        self._adapters[name] = _Adapter(spec, originals, file.family, next(_loads))
         self.loads += 1
 
     def _read(self, source: str) -> tuple[dict, dict | None]:

@@ -72,7 +72,8 @@ class StreamDiffusion:
         self._stager = fr.HostStager()
         self._control_stager = fr.HostStager()  # the external control images' uploads
         self.control = ControlNetStack()  # ControlNets: set_controlnets(stack) swaps in another
-        self._allocation = 0  # counts _allocate calls: part of shape_key (a graph of older tensors never fits)
+        # counts reallocations of tensors the step reads: part of shape_key (a graph of older ones never fits)
+        self._allocation = 0
         self.last_output: Tensor | None = None
         self.frames_processed = 0
         self.frames_skipped = 0
@@ -534,6 +535,7 @@ class StreamDiffusion:
         self.ip_adapter = adapter
         self.conditions = unet_conditions(self.components) + ((adapter.condition,) if adapter is not None else ())
         self.unet_cond.pop(IMAGE_EMBEDS, None)
+        self._allocation += 1  # a new `image_embeds` tensor: no graph of the old one may replay
         if adapter is not None:
             self.unet_cond[IMAGE_EMBEDS] = self._rows(adapter.condition)
             self._write_ip_image()

@@ -190,6 +190,9 @@ def test_attach_and_detach_swap_adapters_and_restore_the_unet(sd15, adapters, st
     assert "image_embeds" not in stream.unet_cond and stream.conditions == ()
     with torch.no_grad():
         torch.testing.assert_close(EagerUNet(unet)(*inputs), plain, atol=0, rtol=0)
+    stream.set_ip_adapter(a)  # the same adapter again reads a new image_embeds tensor: a graph kept for
+    assert stream.shape_key != key_a  # its first attach must not replay (it would read the freed one)
+    stream.set_ip_adapter(None)
 
 
 def test_a_scale_change_needs_no_recompilation(sd15, adapters, styles):

@@ -90,6 +90,10 @@ def test_two_loras_with_weights_equal_diffusers_and_change_live(comp, loras, tin
     pipe.delete_adapters("a")
     pipe.set_adapters(["style"], adapter_weights=[0.3])
     torch.testing.assert_close(ours(comp), theirs(pipe), atol=1e-5, rtol=1e-5)
+    key_b = stack.structure_key
+    stack.apply([])
+    stack.apply([LoraSpec(str(loras[1]), 0.3)])  # loaded again: new parameter tensors, so a graph kept
+    assert stack.structure_key != key_b  # for the first load's key must not replay
     stack.clear()
     torch.testing.assert_close(ours(comp), plain, atol=1e-6, rtol=0)
 
