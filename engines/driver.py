@@ -106,7 +106,8 @@ class StreamDriver:
         self.stream.reset()
 
     def fence(self) -> None:
-        """Wait for the frames in flight (before the stream's models or conditioning change)."""
+        """Order the caller's next GPU work after the frames in flight (before the stream's models or
+        conditioning change), without a host wait."""
         self.graphed.fence()
 
     def set_ip_adapter(self, adapter: Any) -> None:
