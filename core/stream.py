@@ -249,11 +249,8 @@ class StreamDiffusion:
         out = out.float()
         return alpha * out + beta * sample if self._v_prediction else out
 
-    def encode_latents(self, x_uint8: Tensor, feedback: bool = False) -> Tensor:
-        images = fr.to_unit(x_uint8, self.dtype)
-        if feedback:
-            images = self._mix_image(images)
-        return self.modules.encode(images).float()
+    def encode_latents(self, x_uint8: Tensor) -> Tensor:
+        return self.modules.encode(fr.to_unit(x_uint8, self.dtype)).float()
 
     def _unet(self, sample: Tensor) -> Tensor:
         """One UNet call on the stream's batch, with the ControlNets' residuals (none: {})."""
