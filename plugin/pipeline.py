@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .processor import CoreProcessor, blend_settings
+from .processor import CoreProcessor, core_update
 from .settings import AppSettings, StreamSettings
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,9 @@ def unet_batch(settings: StreamSettings, frame_buffer_size: int) -> int:
 def stream_config(app: AppSettings, settings: StreamSettings):
     from dreamcam.core.config import StreamConfig
 
-    return StreamConfig(
-        width=app.width, height=app.height, frame_buffer_size=app.frame_buffer_size, resize=app.resize,
-        t_index_list=settings.t_index_list, strength=settings.strength, steps=settings.steps,
-        cfg_type=settings.cfg_type, guidance_scale=settings.guidance_scale, delta=settings.delta,
-        seed=settings.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-        similarity_threshold=settings.similarity_threshold if settings.similarity_filter else None,
-        similarity_max_skip=settings.similarity_max_skip, transition_frames=settings.transition_frames,
-        **blend_settings(settings),
-    )
+    # the live settings map to the core as every later update does (one mapping: core_update)
+    return StreamConfig(width=app.width, height=app.height, frame_buffer_size=app.frame_buffer_size,
+                        resize=app.resize, **core_update(settings))
 
 
 def model_spec(app: AppSettings, device: str, dtype: str, local_files_only: bool = False):

@@ -153,12 +153,6 @@ class CoreProcessor(Processor):
         self.driver.close()
 
 
-def blend_settings(settings: StreamSettings) -> dict[str, Any]:
-    """The blending and feedback settings: the core's StreamConfig fields of the same names."""
-    names = ("prompt_blend", "seed_blend", "blend_method", "latent_feedback", "image_feedback")
-    return {name: getattr(settings, name) for name in names}
-
-
 def core_update(settings: StreamSettings) -> dict[str, Any]:
     """One update for the core from the settings in force (`paused` is the runner's job)."""
     changes: dict[str, Any] = {
@@ -169,8 +163,9 @@ def core_update(settings: StreamSettings) -> dict[str, Any]:
         "seed": settings.seed,
         "cfg_type": settings.cfg_type,
         "transition_frames": settings.transition_frames,
-        **blend_settings(settings),
     }
+    for name in ("prompt_blend", "seed_blend", "blend_method", "latent_feedback", "image_feedback"):
+        changes[name] = getattr(settings, name)  # StreamConfig fields of the same names
     if settings.t_index_list is not None:
         changes["t_index_list"] = list(settings.t_index_list)
     else:
