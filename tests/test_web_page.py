@@ -174,7 +174,8 @@ def test_the_page_drives_the_running_app_and_shows_what_others_change(tiny_app, 
         assert value_of(browser, "f-t_index_list") == ""
         indices.send_keys("20,40", Keys.ENTER)
         assert wait_for(lambda: tiny_app.store.current.t_index_list == (20, 40), 15)
-        assert text_of(browser, "f-t_index_list-error") == ""
+        # the store applies before the page hears back: wait for the page as for every other check here
+        assert wait_for(lambda: text_of(browser, "f-t_index_list-error") == "", 15)
 
         # a toggle and a choice
         click(browser, "f-paused")
