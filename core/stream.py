@@ -118,10 +118,10 @@ class StreamDiffusion:
     @property
     def shape_key(self) -> tuple:
         """Changes exactly when engines must recapture (or replay a graph they kept for this key): the
-        state tensors are reallocated, the step's structure changes, or `stateless` flips (feedback
-        switched on/off in a 1-step stream: lanes may share no state); never on a live scale or
-        weight change (those are in-place tensor writes)."""
-        return self._layout_key + (self._allocation, self.structure_key, self.stateless)
+        state tensors are reallocated, the step's structure changes, or the feedback switches on or
+        off (its mix and keep kernels run only while a share is above 0; in a 1-step stream that also
+        flips `stateless`); never on a live scale or weight change (those are in-place tensor writes)."""
+        return self._layout_key + (self._allocation, self.structure_key, self._feedback_on)
 
     @property
     def structure_key(self) -> tuple:
@@ -265,9 +265,11 @@ class StreamDiffusion:
         wanted = self.config.mode == "img2img" or bool(self.control.active)  # txt2img without nets: no image
         images = fr.to_unit(x_uint8, self.dtype) if x_uint8 is not None and wanted else None
         self.control.prepare(images)
+        feedback = self._feedback_on  # structural (in shape_key): shares of 0 run no feedback kernels
         if self.config.mode == "img2img":
             # the ControlNets read the frame itself; the VAE the frame with the image feedback mixed in
-            z = self._mix_latent(self.modules.encode(self._mix_image(images)).float())
+            z = self.modules.encode(self._mix_image(images) if feedback else images).float()
+            z = self._mix_latent(z) if feedback else z
             x_t0 = self.alpha[:fbs] * z + self.beta[:fbs] * self.init_noise[:fbs]
         else:
             x_t0 = self.init_noise[:fbs]
@@ -296,7 +298,8 @@ class StreamDiffusion:
             renoise = self.noise_gain * self.beta[fbs:] * self.init_noise[fbs:]
             self.buffer.copy_(self.alpha[fbs:] * x0[:-fbs] + renoise)
         images = self.modules.decode(x0[-fbs:].to(self.dtype))
-        self._keep_feedback(x0[-fbs:], images)
+        if feedback:
+            self._keep_feedback(x0[-fbs:], images)
         return fr.from_unit(images)
 
     # ------------------------------------------------------------------ temporal feedback (in the step)
@@ -479,13 +482,15 @@ class StreamDiffusion:
         return ("blend", items, c.blend_method) if items else ("seed", c.seed)
 
     def _commit(self, old: StreamConfig, new: StreamConfig, embeds: tuple) -> None:
-        old_shape = self._layout_key
+        old_shape, feedback_was_on = self._layout_key, self._feedback_on
         prompt_changed = self._prompt_key(new) != self._prompt_key(old)
         start = self.cond_embeds.clone()
         start_pooled = self.unet_pooled[-1:].clone() if self._sdxl else None
         self.config = new
         self._cond, self._pooled, self._uncond, self._upooled = embeds
         self.filter.configure(new.similarity_threshold, new.similarity_max_skip)
+        if self._feedback_on and not feedback_was_on:
+            self.feedback_valid.zero_()  # kept nothing while off: the first frame mixes in nothing
         if self._layout_key != old_shape:
             self._allocate()
             self._transition = None

@@ -265,7 +265,30 @@ def test_feedback_makes_a_one_step_stream_stateful_and_is_in_the_step_state(comp
     for t in stream.feedback_state:
         assert any(t is s for s in state)
     stream.update(latent_feedback=0.5, image_feedback=0.2)  # values only: same key
-    assert stream.shape_key == (key[:-1] + (False,))
+    assert stream.shape_key == key[:-1] + (True,)
+
+
+def test_feedback_off_runs_no_feedback_work_and_switching_on_mixes_nothing_stale(comp):
+    """Shares of 0 are structural (as a ControlNet scale of 0): the step neither mixes nor keeps,
+    the key says so in multi-step streams too, and the first frame after switching on mixes in
+    no output kept before it was switched off."""
+    frames = helpers.clip(5)
+    stream, spy = spied(comp, latent_feedback=1.0)
+    stream(frames[0])
+    stream(frames[1])
+    kept = stream.prev_latent.clone()
+    stream.update(latent_feedback=0.0)
+    stream(frames[2])
+    assert torch.equal(stream.prev_latent, kept)  # nothing kept while off
+    stream.update(latent_feedback=1.0)
+    stream(frames[3])  # the output kept before the switch is stale: not mixed in
+    assert torch.equal(spy.samples[3], noised(stream, spy.inner.encode(spy.encoded[3]).float()))
+    stream(frames[4])
+    torch.testing.assert_close(spy.samples[4], noised(stream, spy.decoded[3]), atol=1e-6, rtol=0)
+    two_step, _ = spied(comp, t_index_list=(20, 35), cfg_type="self")
+    key = two_step.shape_key
+    two_step.update(image_feedback=0.3)
+    assert two_step.shape_key != key and not two_step.stateless
 
 
 def test_feedback_steadies_the_output_of_a_noisy_static_input(comp):
