@@ -8,9 +8,12 @@ next, over pixels and channels, in grey levels 0-255:
     flicker = mean_n mean_pixels |out_n - out_{n-1}|
 
 The random-weight bench models decode to almost black frames (mean ~2 grey levels at 512), so
-most output pixels clip at 0 and the uint8 flicker understates the change; `latent_flicker`, the
-same mean absolute change of the output latent x0 (the decoder's input, `stream.prev_latent`), is
-the number that shows what the knobs do with these models (as a share of the no-feedback value).
+most output pixels clip at 0 and the uint8 flicker understates the change. Two numbers show what
+the knobs do with these models: `image_flicker`, the same mean absolute change of the decoder's
+output before the uint8 clip (in grey levels, 127.5 a unit), and `latent_flicker`, that of the
+output latent x0 (the decoder's input), each also as a share of the no-feedback value. Both are
+kept by `DecodeTap`, which wraps the engine's decoder with two in-place copies inside the step,
+so that every CUDA graph replay writes them (the stream itself keeps x0 only while feedback is on).
 
 For reference the same number of the input frames themselves is reported (Gaussian noise of
 sigma s alone gives 2 s / sqrt(pi) ~ 1.13 s). With feedback, the output first moves to the fixed
@@ -82,17 +85,44 @@ def flicker(frames: Sequence[np.ndarray]) -> float:
     return float(np.abs(np.diff(stack, axis=0)).mean())
 
 
+class DecodeTap:
+    """The engine's decoder, plus in-place copies of its input (the output latent x0) and output
+    (the image before the uint8 clip) into buffers of its own: captured with the step, so every
+    graph replay refreshes them. Bench-only: `StepModules(decode=DecodeTap(modules.decode))`."""
+
+    def __init__(self, decode: Any) -> None:
+        self.decode = decode
+        self.latent: torch.Tensor | None = None
+        self.image: torch.Tensor | None = None
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        out = self.decode(latents)
+        if self.latent is None or self.latent.shape != latents.shape:
+            self.latent, self.image = torch.empty_like(latents), torch.empty_like(out)
+        self.latent.copy_(latents)
+        self.image.copy_(out)
+        return out
+
+
+def _mean_change(kept: Sequence[torch.Tensor], scale: float = 1.0) -> float:
+    return float(torch.stack(kept).float().diff(dim=0).abs().mean()) * scale
+
+
 def run_flicker(components: Any, modules: Any, *, size: int = 512, warmup: int = 60, frames: int = 120,
                 settings: Sequence[tuple[float, float]] = SETTINGS, noise: CameraNoise = CameraNoise(),
                 config: Any = None, prompt: str = "a watercolor painting of a city") -> dict:
     """One 1-step img2img stream (strength 0.5, no guidance), each (latent_feedback, image_feedback)
     in turn (changed live, then a reset). Returns {"rows": [...], "noise": ...}."""
+    from dataclasses import replace
+
     from dreamcam.core.config import StreamConfig
     from dreamcam.core.stream import StreamDiffusion
     from dreamcam.engines.driver import StreamDriver
 
+    tap = DecodeTap(modules.decode)
     stream = StreamDiffusion(components, StreamConfig(width=size, height=size, steps=1, strength=0.5,
-                                                      cfg_type="none", prompt=prompt), modules=modules)
+                                                      cfg_type="none", prompt=prompt),
+                             modules=replace(modules, decode=tap))
     driver = StreamDriver(stream, config=config)
     pool = camera_frames(static_scene(size, size), noise)
     n = len(pool)
@@ -104,10 +134,11 @@ def run_flicker(components: Any, modules: Any, *, size: int = 512, warmup: int =
             driver.reset()
             for i in range(warmup):
                 driver(pool[i % n])
-            outs, latents = [], []
+            outs, latents, images = [], [], []
             for i in range(frames):
                 outs.append(driver(pool[(warmup + i) % n]).copy())  # the driver reuses its buffers
-                latents.append(stream.prev_latent.clone())
+                latents.append(tap.latent.clone())
+                images.append(tap.image.clone())
             sync()
             start = time.perf_counter()
             for i in range(frames):
@@ -116,14 +147,17 @@ def run_flicker(components: Any, modules: Any, *, size: int = 512, warmup: int =
             status = driver.graph_status()
             rows.append({"setting": f"latent {latent:g}, image {image:g}", "latent_feedback": latent,
                          "image_feedback": image, "flicker": round(flicker(outs), 3),
-                         "latent_flicker": round(float(torch.stack(latents).diff(dim=0).abs().mean()), 5),
+                         "image_flicker": round(_mean_change(images, 127.5), 4),
+                         "latent_flicker": round(_mean_change(latents), 5),
                          "fps": round(frames / seconds, 1), "captures": driver.graphed.captures,
                          "graph_error": status.error})
     finally:
         driver.close()
-    base = next((r["latent_flicker"] for r in rows[1:] if not r["latent_feedback"] and not r["image_feedback"]), None)
+    plain = next((r for r in rows[1:] if not r["latent_feedback"] and not r["image_feedback"]), None)
     for r in rows[1:]:
-        r["latent_flicker_share"] = round(r["latent_flicker"] / base, 3) if base else None
+        for key in ("image_flicker", "latent_flicker"):
+            base = plain[key] if plain else 0.0
+            r[key + "_share"] = round(r[key] / base, 3) if base else None
     return {"rows": rows, "size": size, "warmup": warmup, "frames": frames,
             "noise": {"sigma": noise.sigma, "shift_px": noise.shift_px, "pool": noise.pool}}
 
@@ -138,13 +172,21 @@ def report_lines(result: dict) -> list[str]:
              f"levels per frame (sub-pixel shift {noise['shift_px']} px), 1-step img2img, strength 0.5, random-weight "
              f"models, {result.get('engine', '?')} engine + CUDA graph; flicker = mean |out_n - out_(n-1)| in grey "
              f"levels over {result['frames']} frames after "
-             f"{result['warmup']} settling frames; latent flicker = the same for the output latent x0 (share of "
-             "no feedback: these random models decode to almost black frames, so the uint8 number clips); "
+             f"{result['warmup']} settling frames; these random models decode to almost black frames, so the "
+             "uint8 number clips: image flicker = the same for the decoder's output before the clip (grey levels), "
+             "latent flicker = for the output latent x0, each with its share of the no-feedback value; "
              "fps = host uint8 -> host uint8, one frame at a time.", "",
-             "| setting | flicker | fps | latent flicker (share of no feedback) |", "| --- | --- | --- | --- |"]
+             "| setting | flicker (uint8) | image flicker, unclipped (share) | latent flicker (share) | fps |",
+             "| --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         fps = "-" if r.get("fps") is None else f"{r['fps']:.1f}"
-        share = r.get("latent_flicker_share")
-        latent = "-" if "latent_flicker" not in r else f"{r['latent_flicker']:.4f}" + (f" ({share:.2f})" if share is not None else "")
-        lines.append(f"| {r['setting']} | {r['flicker']:.3f} | {fps} | {latent} |")
+        lines.append(f"| {r['setting']} | {r['flicker']:.3f} | {_with_share(r, 'image_flicker', 3)} | "
+                     f"{_with_share(r, 'latent_flicker', 4)} | {fps} |")
     return lines + [""]
+
+
+def _with_share(row: dict, key: str, digits: int) -> str:
+    if key not in row:
+        return "-"
+    share = row.get(key + "_share")
+    return f"{row[key]:.{digits}f}" + (f" ({share:.2f})" if share is not None else "")

@@ -34,19 +34,25 @@ def parse_cases(text: str) -> list[tuple[int, int]]:
     return cases
 
 
-def save_random_lora(unet: torch.nn.Module, folder: Path, rank: int, seed: int,
-                     targets: Sequence[str] = TARGETS) -> Path:
-    """A random LoRA for every Linear layer of `unet` whose name ends with a target, saved in
-    diffusers' LoRA file layout with PEFT keys (folder/pytorch_lora_weights.safetensors). A ~ N(0, 1/d_in), B ~ N(0, 0.02^2)."""
+def target_layers(unet: torch.nn.Module, targets: Sequence[str] = TARGETS) -> dict[str, tuple[int, int]]:
+    """name -> (in, out features) of every Linear layer of a UNet without LoRAs whose name ends
+    with a target (read once: with adapters attached those names are peft wrappers, not Linears)."""
+    return {name: (m.in_features, m.out_features) for name, m in unet.named_modules()
+            if isinstance(m, torch.nn.Linear) and any(name.endswith("." + t) for t in targets)}
+
+
+def save_random_lora(layers: dict[str, tuple[int, int]], folder: Path, rank: int, seed: int) -> Path:
+    """A random LoRA for each of `layers` (`target_layers`), saved in diffusers' LoRA file layout
+    with PEFT keys (folder/pytorch_lora_weights.safetensors). A ~ N(0, 1/d_in), B ~ N(0, 0.02^2)."""
     from diffusers import StableDiffusionPipeline
 
+    if not layers:
+        raise ValueError("no target Linear layers: the UNet has none of the targets, or adapters are attached")
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for name, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in targets):
-            d_in, d_out = module.in_features, module.out_features
-            state[f"{name}.lora_A.weight"] = torch.randn(rank, d_in, generator=gen) / d_in ** 0.5
-            state[f"{name}.lora_B.weight"] = torch.randn(d_out, rank, generator=gen) * 0.02
+    for name, (d_in, d_out) in layers.items():
+        state[f"{name}.lora_A.weight"] = torch.randn(rank, d_in, generator=gen) / d_in ** 0.5
+        state[f"{name}.lora_B.weight"] = torch.randn(d_out, rank, generator=gen) * 0.02
     folder.mkdir(parents=True, exist_ok=True)
     # PEFT key format throughout (diffusers' converter rewrites only the attention keys: a mixed file)
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True)
@@ -105,6 +111,7 @@ def run_loras(components: Any, modules: Any, cases: Sequence[tuple[int, int]], *
                                                                                          None, {})}
     log(f"  loras: plain {result['plain']}")
     stack = LoraStack(components)
+    layers = target_layers(components.unet)
     rows = []
     for n, rank in cases:
         if budget_left() < 120:
@@ -112,7 +119,7 @@ def run_loras(components: Any, modules: Any, cases: Sequence[tuple[int, int]], *
             continue
         row: dict[str, Any] = {"loras": n, "rank": rank}
         try:
-            specs = [LoraSpec(str(save_random_lora(components.unet, folder / f"r{rank}-{i}", rank, seed=1000 * rank + i)),
+            specs = [LoraSpec(str(save_random_lora(layers, folder / f"r{rank}-{i}", rank, seed=1000 * rank + i)),
                               0.8, name=f"l{i}") for i in range(n)]
             row["apply_ms"] = _timed(lambda: stack.apply(specs))
             row["layers"] = sum(1 for name, _ in components.unet.named_modules() if name.endswith(".lora_A.l0"))
