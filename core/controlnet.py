@@ -17,6 +17,11 @@ its step: `prepare(images)` on the fitted frames (so the control image follows t
 is computed inside the captured step), then `residuals(...)` for every UNet call. Each unit runs
 its net through the engine's ControlNet call (`StepModules.controlnet(net)`: eager, compiled or
 TensorRT), set once by `use_engine`.
+
+Concurrency (core/side_streams.py): each active unit's preprocessor runs on a side stream of its
+own, beside the VAE encoder on the main stream (a depth model costs about as much as the encoder);
+every unit but the last runs its net on that side stream too, beside the last unit's net on the
+main stream; the main stream waits for them before it sums the residuals.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 from .loading import FAMILY_LABELS, Components, ModelLoadError, _check_source, _explain, detect_family
 from .modules import CONTROLNET_COND_NAMES, ControlNetCall, EagerControlNet, control_residual_names
 from .preprocess import Canny, External, Preprocessor
+from .side_streams import SideStreams
 
 Tensor = torch.Tensor
 ControlNetFactory = Callable[[Any], ControlNetCall]  # a loaded ControlNetModel -> the engine's call of it
@@ -158,6 +164,7 @@ class ControlNetStack:
         self.serial = next(_serials)  # a new stack is new tensors and nets: a graph of another stack never fits
         self._controls: dict[str, Tensor] = {}
         self._blank: Tensor | None = None
+        self._side: SideStreams | None = None
 
     def __len__(self) -> int:
         return len(self.units)
@@ -236,7 +243,17 @@ class ControlNetStack:
             if self._blank is None:
                 raise RuntimeError("ControlNetStack.bind(...) must run before a step without input frames")
             images = self._blank
-        self._controls = {u.name: u.preprocessor(images).to(images.dtype) for u in active}
+        side = self._side_streams(images.device)
+        controls = {}
+        for u in active:
+            with side.fork(u.name, reads=[images]):
+                controls[u.name] = u.preprocessor(images).to(images.dtype)
+        self._controls = controls
+
+    def _side_streams(self, device: torch.device) -> SideStreams:
+        if self._side is None or self._side.device != device:
+            self._side = SideStreams(device)
+        return self._side
 
     def residuals(self, sample: Tensor, timestep: Tensor, embeds: Tensor, **cond: Tensor) -> dict[str, Tensor]:
         """The summed residuals of the active units, named for the UNet call ({} when none is active)."""
@@ -244,12 +261,29 @@ class ControlNetStack:
         if not active:
             return {}
         added = {k: v for k, v in cond.items() if k in CONTROLNET_COND_NAMES}
-        total: list[Tensor] | None = None
+        side = self._side_streams(sample.device)
+        reads = [sample, timestep, embeds, *added.values()]
+        last = active[-1]
+        results: dict[str, list[Tensor]] = {}
         for unit in active:
             control = self._controls.get(unit.name)
             if control is None:
                 raise RuntimeError(f"ControlNet {unit.name!r}: no control image; call prepare(images) first")
-            rows = control.repeat(sample.shape[0] // control.shape[0], 1, 1, 1)
-            res = unit.residuals(sample, timestep, embeds, rows, added)
-            total = res if total is None else [a + b for a, b in zip(total, res)]
+            if unit is last:  # on the main stream, beside the others
+                side.join(unit.name, outputs=[control])  # its preprocessor ran on its side stream
+                results[unit.name] = self._unit_residuals(unit, control, sample, timestep, embeds, added)
+            else:
+                with side.fork(unit.name, reads=reads):
+                    results[unit.name] = self._unit_residuals(unit, control, sample, timestep, embeds, added)
+        for unit in active[:-1]:
+            side.join(unit.name, outputs=results[unit.name])
+        total = results[active[0].name]
+        for unit in active[1:]:  # summed in unit order, as diffusers' MultiControlNetModel does
+            total = [a + b for a, b in zip(total, results[unit.name])]
         return dict(zip(control_residual_names(len(total) - 1), total))
+
+    @staticmethod
+    def _unit_residuals(unit: ControlNetUnit, control: Tensor, sample: Tensor, timestep: Tensor, embeds: Tensor,
+                        added: dict[str, Tensor]) -> list[Tensor]:
+        rows = control.repeat(sample.shape[0] // control.shape[0], 1, 1, 1)
+        return unit.residuals(sample, timestep, embeds, rows, added)

@@ -142,6 +142,12 @@ class StreamDiffusion:
         self.loras.set_weights(weights)
         self._force_next = True
 
+    def set_lora_fused(self, fused: bool) -> None:
+        """Fold the LoRAs into the UNet's weights (no per-frame cost; a weight change then refolds in
+        place) or run them live again; flipping it changes `structure_key` (one recapture)."""
+        self.loras.fuse() if fused else self.loras.unfuse()
+        self._force_next = True
+
     def _allocate(self) -> None:
         c, dev = self.config, self.device
         n, fbs = self.num_steps, self.fbs

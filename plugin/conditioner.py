@@ -166,20 +166,24 @@ class Conditioner:
                       scales.get(slot, net.slot.scale) for slot, net in self.nets.items()}
         thresholds = (w.canny_low, w.canny_high)
         ip_scale = w.ip_adapter_scale if self.ip_adapter is not None else None
+        fuse = w.lora_fuse and bool(self.lora_names)
         written = self._written
-        if (weights, net_scales, thresholds, ip_scale) == tuple(written.get(k) for k in
-                                                              ("weights", "scales", "thresholds", "ip_scale")):
+        if (weights, fuse, net_scales, thresholds, ip_scale) == tuple(
+                written.get(k) for k in ("weights", "fuse", "scales", "thresholds", "ip_scale")):
             return
         self.fence()  # no write lands under a frame in flight
         if weights and weights != written.get("weights"):
-            self.stream.set_lora_weights(weights)
+            self.stream.set_lora_weights(weights)  # fused: refolded in place
+        if fuse != self.loras.fused:  # a structure change: the next frame captures (or recompiles) once
+            self.stream.set_lora_fused(fuse)
         if net_scales and net_scales != written.get("scales"):
             self.driver.set_controlnet_scales(net_scales)
         if thresholds != written.get("thresholds"):
             self.stream.controlnets.set_canny_thresholds(*thresholds)  # every canny unit, in place
         if ip_scale is not None and ip_scale != written.get("ip_scale"):
             self.ip_adapter.set_scale(ip_scale)
-        self._written = {"weights": weights, "scales": net_scales, "thresholds": thresholds, "ip_scale": ip_scale}
+        self._written = {"weights": weights, "fuse": fuse, "scales": net_scales, "thresholds": thresholds,
+                         "ip_scale": ip_scale}
 
     def _feed_external(self) -> list[Outcome]:
         """The control source's newest frame into each external ControlNet; a lost / returned source is

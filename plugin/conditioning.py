@@ -69,6 +69,7 @@ class Conditioning:
     ip_adapter: Optional[str] = None
     ip_adapter_image: Optional[str] = None
     ip_adapter_scale: float = 1.0
+    lora_fuse: bool = False  # the LoRAs folded into the weights (a number: no load)
 
     def key(self, kind: str) -> tuple:
         """What a kind loads; equal keys need no load (numbers are not part of it)."""
@@ -100,7 +101,7 @@ def conditioning_of(settings: Any) -> Conditioning:
             preprocessor, source = split_controlnet(text)
             nets.append(ControlSlot(i, preprocessor, source, getattr(settings, f"controlnet_{i}_scale")))
     return Conditioning(loras, tuple(nets), settings.canny_low, settings.canny_high, settings.depth_model,
-                        settings.ip_adapter, settings.ip_adapter_image, settings.ip_adapter_scale)
+                        settings.ip_adapter, settings.ip_adapter_image, settings.ip_adapter_scale, settings.lora_fuse)
 
 
 def idle_fields(values: Mapping[str, Any]) -> set[str]:

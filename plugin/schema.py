@@ -166,6 +166,10 @@ def _conditioning_fields() -> Tuple[Field, ...]:
             _stream(f"lora_{i}_weight", "float", 1.0, f"LoRA {i} weight",
                     f"Strength of LoRA {i} (0: no effect, negative: the opposite).", "LoRA", "slider",
                     range=WEIGHT_RANGE, step=0.05)]
+    fields.append(_stream("lora_fuse", "bool", False, "Fuse LoRAs",
+                          "Fold the LoRAs into the model's weights: no cost per frame (a live LoRA costs about 1.8 ms "
+                          "a frame at 512 on an H200), but each weight change then takes about 40 ms, and switching "
+                          "this on or off rebuilds the engine's graph once.", "LoRA", "toggle"))
     return tuple(fields)
 
 

@@ -266,6 +266,27 @@ def test_dreamcam_set_changes_a_lora_weight_and_a_controlnet_scale_in_a_running_
     assert dreamcam_threads() == []
 
 
+def test_lora_fuse_folds_the_loras_live_and_weight_changes_stay_fused(app_settings, models):
+    initial = StreamSettings(similarity_filter=False, lora_1=models["lora_a"], lora_1_weight=0.7)
+    app, processor, sink = start(app_settings, initial)
+    loras = processor.conditioner.loras
+    try:
+        live = settled(sink, app).astype(int)
+        app.store.apply({"lora_fuse": True})
+        assert wait_for(lambda: loras.fused)
+        fused = settled(sink, app).astype(int)
+        assert np.abs(fused - live).max() <= 1  # the same LoRA at the same weight, folded (float rounding)
+        app.store.apply({"lora_1_weight": 0.1})
+        assert wait_for(lambda: list(loras.weights.values()) == [0.1])
+        moved = settled(sink, app).astype(int)
+        assert loras.fused and not np.array_equal(moved, fused)  # refolded in place
+        app.store.apply({"lora_fuse": False})
+        assert wait_for(lambda: not loras.fused)
+        assert np.abs(settled(sink, app).astype(int) - moved).max() <= 1
+    finally:
+        assert app.stop()
+
+
 def test_a_controlnet_that_does_not_fit_is_one_error_and_the_stream_goes_on(app_settings, models, tiny_sd15_dir,
                                                                               tmp_path):
     from dreamcam.core.tiny import make_tiny_controlnet
