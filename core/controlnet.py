@@ -20,8 +20,10 @@ TensorRT), set once by `use_engine`.
 
 Concurrency (core/side_streams.py): each active unit's preprocessor runs on a side stream of its
 own, beside the VAE encoder on the main stream (a depth model costs about as much as the encoder);
-every unit but the last runs its net on that side stream too, beside the last unit's net on the
-main stream; the main stream waits for them before it sums the residuals.
+`launch` runs each unit's net on that side stream too, and `collect` makes the main stream wait
+for them and sums the residuals. Between the two the stream runs the UNet's down half where the
+engine has one (core/unet_halves.py): the nets run beside it. Without halves the last unit runs
+on the main stream, beside the others.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
@@ -151,6 +153,14 @@ class ControlNetUnit:
         return [r * scale for r in out]
 
 
+class Launched(NamedTuple):
+    """The nets `ControlNetStack.launch` enqueued: each unit's residuals by name (in unit order), and
+    the unit that ran on the current stream (None: all ran on side streams)."""
+
+    parts: dict[str, list[Tensor]]
+    on_main: str | None
+
+
 class ControlNetStack:
     """The ControlNets of a stream. `prepare(images)` makes each active unit's control image from the
     fitted frames; `residuals(...)` sums the active units' residuals for one UNet call. An empty
@@ -257,29 +267,45 @@ class ControlNetStack:
 
     def residuals(self, sample: Tensor, timestep: Tensor, embeds: Tensor, **cond: Tensor) -> dict[str, Tensor]:
         """The summed residuals of the active units, named for the UNet call ({} when none is active)."""
+        return self.collect(self.launch(sample, timestep, embeds, **cond))
+
+    def launch(self, sample: Tensor, timestep: Tensor, embeds: Tensor, *, beside_main: bool = False,
+               **cond: Tensor) -> "Launched":
+        """Enqueue the active units' nets, each on its own side stream, the last one on the current
+        stream unless `beside_main` (then the caller's next work, the UNet's down half, runs beside
+        all of them). `collect` gives their residuals; until then nothing waits for them."""
         active = self.active
-        if not active:
-            return {}
         added = {k: v for k, v in cond.items() if k in CONTROLNET_COND_NAMES}
         side = self._side_streams(sample.device)
         reads = [sample, timestep, embeds, *added.values()]
-        last = active[-1]
-        results: dict[str, list[Tensor]] = {}
+        parts: dict[str, list[Tensor]] = {}
+        on_main = None
         for unit in active:
             control = self._controls.get(unit.name)
             if control is None:
                 raise RuntimeError(f"ControlNet {unit.name!r}: no control image; call prepare(images) first")
-            if unit is last:  # on the main stream, beside the others
+            if unit is active[-1] and not beside_main:  # on the current stream, beside the others
                 side.join(unit.name, outputs=[control])  # its preprocessor ran on its side stream
-                results[unit.name] = self._unit_residuals(unit, control, sample, timestep, embeds, added)
+                parts[unit.name] = self._unit_residuals(unit, control, sample, timestep, embeds, added)
+                on_main = unit.name
             else:
                 with side.fork(unit.name, reads=reads):
-                    results[unit.name] = self._unit_residuals(unit, control, sample, timestep, embeds, added)
-        for unit in active[:-1]:
-            side.join(unit.name, outputs=results[unit.name])
-        total = results[active[0].name]
-        for unit in active[1:]:  # summed in unit order, as diffusers' MultiControlNetModel does
-            total = [a + b for a, b in zip(total, results[unit.name])]
+                    parts[unit.name] = self._unit_residuals(unit, control, sample, timestep, embeds, added)
+        return Launched(parts, on_main)
+
+    def collect(self, launched: "Launched") -> dict[str, Tensor]:
+        """The current stream waits for the launched nets; their residuals summed in unit order (as
+        diffusers' MultiControlNetModel does), named for the UNet call ({} when none ran)."""
+        if not launched.parts:
+            return {}
+        side = self._side_streams(next(iter(launched.parts.values()))[0].device)
+        for name, res in launched.parts.items():
+            if name != launched.on_main:
+                side.join(name, outputs=res)
+        parts = list(launched.parts.values())
+        total = parts[0]
+        for res in parts[1:]:
+            total = [a + b for a, b in zip(total, res)]
         return dict(zip(control_residual_names(len(total) - 1), total))
 
     @staticmethod

@@ -94,6 +94,9 @@ class StepModules:
     encode: Callable[[Tensor], Tensor]
     decode: Callable[[Tensor], Tensor]
     controlnet: Callable[[Any], ControlNetCall] = EagerControlNet
+    # the UNet in two halves (core/unet_halves.py: down(...) -> state, up(state, **residuals)), so
+    # ControlNets run beside the down half; None: the engine has none (the whole `unet` is called)
+    unet_halves: Any = None
 
 
 class EagerUNet:
@@ -154,9 +157,12 @@ def make_decode(vae) -> Callable[[Tensor], Tensor]:
 
 def eager_modules(components: Components) -> StepModules:
     """Plain PyTorch modules (the always-working fallback engine)."""
+    from .unet_halves import EagerUNetHalves
+
     tiny = components.vae_kind == "tiny"
     return StepModules(
         unet=EagerUNet(components.unet),
         encode=make_encode(components.vae, tiny),
         decode=make_decode(components.vae),
+        unet_halves=EagerUNetHalves.of(components.unet),
     )

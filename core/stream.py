@@ -259,9 +259,15 @@ class StreamDiffusion:
         return self.modules.encode(fr.to_unit(x_uint8, self.dtype)).float()
 
     def _unet(self, sample: Tensor) -> Tensor:
-        """One UNet call on the stream's batch, with the ControlNets' residuals (none: {})."""
-        residuals = self.control.residuals(sample, self.unet_timesteps, self.unet_embeds, **self.unet_cond)
-        return self.modules.unet(sample, self.unet_timesteps, self.unet_embeds, **self.unet_cond, **residuals)
+        """One UNet call on the stream's batch, with the ControlNets' residuals (none: {}). Where the
+        engine has the UNet in halves, the nets run beside its down half (core/unet_halves.py)."""
+        args = (sample, self.unet_timesteps, self.unet_embeds)
+        halves = self.modules.unet_halves
+        if halves is not None and self.control.active:
+            launched = self.control.launch(*args, beside_main=True, **self.unet_cond)
+            state = halves.down(*args, **self.unet_cond)
+            return halves.up(state, **self.control.collect(launched))
+        return self.modules.unet(*args, **self.unet_cond, **self.control.residuals(*args, **self.unet_cond))
 
     @torch.no_grad()
     def step_tensor(self, x_uint8: Tensor | None) -> Tensor:

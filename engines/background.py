@@ -163,4 +163,5 @@ def live_modules(compiled: StepModules, eager: StepModules,
     return StepModules(unet=LiveCompiled("UNet", compiled.unet, eager.unet, on_event=on_event),
                        encode=LiveCompiled("image encoder", compiled.encode, eager.encode, on_event=on_event),
                        decode=LiveCompiled("image decoder", compiled.decode, eager.decode, on_event=on_event),
-                       controlnet=compiled.controlnet)  # a ControlNet compiles at its first call (frame thread)
+                       controlnet=compiled.controlnet,  # a ControlNet compiles at its first call (frame thread)
+                       unet_halves=None)  # no split UNet here: with ControlNets the whole UNet runs behind them

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from dreamcam.core.modules import EagerUNet
+from dreamcam.core.unet_halves import EagerUNetHalves
 
 from .background import live_modules
 from .cache import use_compile_cache
@@ -90,7 +91,7 @@ def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bo
     latent costs microseconds). With `channels_last` that one layout is channels_last for 4-D
     inputs (no layout change at the compiled graph's edges).
     """
-    target = fn if inspect.isfunction(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
     compiled = compile_fn(target, mode, options)
     if not contiguous:
         return compiled
@@ -113,10 +114,23 @@ def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dty
                                                                                  options=options))
     # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
     # are channels_last already.
+    halves = modules.unet_halves
     return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True, channels_last=cl, options=options),
                        encode=_compiled_call(modules.encode, mode, contiguous=cl, channels_last=cl, options=options),
                        decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options),
-                       controlnet=controlnet)
+                       controlnet=controlnet,
+                       unet_halves=CompiledHalves(halves, mode, cl, options) if halves is not None else None)
+
+
+class CompiledHalves:
+    """The UNet's two halves (core/unet_halves.py), each compiled like the whole UNet, at its first
+    call: only a stream with ControlNets calls them (a plain stream compiles only the whole UNet)."""
+
+    def __init__(self, halves: Any, mode: str, channels_last: bool, options: dict[str, Any] | None) -> None:
+        self.down = _compiled_call(halves.down, mode, contiguous=True, channels_last=channels_last, options=options)
+        # the state comes from the compiled down half, the residuals from the compiled ControlNets: their
+        # layouts are the same every frame (one compilation)
+        self.up = _compiled_call(halves.up, mode, contiguous=False, options=options)
 
 
 def rewrite_unet(unet: torch.nn.Module, config: EngineConfig) -> tuple[torch.nn.Module, dict[str, int]]:
@@ -155,7 +169,7 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     modules, dtype, io = prepare(components, config)
     unet, _ = rewrite_unet(components.unet, config)
     if unet is not components.unet:
-        modules = replace(modules, unet=EagerUNet(unet))
+        modules = replace(modules, unet=EagerUNet(unet), unet_halves=EagerUNetHalves.of(unet))
     compiled = compile_modules(modules, config, dtype)
     if config.background_compile:  # new shapes after the start compile on a thread of their own (opt-in)
         compiled = live_modules(compiled, modules)

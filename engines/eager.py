@@ -73,15 +73,33 @@ def _cast_many(fn: Callable[..., tuple[torch.Tensor, ...]], compute: torch.dtype
     return call
 
 
+class CastHalves:
+    """The UNet's halves (core/unet_halves.py) in `compute` precision behind `io` precision: the
+    state between them stays in `compute`, the residuals and the output cross in `io`."""
+
+    def __init__(self, halves: Any, compute: torch.dtype, io: torch.dtype) -> None:
+        self.halves, self.compute, self.io = halves, compute, io
+
+    def _to(self, a: torch.Tensor) -> torch.Tensor:
+        return a.to(self.compute) if a.is_floating_point() else a
+
+    def down(self, *args: torch.Tensor, **named: torch.Tensor) -> Any:
+        return self.halves.down(*(self._to(a) for a in args), **{k: self._to(v) for k, v in named.items()})
+
+    def up(self, state: Any, **residuals: torch.Tensor) -> torch.Tensor:
+        return self.halves.up(state, **{k: self._to(v) for k, v in residuals.items()}).to(self.io)
+
+
 def cast_modules(modules: StepModules, compute: torch.dtype, io: torch.dtype) -> StepModules:
     """Run the modules in `compute` precision behind the stream's `io` precision (the ControlNet
-    factory's calls too)."""
+    factory's calls and the UNet's halves too)."""
     if compute == io:
         return modules
-    factory = modules.controlnet
+    factory, halves = modules.controlnet, modules.unet_halves
     return StepModules(unet=_cast(modules.unet, compute, io), encode=_cast(modules.encode, compute, io),
                        decode=_cast(modules.decode, compute, io),
-                       controlnet=lambda net: _cast_many(factory(net), compute, io))
+                       controlnet=lambda net: _cast_many(factory(net), compute, io),
+                       unet_halves=CastHalves(halves, compute, io) if halves is not None else None)
 
 
 def controlnet_factory(config: EngineConfig, dtype: torch.dtype,

@@ -114,6 +114,7 @@ def test_external_control_image_changes_inside_the_graph(comps, parts):
 
 def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, parts, tmp_path):
     engine = create_engine("compiled", comps, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
+    assert engine.modules.unet_halves is not None  # the nets run beside the UNet's compiled down half
     frames = _frames(3)
     eager = StreamDiffusion(comps, _cfg())
     eager.set_controlnets(_stack(parts, 2))

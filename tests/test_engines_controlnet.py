@@ -76,6 +76,25 @@ def test_the_eager_engine_runs_the_controlnets_like_the_core(comps, nets):
     assert isinstance(stack.units[0].call, EagerControlNet)
 
 
+def test_the_compiled_engine_runs_the_controlnets_beside_its_compiled_unet_halves(comps, nets, tmp_path):
+    """On the CPU (Inductor's C++ kernels): the compiled engine gives the ControlNet stream the UNet
+    in two compiled halves, and its frames are the eager engine's (to compiled rounding)."""
+    from dreamcam.engines.compiled import CompiledHalves
+    from dreamcam.engines.factory import create_engine
+
+    engine = create_engine("compiled", comps, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
+    assert isinstance(engine.modules.unet_halves, CompiledHalves)
+    frames = _frames(2)
+    eager = StreamDiffusion(comps, _cfg(), modules=make_eager(comps, EngineConfig(geometry=Geometry(64, 64))))
+    eager.set_controlnets(_stack(nets))
+    want = [eager(f) for f in frames]
+    stream = StreamDiffusion(comps, _cfg(), modules=engine.modules)
+    stream.set_controlnets(_stack(nets))
+    for f, w in zip(frames, want):
+        diff = np.abs(stream(f).astype(np.int16) - w.astype(np.int16))
+        assert diff.mean() < 1.0, float(diff.mean())
+
+
 def test_driver_controlnet_methods_scale_live_without_a_new_key(comps, nets):
     frames = _frames(4)
     driver = StreamDriver(StreamDiffusion(comps, _cfg()), lanes=2)
