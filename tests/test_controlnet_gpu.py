@@ -20,9 +20,9 @@ from dreamcam.engines import EngineConfig, Geometry, create_engine
 from dreamcam.engines.driver import StreamDriver
 
 from core_helpers import square_frames
+from gpu_helpers import GPU_ONLY
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
+pytestmark = GPU_ONLY
 
 
 @pytest.fixture(scope="module")

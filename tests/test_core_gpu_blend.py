@@ -11,8 +11,9 @@ from dreamcam.core.config import StreamConfig
 from dreamcam.core.loading import ModelSpec, load_components
 from dreamcam.core.stream import StreamDiffusion
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
+from gpu_helpers import GPU_ONLY
+
+pytestmark = GPU_ONLY
 
 
 @pytest.fixture(scope="module")

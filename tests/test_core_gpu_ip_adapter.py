@@ -14,8 +14,9 @@ from dreamcam.core.stream import StreamDiffusion
 from dreamcam.core.tiny import make_tiny_ip_adapter
 from dreamcam.engines.driver import StreamDriver
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
+from gpu_helpers import GPU_ONLY
+
+pytestmark = GPU_ONLY
 
 
 def _frames(count: int = 3) -> list[np.ndarray]:

@@ -9,8 +9,9 @@ import torch
 
 from dreamcam.core.preprocess import PREPROCESSORS, Canny, make_preprocessor
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
+from gpu_helpers import GPU_ONLY
+
+pytestmark = GPU_ONLY
 
 
 def frames(count: int) -> list[torch.Tensor]:

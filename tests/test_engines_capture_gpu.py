@@ -17,8 +17,9 @@ from dreamcam.core.loading import ModelSpec, load_components
 from dreamcam.core.stream import StreamDiffusion
 from dreamcam.engines.driver import StreamDriver
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with -m gpu there)")]
+from gpu_helpers import GPU_ONLY
+
+pytestmark = GPU_ONLY
 
 ROUNDS = 20
 CFG_TYPES = ("none", "full", "self", "initialize")

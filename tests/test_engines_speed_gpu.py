@@ -9,7 +9,9 @@ import torch
 from dreamcam.engines.fp8 import Fp8Linear, fp8_capable
 from dreamcam.engines.fused_norm import group_norm_silu, kernel_usable, reference
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+from gpu_helpers import GPU_ONLY
+
+pytestmark = GPU_ONLY
 
 SD_SHAPES = [(1, 320, 64, 64), (2, 640, 32, 32), (1, 1280, 8, 8), (1, 960, 16, 16)]
 
