@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from dreamcam.core.config import StreamConfig
 from dreamcam.core.loading import ModelSpec, load_components

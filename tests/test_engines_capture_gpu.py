@@ -9,8 +9,6 @@ import gc
 import itertools
 
 import numpy as np
-import pytest
-import torch
 
 from dreamcam.core.config import StreamConfig
 from dreamcam.core.loading import ModelSpec, load_components
