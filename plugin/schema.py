@@ -168,8 +168,9 @@ def _conditioning_fields() -> Tuple[Field, ...]:
                     range=WEIGHT_RANGE, step=0.05)]
     fields.append(_stream("lora_fuse", "bool", False, "Fuse LoRAs",
                           "Fold the LoRAs into the model's weights: no cost per frame (a live LoRA costs about 1.8 ms "
-                          "a frame at 512 on an H200), but each weight change then takes about 40 ms, and switching "
-                          "this on or off rebuilds the engine's graph once.", "LoRA", "toggle"))
+                          "a frame at 512 on an H200), but each weight change then takes about 40 ms; switching it "
+                          "on or off captures the step again (the compiled engine recompiles its UNet the first "
+                          "time, which holds the output for a while).", "LoRA", "toggle"))
     return tuple(fields)
 
 
