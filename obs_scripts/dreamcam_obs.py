@@ -1157,8 +1157,13 @@ def _on_randomize_seed(props: Any, prop: Any) -> bool:
     return _redraw()
 
 
+def _panel_text(key: str) -> str:
+    """A text field of the panel ('' before OBS gave the script its settings)."""
+    return obs.obs_data_get_string(_S.settings, key).strip() if _S.settings is not None else ""
+
+
 def _on_preset_load(props: Any, prop: Any) -> bool:
-    name = obs.obs_data_get_string(_S.settings, "preset_pick") if _S.settings is not None else ""
+    name = _panel_text("preset_pick")
     if not name:
         return False
     _S.panel.command("settings", preset=name)
@@ -1166,7 +1171,7 @@ def _on_preset_load(props: Any, prop: Any) -> bool:
 
 
 def _on_preset_save(props: Any, prop: Any) -> bool:
-    name = obs.obs_data_get_string(_S.settings, "preset_name").strip() if _S.settings is not None else ""
+    name = _panel_text("preset_name")
     if not name:
         return False
     _S.panel.command("preset_save", name=name)
@@ -1175,7 +1180,7 @@ def _on_preset_save(props: Any, prop: Any) -> bool:
 
 
 def _on_preset_delete(props: Any, prop: Any) -> bool:
-    name = obs.obs_data_get_string(_S.settings, "preset_pick") if _S.settings is not None else ""
+    name = _panel_text("preset_pick")
     if not name:
         return False
     _S.panel.command("preset_delete", name=name)
