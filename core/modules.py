@@ -26,7 +26,7 @@ the stream makes every model call through them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -106,21 +106,36 @@ class EagerUNet:
         self.model = unet
 
     def __call__(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> Tensor:
-        added = {name: value for name, value in cond.items() if name in ADDED_COND_NAMES}
-        if IMAGE_EMBEDS in added:  # diffusers takes a list: one (B, images, *embed) tensor per IP-Adapter
-            added[IMAGE_EMBEDS] = [added[IMAGE_EMBEDS]]
-        down = sorted((name for name in cond if name.startswith(CONTROL_DOWN_PREFIX)),
-                      key=lambda name: int(name[len(CONTROL_DOWN_PREFIX):]))
-        unknown = [name for name in cond if name not in added and name not in down and name != CONTROL_MID]
-        if unknown:
-            raise TypeError(f"unet: unknown conditioning input(s) {unknown}; known: {', '.join(ADDED_COND_NAMES)}, "
-                            f"{CONTROL_DOWN_PREFIX}<i>, {CONTROL_MID}")
-        kwargs: dict = {"added_cond_kwargs": added} if added else {}
-        if down:
-            kwargs["down_block_additional_residuals"] = tuple(cond[name] for name in down)
-            kwargs["mid_block_additional_residual"] = cond[CONTROL_MID]
+        inputs = route_unet_inputs(cond, "unet")
+        kwargs: dict = {"added_cond_kwargs": inputs.added} if inputs.added else {}
+        if inputs.down:
+            kwargs["down_block_additional_residuals"] = inputs.down
+            kwargs["mid_block_additional_residual"] = cond[CONTROL_MID]  # residuals come as a set: down without mid is a KeyError
         return self.model(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                           return_dict=False, **kwargs)[0]
+
+
+class UNetInputs(NamedTuple):
+    """The UNet's named inputs as diffusers takes them."""
+
+    added: dict[str, Any]  # added_cond_kwargs (text_embeds, time_ids, image_embeds as diffusers' list)
+    down: tuple[Tensor, ...]  # the ControlNet down residuals, control_down_0 first
+    mid: Tensor | None  # control_mid
+
+
+def route_unet_inputs(named: dict[str, Tensor], where: str, kind: str = "conditioning input") -> UNetInputs:
+    """Sort the UNet's named inputs into diffusers' arguments; TypeError naming `where` for a name
+    that is none of them."""
+    added: dict[str, Any] = {name: value for name, value in named.items() if name in ADDED_COND_NAMES}
+    if IMAGE_EMBEDS in added:  # diffusers takes a list: one (B, images, *embed) tensor per IP-Adapter
+        added[IMAGE_EMBEDS] = [added[IMAGE_EMBEDS]]
+    down = sorted((name for name in named if name.startswith(CONTROL_DOWN_PREFIX)),
+                  key=lambda name: int(name[len(CONTROL_DOWN_PREFIX):]))
+    unknown = [name for name in named if name not in added and name not in down and name != CONTROL_MID]
+    if unknown:
+        raise TypeError(f"{where}: unknown {kind}(s) {unknown}; known: {', '.join(ADDED_COND_NAMES)}, "
+                        f"{CONTROL_DOWN_PREFIX}<i>, {CONTROL_MID}")
+    return UNetInputs(added, tuple(named[name] for name in down), named.get(CONTROL_MID))
 
 
 def _weights_dtype(module) -> torch.dtype | None:

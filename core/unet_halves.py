@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .modules import ADDED_COND_NAMES, CONTROL_DOWN_PREFIX, CONTROL_MID, IMAGE_EMBEDS
+from .modules import route_unet_inputs
 
 Tensor = torch.Tensor
 
@@ -37,16 +37,6 @@ class DownState(NamedTuple):
 
 def _cross(block: torch.nn.Module) -> bool:
     return bool(getattr(block, "has_cross_attention", False))
-
-
-def _added(cond: dict[str, Tensor]) -> dict[str, Any]:
-    unknown = [name for name in cond if name not in ADDED_COND_NAMES]
-    if unknown:
-        raise TypeError(f"unet down half: unknown conditioning input(s) {unknown}; known: {', '.join(ADDED_COND_NAMES)}")
-    added: dict[str, Any] = dict(cond)
-    if IMAGE_EMBEDS in added:  # diffusers takes one tensor per IP-Adapter, in a list
-        added[IMAGE_EMBEDS] = [added[IMAGE_EMBEDS]]
-    return added
 
 
 class EagerUNetHalves:
@@ -70,7 +60,10 @@ class EagerUNetHalves:
 
     def down(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, **cond: Tensor) -> DownState:
         u = self.unet
-        added = _added(cond)
+        inputs = route_unet_inputs(cond, "unet down half")
+        if inputs.down or inputs.mid is not None:
+            raise TypeError("unet down half: the ControlNet residuals go to the up half")
+        added = inputs.added
         if u.config.center_input_sample:
             sample = 2 * sample - 1.0
         emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=timestep), None)
@@ -95,16 +88,14 @@ class EagerUNetHalves:
 
     def up(self, state: DownState, **residuals: Tensor) -> Tensor:
         u = self.unet
-        down = sorted((name for name in residuals if name.startswith(CONTROL_DOWN_PREFIX)),
-                      key=lambda name: int(name[len(CONTROL_DOWN_PREFIX):]))
-        unknown = [name for name in residuals if name not in down and name != CONTROL_MID]
-        if unknown:
-            raise TypeError(f"unet up half: unknown input(s) {unknown}; known: {CONTROL_DOWN_PREFIX}<i>, {CONTROL_MID}")
+        inputs = route_unet_inputs(residuals, "unet up half", "input")
+        if inputs.added:
+            raise TypeError(f"unet up half: unknown input(s) {sorted(inputs.added)}; the conditioning goes to the down half")
         hidden, emb, context, skips = state
-        if down:
-            skips = tuple(s + residuals[name] for s, name in zip(skips, down))
-        if CONTROL_MID in residuals:
-            hidden = hidden + residuals[CONTROL_MID]
+        if inputs.down:
+            skips = tuple(s + r for s, r in zip(skips, inputs.down))
+        if inputs.mid is not None:
+            hidden = hidden + inputs.mid
         factor = 2 ** u.num_upsamplers
         forward_size = any(dim % factor != 0 for dim in skips[0].shape[-2:])  # the input's size (conv_in keeps it)
         size = None
