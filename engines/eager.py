@@ -50,13 +50,15 @@ def tune_module(module: torch.nn.Module, dtype: torch.dtype, channels_last: bool
         module.to(memory_format=torch.channels_last)
 
 
+def _in(a: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """An input in the compute precision (integer inputs such as timesteps stay as they are)."""
+    return a.to(compute) if a.is_floating_point() else a
+
+
 def _cast(fn: Callable[..., torch.Tensor], compute: torch.dtype, io: torch.dtype) -> Callable[..., torch.Tensor]:
     """`fn` in `compute` precision behind `io` precision inputs and outputs, named inputs too."""
-    def to(a: torch.Tensor) -> torch.Tensor:
-        return a.to(compute) if a.is_floating_point() else a
-
     def call(*args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
-        return fn(*(to(a) for a in args), **{k: to(v) for k, v in named.items()}).to(io)
+        return fn(*(_in(a, compute) for a in args), **{k: _in(v, compute) for k, v in named.items()}).to(io)
 
     return call
 
@@ -64,11 +66,9 @@ def _cast(fn: Callable[..., torch.Tensor], compute: torch.dtype, io: torch.dtype
 def _cast_many(fn: Callable[..., tuple[torch.Tensor, ...]], compute: torch.dtype,
                io: torch.dtype) -> Callable[..., tuple[torch.Tensor, ...]]:
     """As `_cast`, for a callable with several outputs (a ControlNet's residuals)."""
-    def to(a: torch.Tensor) -> torch.Tensor:
-        return a.to(compute) if a.is_floating_point() else a
-
     def call(*args: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(r.to(io) for r in fn(*(to(a) for a in args), **{k: to(v) for k, v in named.items()}))
+        return tuple(r.to(io) for r in fn(*(_in(a, compute) for a in args),
+                                          **{k: _in(v, compute) for k, v in named.items()}))
 
     return call
 
@@ -80,14 +80,12 @@ class CastHalves:
     def __init__(self, halves: Any, compute: torch.dtype, io: torch.dtype) -> None:
         self.halves, self.compute, self.io = halves, compute, io
 
-    def _to(self, a: torch.Tensor) -> torch.Tensor:
-        return a.to(self.compute) if a.is_floating_point() else a
-
     def down(self, *args: torch.Tensor, **named: torch.Tensor) -> Any:
-        return self.halves.down(*(self._to(a) for a in args), **{k: self._to(v) for k, v in named.items()})
+        c = self.compute
+        return self.halves.down(*(_in(a, c) for a in args), **{k: _in(v, c) for k, v in named.items()})
 
     def up(self, state: Any, **residuals: torch.Tensor) -> torch.Tensor:
-        return self.halves.up(state, **{k: self._to(v) for k, v in residuals.items()}).to(self.io)
+        return self.halves.up(state, **{k: _in(v, self.compute) for k, v in residuals.items()}).to(self.io)
 
 
 def cast_modules(modules: StepModules, compute: torch.dtype, io: torch.dtype) -> StepModules:

@@ -126,3 +126,23 @@ def test_a_stream_with_a_controlnet_gives_the_same_frames_with_and_without_halve
         outs.append([stream(f) for f in frames])
     for a, b in zip(*outs):
         assert np.array_equal(a, b)
+
+
+@torch.no_grad()
+def test_cast_halves_compute_what_the_cast_whole_unet_computes(tiny_model_dir):
+    """The engines' precision wrapper (compute float64 behind float32 io here, as fp16 behind fp32 on a GPU)."""
+    from dreamcam.core.modules import EagerUNet
+    from dreamcam.engines.contract import StepModules
+    from dreamcam.engines.eager import cast_modules
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet").double().eval()
+    plain = StepModules(unet=EagerUNet(unet), encode=lambda x: x, decode=lambda x: x,
+                        unet_halves=EagerUNetHalves.of(unet))
+    cast = cast_modules(plain, torch.float64, torch.float32)
+    sample, timestep, embeds, _ = inputs(unet, 8, 8)
+    args = (sample, timestep, embeds)
+    named = {k: v.float() for k, v in residuals_for(plain.unet_halves, tuple(a.double() if a.is_floating_point() else a
+                                                                              for a in args), {}).items()}
+    out = cast.unet_halves.up(cast.unet_halves.down(*args), **named)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, cast.unet(*args, **named))
