@@ -112,10 +112,9 @@ class Runner:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop all threads; True when every thread ended within `timeout`."""
         self._stop.set()
-        source_pacer = getattr(self.source, "_pacer", None)  # wake a source sleeping until its next frame
-        for pacer in [*self._pacers, source_pacer]:
-            if isinstance(pacer, Pacer):
-                pacer.interrupt()
+        self.source.interrupt()
+        for pacer in self._pacers:
+            pacer.interrupt()
         self.in_box.close()
         self.out_box.close()
         deadline = time.monotonic() + timeout
@@ -171,7 +170,7 @@ class Runner:
             self.in_box.put(frame)
 
     def _recover_source(self, exc: Exception) -> None:
-        name = getattr(self.source, "name", "source")
+        name = self.source.name
         log.warning("source %s lost: %s; retrying", name, exc)
         self._set_error("source", f"source {name} lost ({exc}); retrying")
         delay = BACKOFF_START_S
@@ -360,7 +359,7 @@ class Runner:
                 self._write(new, fresh=True)
             elif pacer and self.sink.repeat_last and last is not None:
                 self._write(last, fresh=False)
-            if getattr(self.sink, "done", False):
+            if self.sink.done:
                 self.finished.set()
             self._maybe_publish_status()
 
@@ -413,7 +412,7 @@ class Runner:
             engine=processor.engine_name if processor is not None else self.config.engine,
             error=self.error_text(),
             graph=processor.graph_warning if processor is not None else "",
-            extra={"frames_out": self.frames_published, "source": getattr(self.source, "name", "")},
+            extra={"frames_out": self.frames_published, "source": self.source.name},
         )
 
     def _publish_status(self, running: bool) -> Status:

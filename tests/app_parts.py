@@ -31,8 +31,11 @@ class StillCamera:
         self._index += 1
         return Frame(self.image.copy(), time.monotonic(), self._index)
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
         self._pacer.interrupt()
+
+    def close(self) -> None:
+        self.interrupt()
 
 
 class RecordingSink:
@@ -41,6 +44,7 @@ class RecordingSink:
     name = "recording"
     fps = None
     repeat_last = False
+    done = False
 
     def __init__(self) -> None:
         self.frames: list[tuple[float, np.ndarray]] = []

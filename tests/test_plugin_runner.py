@@ -91,6 +91,16 @@ def test_stop_joins_threads_releases_the_camera_and_writes_nothing_after():
     assert app.stop()  # twice is fine
 
 
+def test_stop_wakes_a_source_waiting_for_its_next_frame():
+    app, recorder = make_app(source_fps=0.2)  # a frame every 5 s: the capture thread sleeps in read()
+    app.start()
+    assert wait_for(lambda: len(recorder.instances[0].frames) >= 1)
+    t0 = time.monotonic()
+    assert app.stop(timeout=4.0)  # the runner interrupts the source's wait instead of sitting it out
+    assert time.monotonic() - t0 < 2.0
+    assert dreamcam_threads() == []
+
+
 def test_source_loss_keeps_publishing_reports_and_recovers():
     source = UnpluggableSource(SIZE, SIZE, 30)
     app, recorder = make_app(source=source)

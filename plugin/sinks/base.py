@@ -34,6 +34,7 @@ class Sink(Protocol):
     name: str
     fps: float | None  # paced sinks get a frame every 1/fps s; None: each new frame once
     repeat_last: bool  # paced sinks: send the last frame again when no new one is ready
+    done: bool  # True once the sink wants no more frames (a frame limit reached): the run ends
 
     def open(self) -> None: ...
 

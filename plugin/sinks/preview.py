@@ -16,6 +16,7 @@ class PreviewSink:
     name = "preview"
     fps = None
     repeat_last = False
+    done = False
 
     def __init__(self) -> None:
         self._cv2 = None

@@ -33,6 +33,7 @@ def install_hint(platform: str | None = None) -> str:
 class VirtualCameraSink:
     name = "vcam"
     repeat_last = True
+    done = False  # a camera takes frames until the app stops
 
     def __init__(self, width: int, height: int, fps: float, *, backend: str | None = None,
                  device: str | None = None) -> None:

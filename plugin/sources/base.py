@@ -22,6 +22,9 @@ class Source(Protocol):
     def read(self) -> Frame:
         """Block until the next frame (paced at the source's rate); raise SourceError when lost."""
 
+    def interrupt(self) -> None:
+        """Wake a `read` that waits for its next frame, from another thread (the runner stopping)."""
+
     def close(self) -> None:
         """Release the device; safe to call twice."""
 

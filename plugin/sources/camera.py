@@ -68,6 +68,9 @@ class CameraSource:
                 return frame
         raise SourceError(f"{self.name}: no frames (unplugged or taken by another app?)")
 
+    def interrupt(self) -> None:
+        """Nothing to wake: a camera's read returns with the device's next frame."""
+
     def close(self) -> None:
         cap, self._cap = self._cap, None
         if cap is not None:

@@ -35,8 +35,11 @@ class PatternSource:
         self._index += 1
         return frame
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
         self._pacer.interrupt()
+
+    def close(self) -> None:
+        self.interrupt()
 
     def render(self, index: int) -> np.ndarray:
         """Three moving colour waves: red across x, green across y, blue along the diagonal (a wave

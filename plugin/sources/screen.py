@@ -90,8 +90,11 @@ class ScreenSource:
         self._index += 1
         return frame
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
         self._pacer.interrupt()
+
+    def close(self) -> None:
+        self.interrupt()
         grabber = getattr(self._local, "grabber", None)
         if grabber is not None:
             try:

@@ -54,9 +54,12 @@ class VideoFileSource:
         self._index += 1
         return frame
 
-    def close(self) -> None:
+    def interrupt(self) -> None:
         if self._pacer is not None:
             self._pacer.interrupt()
+
+    def close(self) -> None:
+        self.interrupt()
         container, self._container, self._frames = self._container, None, None
         if container is not None:
             container.close()
