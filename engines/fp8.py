@@ -56,7 +56,9 @@ class Fp8Linear(torch.nn.Module):
             out = self._emulated(x2)
         else:
             qx, x_scale = quantize(x2)
-            out = torch._scaled_mm(qx, self.qweight.t(), scale_a=x_scale, scale_b=self.weight_scale,
+            # _scaled_mm takes a row-major left operand only; the UNet hands some projections a
+            # transposed view (its NCHW features permuted to tokens): H200 run 9 failed to compile there
+            out = torch._scaled_mm(qx.contiguous(), self.qweight.t(), scale_a=x_scale, scale_b=self.weight_scale,
                                    bias=self.bias, out_dtype=self.out_dtype)
         return out.reshape(*lead, self.out_features)
 

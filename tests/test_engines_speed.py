@@ -149,6 +149,17 @@ def test_fp8_linear_emulated_is_close_and_odd_rows_are_exact():
     torch.testing.assert_close(fp8(odd), lin(odd))
 
 
+def test_fp8_linear_takes_a_transposed_view_through_scaled_mm():
+    """The UNet's proj_in gets NCHW features permuted to tokens: a column-major view. torch's own
+    shape and stride rules for `_scaled_mm` (its meta kernel, what torch.compile traces) refuse a
+    left operand that is not row-major; the layer must hand it one (failed on the H200, run 9)."""
+    lin = torch.nn.Linear(320, 640, device="meta")
+    fp8 = Fp8Linear(lin, emulate=False)
+    tokens = torch.empty(1, 320, 64, 64, device="meta").permute(0, 2, 3, 1).reshape(1, 4096, 320)
+    assert tokens.reshape(-1, 320).stride() == (1, 4096)
+    assert fp8(tokens).shape == (1, 4096, 640)
+
+
 def test_fp8_unet_copy_is_close_and_leaves_the_components_alone(components):
     unet = components.unet
     inputs = _unet_inputs(unet)
