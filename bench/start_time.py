@@ -14,7 +14,13 @@ engine, builds the stream and runs the first frame through the graph driver, and
   recompile) and its CUDA graph capture; `first_frame_s` the whole first frame;
 - `recompiles_at_first_frame`: Dynamo graphs compiled during the first frame (0 = the probe's served),
   `background_compile_at_first_frame`: whether the first frame had to start one (then it ran uncaptured);
-- `total_s`: process start to the first frame out.
+- `total_s`: process start to the first frame out;
+- `compile`: where the compiled engine's time went, over the engine build and the first frame
+  together (torch's own compile timers and cache counters): `dynamo_trace_s` (Dynamo tracing each
+  module's Python, paid in every new process), `backend_s` (AOTAutograd + Inductor: compiling, or
+  loading from their caches), `compile_s` (both, with guards), `outside_compile_s` (the rest of the
+  engine build and first frame: the probe's and warm-up's runs, cuDNN autotuning, the capture), and
+  the FX-graph / AOTAutograd cache hits and misses (a second start should only hit).
 
 `--options '{"compile_mode": ...}'` gives EngineConfig overrides (a bench variant's, e.g. that
 max-autotune's choices come from the cache). Prints a table and a JSON line. `--one` runs one start
@@ -47,6 +53,33 @@ def _dynamo_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+COMPILE_TIMERS = {"dynamo_trace_s": "bytecode_tracing", "backend_s": "OutputGraph.call_user_compiler",
+                  "compile_s": "_compile.compile_inner"}
+CACHE_COUNTERS = {"fx_cache_hits": ("inductor", "fxgraph_cache_hit"), "fx_cache_misses": ("inductor", "fxgraph_cache_miss"),
+                  "aot_cache_hits": ("aot_autograd", "autograd_cache_hit"),
+                  "aot_cache_misses": ("aot_autograd", "autograd_cache_miss")}
+
+
+def compile_stats() -> dict[str, float]:
+    """torch's cumulative compile timers and cache counters in this process (zeros before any compile)."""
+    from torch._dynamo.utils import compile_times, counters
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    timers = dict(zip(names, (float(v) for v in values)))
+    stats = {key: timers.get(name, 0.0) for key, name in COMPILE_TIMERS.items()}
+    stats.update({key: float(counters[group][name]) for key, (group, name) in CACHE_COUNTERS.items()})
+    return stats
+
+
+def compile_breakdown(before: dict[str, float], after: dict[str, float], elapsed_s: float) -> dict[str, float]:
+    """What the compiles between two `compile_stats()` cost, and the time of `elapsed_s` outside them."""
+    diff = {key: after[key] - before[key] for key in after}
+    out = {key: round(diff[key], 2) for key in COMPILE_TIMERS}
+    out["outside_compile_s"] = round(elapsed_s - diff["compile_s"], 2)
+    out.update({key: int(diff[key]) for key in CACHE_COUNTERS})
+    return out
+
+
 def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool = False, size: int = 512,
             family: str = "sd21", started: float = PROCESS_START, options: dict | None = None) -> dict:
     import torch
@@ -69,6 +102,7 @@ def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool =
         torch.cuda.synchronize()
     load_s = time.perf_counter() - t
     scenario = replace(SCENARIOS["img2img-1step-512"], width=size, height=size)
+    stats = compile_stats()
     t = time.perf_counter()
     engine = create_engine(engine_name, comps, EngineConfig(geometry=Geometry(size, size), cache_dir=cache_dir,
                                                             **(options or {})))
@@ -90,6 +124,7 @@ def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool =
             "capture_s": round(timings.get("capture_s", 0.0), 2), "first_frame_s": round(first_frame_s, 2),
             "recompiles_at_first_frame": _dynamo_graphs() - graphs, "graph_error": driver.graph_status().error,
             "background_compile_at_first_frame": background,
+            "compile": compile_breakdown(stats, compile_stats(), engine_s + stream_s + first_frame_s),
             "total_s": round(time.time() - started, 2)}
 
 
@@ -118,6 +153,16 @@ def table(rows: dict[str, dict]) -> str:
             continue
         lines.append(f"| {name} | " + " | ".join(f"{r[p]:.2f}" for p in PHASES)
                      + f" | {r['recompiles_at_first_frame']} |")
+    return "\n".join(lines) + "\n\n" + compile_table(rows)
+
+
+def compile_table(rows: dict[str, dict]) -> str:
+    """Engine build + first frame of each start, split into Dynamo tracing, backend and the rest."""
+    keys = [*COMPILE_TIMERS, "outside_compile_s", *CACHE_COUNTERS]
+    lines = ["| start | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for name, r in rows.items():
+        if "compile" in r:
+            lines.append(f"| {name} | " + " | ".join(str(r["compile"][k]) for k in keys) + " |")
     return "\n".join(lines)
 
 
