@@ -59,6 +59,8 @@ VARIANTS = {
     "compiled-gnsilu": Variant("compiled fused GroupNorm+SiLU+graph", "compiled", {"fuse_norm_silu": True},
                                scenarios=SPEED),
     "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}, scenarios=SPEED),
+    "compiled-aot": Variant("compiled ahead of time (AOTInductor packages)+graph", "compiled", {"aot": True},
+                            scenarios=SPEED),
     "compiled-combo": Variant("compiled max-autotune + channels_last + GN+SiLU+graph", "compiled",
                               {**AUTOTUNE, "channels_last_io": True, "fuse_norm_silu": True}, scenarios=SPEED),
 }

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from dreamcam.core.modules import EagerUNet
 from dreamcam.core.unet_halves import EagerUNetHalves
 
+from .aot import AotModule
 from .background import live_modules
 from .cache import use_compile_cache
 from .config import EngineConfig
@@ -81,7 +83,7 @@ def _layout(a: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool, channels_last: bool = False,
-                   options: dict[str, Any] | None = None) -> Callable[..., torch.Tensor]:
+                   options: dict[str, Any] | None = None, aot: AotPart | None = None) -> Callable[..., torch.Tensor]:
     """Compile the core's own callable, never a shared wrapper: Dynamo caches per code object,
     so three modules behind one wrapper function would share (and exhaust) one recompile budget.
 
@@ -89,10 +91,13 @@ def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bo
     guards on strides, and the latents the stream computes can come out channels_last-strided
     (from the encoder) or not (txt2img noise); one layout means one compilation (the copy of a
     latent costs microseconds). With `channels_last` that one layout is channels_last for 4-D
-    inputs (no layout change at the compiled graph's edges).
+    inputs (no layout change at the compiled graph's edges). With `aot` the call is served from
+    AOTInductor packages (aot.py), the torch.compile'd call being its fallback.
     """
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
     compiled = compile_fn(target, mode, options)
+    if aot is not None:
+        compiled = AotModule(aot.part, fn, aot.module, aot.folder, compiled, options=options)
     if not contiguous:
         return compiled
 
@@ -103,11 +108,22 @@ def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bo
     return call
 
 
-def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dtype | None = None) -> StepModules:
+class AotPart(NamedTuple):
+    """What `AotModule` needs besides the call: the module whose parameters it reads, where packages go."""
+
+    part: str
+    module: torch.nn.Module
+    folder: Path
+
+
+def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dtype | None = None,
+                    models: tuple[torch.nn.Module, torch.nn.Module] | None = None) -> StepModules:
     """The UNet and both TAESD/VAE halves, each compiled with the same mode and options; with `dtype`
     (the compute precision) also the ControlNets, each like the UNet (compiled at its first call: the
-    capture's warm-up of a step that runs it)."""
+    capture's warm-up of a step that runs it). With `config.aot`, `models` = (the UNet, the
+    autoencoder) the three calls read: they are served ahead of time (aot.py)."""
     mode, options, cl = config.compile_mode, inductor_options(config), config.channels_last_io
+    aot = _aot_parts(config, models)
     controlnet = modules.controlnet
     if dtype is not None:
         controlnet = controlnet_factory(config, dtype, lambda call: _compiled_call(call, mode, contiguous=True,
@@ -115,11 +131,23 @@ def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dty
     # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
     # are channels_last already.
     halves = modules.unet_halves
-    return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True, channels_last=cl, options=options),
-                       encode=_compiled_call(modules.encode, mode, contiguous=cl, channels_last=cl, options=options),
-                       decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options),
+    return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True, channels_last=cl, options=options,
+                                           aot=aot.get("unet")),
+                       encode=_compiled_call(modules.encode, mode, contiguous=cl, channels_last=cl, options=options,
+                                             aot=aot.get("encode")),
+                       decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options,
+                                             aot=aot.get("decode")),
                        controlnet=controlnet,
                        unet_halves=CompiledHalves(halves, mode, cl, options) if halves is not None else None)
+
+
+def _aot_parts(config: EngineConfig, models: tuple[torch.nn.Module, torch.nn.Module] | None) -> dict[str, AotPart]:
+    if not config.aot or models is None:
+        return {}
+    unet, vae = models
+    folder = Path(config.cache_dir) / "aot"
+    return {"unet": AotPart("unet", unet, folder), "encode": AotPart("encode", vae, folder),
+            "decode": AotPart("decode", vae, folder)}
 
 
 class CompiledHalves:
@@ -170,7 +198,7 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     unet, _ = rewrite_unet(components.unet, config)
     if unet is not components.unet:
         modules = replace(modules, unet=EagerUNet(unet), unet_halves=EagerUNetHalves.of(unet))
-    compiled = compile_modules(modules, config, dtype)
+    compiled = compile_modules(modules, config, dtype, models=(unet, components.vae))
     if config.background_compile:  # new shapes after the start compile on a thread of their own (opt-in)
         compiled = live_modules(compiled, modules)
     return cast_modules(compiled, dtype, io)

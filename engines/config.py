@@ -75,6 +75,9 @@ class EngineConfig:
     # thread (the output waits). Off by default: on the H200 (torch 2.11) a compiled call on the frame thread
     # during a background compile raised "FX to symbolically trace a dynamo-optimized function"
     background_compile: bool = False
+    # the UNet, encoder and decoder as AOTInductor packages in the engine cache (aot.py): a later start
+    # loads them without Dynamo's tracing; a changed structure (LoRA, IP-Adapter) uses torch.compile
+    aot: bool = False
     probe: bool = True  # run the new modules once at creation so failures fall back early
     lora_set: tuple[tuple[str, float], ...] = ()  # (name, scale) fused into the UNet, for cache keys
     trt_min_side: int = 256
