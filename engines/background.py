@@ -7,6 +7,10 @@ call with the eager module and compiles the new signature on a thread of its own
 inputs of the same signature; later calls of that signature use the compiled code. The first
 signature (the engine's probe, at start) compiles in the caller's thread as before.
 
+Modules first used after the start (a ControlNet attached live, and the UNet's two halves that run
+beside it) compile in the background from their first call (`compile_first=False`): attaching a
+ControlNet never stalls the frames either.
+
 `compiling()` is True while any such compile runs in this process: the graph driver then runs new
 shapes uncaptured and captures them once it is False (no capture while another thread compiles,
 and the capture then records the compiled kernels, not the stand-in).
@@ -16,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 import torch
+from torch.utils import _pytree as pytree
 
 from .contract import StepModules
 
@@ -61,13 +67,19 @@ def _finished() -> None:
         _running -= 1
 
 
+def _inputs(args: tuple, named: dict) -> tuple[tuple, dict]:
+    return tuple(args), dict(sorted(named.items()))
+
+
 def signature(args: tuple, named: dict) -> Hashable:
-    """What torch.compile's guards look at here: each tensor's shape, strides, dtype and device."""
+    """What torch.compile's guards look at here: each tensor's shape, strides, dtype and device, also
+    inside tuples and named tuples (the UNet's down-half state), and the nesting itself."""
     def one(a: Any) -> Hashable:
         if isinstance(a, torch.Tensor):
             return (tuple(a.shape), a.stride(), a.dtype, a.device.type, a.device.index)
         return ("value", repr(a))
-    return tuple(one(a) for a in args) + tuple((k, one(v)) for k, v in sorted(named.items()))
+    leaves, spec = pytree.tree_flatten(_inputs(args, named))
+    return str(spec), tuple(one(a) for a in leaves)
 
 
 @dataclass(frozen=True)
@@ -93,11 +105,14 @@ def _example(m: Any) -> Any:
 
 
 class LiveCompiled:
-    """One module: `compiled` for every signature it has compiled, `eager` meanwhile."""
+    """One module: `compiled` for every signature it has compiled, `eager` meanwhile. With
+    `compile_first` the first signature compiles in the caller's thread (the engine's probe at start)."""
 
-    def __init__(self, name: str, compiled: Call, eager: Call, *, on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(self, name: str, compiled: Call, eager: Call, *, on_event: Callable[[str], None] | None = None,
+                 compile_first: bool = True) -> None:
         self.name = name
         self.compiled, self.eager = compiled, eager
+        self.compile_first = compile_first
         self.on_event = on_event or (lambda text: log.info("%s", text))
         self._ready: set[Hashable] = set()
         self._pending: set[Hashable] = set()
@@ -107,7 +122,8 @@ class LiveCompiled:
     def __call__(self, *args: Any, **named: Any) -> torch.Tensor:
         sig = signature(args, named)
         with self._guard:
-            ready, first = sig in self._ready, not self._ready and not self._pending
+            ready = sig in self._ready
+            first = self.compile_first and not self._ready and not self._pending
         if ready and not compiling():  # no compiled call while another thread traces: Dynamo's and FX's
             return self.compiled(*args, **named)  # tracing flags are process-wide (seen on the H200)
         if ready:
@@ -125,11 +141,11 @@ class LiveCompiled:
             if sig in self._pending or sig in self._failed:
                 return
             self._pending.add(sig)
-        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        self.on_event(f"compiling the {self.name} for new shapes {shapes} in the background; the eager "
-                      "module serves the frames until it is ready")
-        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-        meta = ([_meta(a) for a in args], {k: _meta(v) for k, v in named.items()})
+        tensors = [a for a in pytree.tree_leaves(tuple(args)) if isinstance(a, torch.Tensor)]
+        self.on_event(f"compiling the {self.name} for new shapes {[tuple(a.shape) for a in tensors[:4]]} in the "
+                      "background; the eager module serves the frames until it is ready")
+        device = tensors[0].device if tensors else torch.device("cpu")
+        meta = pytree.tree_map(_meta, _inputs(args, named))
         _started()
         threading.Thread(target=self._compile, args=(sig, meta, device), name=f"compile-{self.name}",
                          daemon=True).start()
@@ -138,8 +154,7 @@ class LiveCompiled:
         try:
             side = torch.cuda.Stream(device) if device.type == "cuda" else None
             with torch.no_grad(), (torch.cuda.stream(side) if side is not None else nullcontext()):
-                args = [_example(a) for a in meta[0]]
-                named = {k: _example(v) for k, v in meta[1].items()}
+                args, named = pytree.tree_map(_example, meta)
                 self.compiled(*args, **named)
                 if side is not None:
                     side.synchronize()
@@ -157,11 +172,41 @@ class LiveCompiled:
             _finished()
 
 
+class LiveHalves:
+    """The UNet's two halves (core/unet_halves.py), each behind a `LiveCompiled`."""
+
+    def __init__(self, down: LiveCompiled, up: LiveCompiled) -> None:
+        self.down, self.up = down, up
+
+
+def live_controlnets(compiled: Callable[[Any], Call], eager: Callable[[Any], Call],
+                     on_event: Callable[[str], None] | None = None) -> Callable[[Any], Call]:
+    """The engine's ControlNet factory with each net's compiled call behind a `LiveCompiled`: a net
+    attached live compiles in the background from its first call."""
+    made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a dropped net is not kept alive
+
+    def make(net: Any) -> Call:
+        if net not in made:
+            fast = compiled(net)  # first: the compiled factory retunes the net (precision, layout) for both
+            made[net] = LiveCompiled("ControlNet", fast, eager(net), on_event=on_event, compile_first=False)
+        return made[net]
+
+    return make
+
+
 def live_modules(compiled: StepModules, eager: StepModules,
                  on_event: Callable[[str], None] | None = None) -> StepModules:
-    """Each compiled module behind a `LiveCompiled` with its eager twin."""
-    return StepModules(unet=LiveCompiled("UNet", compiled.unet, eager.unet, on_event=on_event),
-                       encode=LiveCompiled("image encoder", compiled.encode, eager.encode, on_event=on_event),
-                       decode=LiveCompiled("image decoder", compiled.decode, eager.decode, on_event=on_event),
-                       controlnet=compiled.controlnet,  # a ControlNet compiles at its first call (frame thread)
-                       unet_halves=None)  # no split UNet here: with ControlNets the whole UNet runs behind them
+    """Each compiled module behind a `LiveCompiled` with its eager twin; the ones first used after the
+    start (ControlNets, the UNet halves beside them) compile in the background from their first call."""
+    def live(name: str, fast: Call, slow: Call, *, at_start: bool = True) -> LiveCompiled:
+        return LiveCompiled(name, fast, slow, on_event=on_event, compile_first=at_start)
+
+    halves = None
+    if compiled.unet_halves is not None and eager.unet_halves is not None:
+        halves = LiveHalves(live("UNet down half", compiled.unet_halves.down, eager.unet_halves.down, at_start=False),
+                            live("UNet up half", compiled.unet_halves.up, eager.unet_halves.up, at_start=False))
+    return StepModules(unet=live("UNet", compiled.unet, eager.unet),
+                       encode=live("image encoder", compiled.encode, eager.encode),
+                       decode=live("image decoder", compiled.decode, eager.decode),
+                       controlnet=live_controlnets(compiled.controlnet, eager.controlnet, on_event),
+                       unet_halves=halves)

@@ -149,3 +149,51 @@ def test_the_compiled_engine_compiles_new_shapes_on_the_frame_thread_unless_aske
                                                    background_compile=True))
     assert not any(isinstance(m, LiveCompiled) for m in (plain.unet, plain.encode, plain.decode))
     assert all(isinstance(m, LiveCompiled) for m in (opted.unet, opted.encode, opted.decode))
+
+
+def test_a_controlnet_attached_live_compiles_in_the_background_with_the_unet_halves(components, tiny_model_dir,
+                                                                                    tmp_path):
+    """A net attached to a running stream meets no compiled code yet: it and the UNet's two halves
+    beside it (their first calls ever) compile on other threads, the frames keep coming from the
+    eager net and halves, equal to a plain stream with the same net; then the compiled ones serve."""
+    from dreamcam.core.controlnet import ControlNetStack, ControlNetUnit, load_controlnet
+    from dreamcam.core.modules import EagerControlNet
+    from dreamcam.core.preprocess import Canny
+    from dreamcam.core.tiny import make_tiny_controlnet
+    from dreamcam.core.unet_halves import EagerUNetHalves
+
+    gate, held = threading.Event(), threading.Event()
+    eager = eager_modules(components)
+    slow_halves = EagerUNetHalves.of(components.unet)
+    slow_halves.down, slow_halves.up = (SlowCompile(f, gate, held) for f in (slow_halves.down, slow_halves.up))
+    nets: list[SlowCompile] = []
+
+    def slow_net(net):
+        nets.append(SlowCompile(EagerControlNet(net), gate, held))
+        return nets[-1]
+
+    slow = StepModules(*(SlowCompile(fn, gate, held) for fn in (eager.unet, eager.encode, eager.decode)),
+                       controlnet=slow_net, unet_halves=slow_halves)
+    driver = StreamDriver(StreamDiffusion(components, _config(), modules=live_modules(slow, eager)))
+    plain = StreamDiffusion(load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))),
+                            _config())
+    frames = _frames(8)
+    driver(frames[0]), plain(frames[0])  # the start
+    net = load_controlnet(str(make_tiny_controlnet(tiny_model_dir, tmp_path / "net", seed=1)), components,
+                          local_files_only=True)
+    held.set()
+    driver.set_controlnets(ControlNetStack([ControlNetUnit("canny", net, Canny(50, 120), 0.8)]))
+    plain.set_controlnets(ControlNetStack([ControlNetUnit("canny", net, Canny(50, 120), 0.8)]))
+    for f in frames[1:4]:  # held compiles: these frames would never come if any ran on this thread
+        np.testing.assert_array_equal(driver(f), plain(f))
+    assert background.compiling()
+    here = threading.current_thread().name
+    for compiled in (nets[0], slow_halves.down, slow_halves.up):
+        assert compiled.calls and all(name != here for name, _ in compiled.calls)  # only compile threads ran them
+
+    gate.set()
+    _wait_for_background()
+    for f in frames[4:]:
+        np.testing.assert_array_equal(driver(f), plain(f))
+    for compiled in (nets[0], slow_halves.down, slow_halves.up):
+        assert [name for name, _ in compiled.calls][-1] == here  # now the compiled ones serve the frames
