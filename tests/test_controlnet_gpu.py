@@ -16,7 +16,7 @@ from dreamcam.core.loading import ModelSpec, load_components
 from dreamcam.core.preprocess import Canny, External
 from dreamcam.core.stream import StreamDiffusion
 from dreamcam.core.tiny import make_tiny_controlnet, make_tiny_depth_model
-from dreamcam.engines import EngineConfig, Geometry, create_engine
+from dreamcam.engines import EngineConfig, Geometry, background, create_engine
 from dreamcam.engines.driver import StreamDriver
 
 from core_helpers import square_frames
@@ -112,8 +112,12 @@ def test_external_control_image_changes_inside_the_graph(comps, parts):
     assert driver.graphed.captures == 1 and np.abs(lit.astype(int) - black.astype(int)).mean() > 0.2
 
 
-def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, parts, tmp_path):
-    engine = create_engine("compiled", comps, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
+@pytest.mark.parametrize("background_compile", [False, True])
+def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, parts, tmp_path, background_compile):
+    """Also with the opt-in background compile (the nets and UNet halves compile on other threads
+    while the eager ones serve): the evidence it needs before it can be the default."""
+    config = EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path, background_compile=background_compile)
+    engine = create_engine("compiled", comps, config)
     assert engine.modules.unet_halves is not None  # the nets run beside the UNet's compiled down half
     frames = _frames(3)
     eager = StreamDiffusion(comps, _cfg())
@@ -122,6 +126,9 @@ def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, pa
     driver = StreamDriver(StreamDiffusion(comps, _cfg(), modules=engine.modules))
     driver.set_controlnets(_stack(parts, 2))
     got = [driver(f) for f in frames]
+    if background_compile:  # those frames came from the eager nets and halves; the compiled step captures after
+        assert background.wait_idle(600)
+        got = [driver(f) for f in frames]
     assert driver.graph_status().error is None and driver.graphed.captures == 1
     for g, w in zip(got, want):
         diff = np.abs(g.astype(np.int16) - w.astype(np.int16))
