@@ -136,6 +136,28 @@ def test_compiled_engine_in_a_graph_gives_the_eager_frames(tiny_model_dir, tmp_p
     assert any((tmp_path / "inductor").iterdir())  # compiled artifacts cached on disk
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_ahead_of_time_packages_capture_in_a_graph_and_load_at_the_next_start(tiny_model_dir, tmp_path):
+    """The opt-in `aot` engine (engines/aot.py): AOTInductor's CUDA packages replayed in the step's
+    CUDA graph give the eager frames, and a second engine on the same cache builds no package."""
+    frames = _frames(4)
+    config = EngineConfig(geometry=Geometry(64, 64, unet_batch=2), cache_dir=tmp_path, aot=True)
+    comps = _components(tiny_model_dir)
+    want = _run(StreamDiffusion(comps, _cfg(), modules=create_engine("eager", comps, config).modules), frames)
+    firsts = []
+    for _ in range(2):  # the first start builds the packages, the second loads them
+        comps2 = _components(tiny_model_dir)
+        engine = create_engine("compiled", comps2, config)
+        assert engine.name == "compiled", engine.describe()
+        driver = engine.driver(StreamDiffusion(comps2, _cfg(), modules=engine.modules))
+        _close(_run(driver, frames), want, 1.5)
+        assert driver.graphed.capture_error is None and driver.graphed.captures == 1
+        firsts.append({p.name: p.stat().st_mtime_ns for p in (tmp_path / "aot").glob("*.pt2")})
+    assert sorted(name.split("--")[0] for name in firsts[0]) == ["decode", "encode", "unet"]
+    assert firsts[1] == firsts[0]  # nothing rebuilt
+
+
 @pytest.mark.tensorrt
 @needs_cuda
 def test_tensorrt_engine_builds_runs_and_is_cached(tiny_model_dir, tmp_path):
