@@ -82,28 +82,31 @@ def _layout(a: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return a.contiguous()
 
 
-def _compiled_call(fn: Callable[..., torch.Tensor], mode: str, *, contiguous: bool, channels_last: bool = False,
-                   options: dict[str, Any] | None = None, aot: AotPart | None = None) -> Callable[..., torch.Tensor]:
+def _compiled(fn: Callable[..., torch.Tensor], mode: str, options: dict[str, Any] | None,
+              aot: AotPart | None) -> Callable[..., torch.Tensor]:
     """Compile the core's own callable, never a shared wrapper: Dynamo caches per code object,
     so three modules behind one wrapper function would share (and exhaust) one recompile budget.
-
-    With `contiguous` the inputs (named conditioning too) are made contiguous first: Dynamo
-    guards on strides, and the latents the stream computes can come out channels_last-strided
-    (from the encoder) or not (txt2img noise); one layout means one compilation (the copy of a
-    latent costs microseconds). With `channels_last` that one layout is channels_last for 4-D
-    inputs (no layout change at the compiled graph's edges). With `aot` the call is served from
-    AOTInductor packages (aot.py), the torch.compile'd call being its fallback.
-    """
+    With `aot` the call is served from AOTInductor packages (aot.py), the torch.compile'd call being
+    its fallback."""
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, torch.nn.Module) else fn.__call__
     compiled = compile_fn(target, mode, options)
     if aot is not None:
         compiled = AotModule(aot.part, fn, aot.module, aot.folder, compiled, options=options)
+    return compiled
+
+
+def with_layout(fn: Callable[..., torch.Tensor], contiguous: bool,
+                channels_last: bool = False) -> Callable[..., torch.Tensor]:
+    """With `contiguous` the inputs (named conditioning too) are made contiguous first: Dynamo
+    guards on strides, and the latents the stream computes can come out channels_last-strided
+    (from the encoder) or not (txt2img noise); one layout means one compilation (the copy of a
+    latent costs microseconds). With `channels_last` that one layout is channels_last for 4-D
+    inputs (no layout change at the compiled graph's edges)."""
     if not contiguous:
-        return compiled
+        return fn
 
     def call(*args: torch.Tensor, **named: torch.Tensor) -> torch.Tensor:
-        return compiled(*(_layout(a, channels_last) for a in args),
-                        **{k: _layout(v, channels_last) for k, v in named.items()})
+        return fn(*(_layout(a, channels_last) for a in args), **{k: _layout(v, channels_last) for k, v in named.items()})
 
     return call
 
@@ -121,24 +124,31 @@ def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dty
     """The UNet and both TAESD/VAE halves, each compiled with the same mode and options; with `dtype`
     (the compute precision) also the ControlNets, each like the UNet (compiled at its first call: the
     capture's warm-up of a step that runs it). With `config.aot`, `models` = (the UNet, the
-    autoencoder) the three calls read: they are served ahead of time (aot.py)."""
+    autoencoder) the three calls read: they are served ahead of time (aot.py). With
+    `config.background_compile` each compiled call sits behind its eager twin for new shapes
+    (background.py), inside the layout change: a new signature there is one torch.compile's guards see."""
     mode, options, cl = config.compile_mode, inductor_options(config), config.channels_last_io
     aot = _aot_parts(config, models)
+
+    def fast(fn: Callable[..., torch.Tensor], part: str = "") -> Callable[..., torch.Tensor]:
+        return _compiled(fn, mode, options, aot.get(part))
+
     controlnet = modules.controlnet
     if dtype is not None:
-        controlnet = controlnet_factory(config, dtype, lambda call: _compiled_call(call, mode, contiguous=True,
-                                                                                 options=options))
-    # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
-    # are channels_last already.
+        controlnet = controlnet_factory(config, dtype, lambda call: with_layout(fast(call), contiguous=True))
     halves = modules.unet_halves
-    return StepModules(unet=_compiled_call(modules.unet, mode, contiguous=True, channels_last=cl, options=options,
-                                           aot=aot.get("unet")),
-                       encode=_compiled_call(modules.encode, mode, contiguous=cl, channels_last=cl, options=options,
-                                             aot=aot.get("encode")),
-                       decode=_compiled_call(modules.decode, mode, contiguous=True, channels_last=cl, options=options,
-                                             aot=aot.get("decode")),
-                       controlnet=controlnet,
-                       unet_halves=CompiledHalves(halves, mode, cl, options) if halves is not None else None)
+    inner = StepModules(unet=fast(modules.unet, "unet"), encode=fast(modules.encode, "encode"),
+                        decode=fast(modules.decode, "decode"), controlnet=controlnet,
+                        unet_halves=CompiledHalves(fast(halves.down), fast(halves.up)) if halves is not None else None)
+    if config.background_compile:
+        inner = live_modules(inner, modules)
+    # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
+    # are channels_last already. The up half's state comes from the compiled down half, its residuals
+    # from the compiled ControlNets: their layouts are the same every frame (one compilation).
+    return StepModules(unet=with_layout(inner.unet, True, cl), encode=with_layout(inner.encode, cl, cl),
+                       decode=with_layout(inner.decode, True, cl), controlnet=inner.controlnet,
+                       unet_halves=None if halves is None else
+                       CompiledHalves(with_layout(inner.unet_halves.down, True, cl), inner.unet_halves.up))
 
 
 def _aot_parts(config: EngineConfig, models: tuple[torch.nn.Module, torch.nn.Module] | None) -> dict[str, AotPart]:
@@ -150,15 +160,12 @@ def _aot_parts(config: EngineConfig, models: tuple[torch.nn.Module, torch.nn.Mod
             "decode": AotPart("decode", vae, folder)}
 
 
-class CompiledHalves:
+class CompiledHalves(NamedTuple):
     """The UNet's two halves (core/unet_halves.py), each compiled like the whole UNet, at its first
     call: only a stream with ControlNets calls them (a plain stream compiles only the whole UNet)."""
 
-    def __init__(self, halves: Any, mode: str, channels_last: bool, options: dict[str, Any] | None) -> None:
-        self.down = _compiled_call(halves.down, mode, contiguous=True, channels_last=channels_last, options=options)
-        # the state comes from the compiled down half, the residuals from the compiled ControlNets: their
-        # layouts are the same every frame (one compilation)
-        self.up = _compiled_call(halves.up, mode, contiguous=False, options=options)
+    down: Callable[..., Any]
+    up: Callable[..., torch.Tensor]
 
 
 def rewrite_unet(unet: torch.nn.Module, config: EngineConfig) -> tuple[torch.nn.Module, dict[str, int]]:
@@ -198,7 +205,4 @@ def make_compiled(components: Any, config: EngineConfig) -> StepModules:
     unet, _ = rewrite_unet(components.unet, config)
     if unet is not components.unet:
         modules = replace(modules, unet=EagerUNet(unet), unet_halves=EagerUNetHalves.of(unet))
-    compiled = compile_modules(modules, config, dtype, models=(unet, components.vae))
-    if config.background_compile:  # new shapes after the start compile on a thread of their own (opt-in)
-        compiled = live_modules(compiled, modules)
-    return cast_modules(compiled, dtype, io)
+    return cast_modules(compile_modules(modules, config, dtype, models=(unet, components.vae)), dtype, io)

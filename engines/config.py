@@ -71,10 +71,9 @@ class EngineConfig:
     fuse_norm_silu: bool = False  # UNet ResnetBlock2D GroupNorm+SiLU (+temb add) as one Triton op (fused_norm.py)
     fp8_linear: bool = False  # UNet linear layers as fp8 e4m3 matmuls on sm >= 8.9 (fp8.py)
     # new shapes after the start (a live change of steps or guidance, a ControlNet or IP-Adapter attached) compile
-    # on a thread of their own while the eager modules serve (background.py); off: they compile on the frame
-    # thread (the output waits). Off by default: on the H200 (torch 2.11) a compiled call on the frame thread
-    # during a background compile raised "FX to symbolically trace a dynamo-optimized function"
-    background_compile: bool = False
+    # on a thread of their own while the eager modules serve (background.py), so the output keeps flowing;
+    # off: they compile on the frame thread (the output waits, for a minute at a time)
+    background_compile: bool = True
     # the UNet, encoder and decoder as AOTInductor packages in the engine cache (aot.py): a later start
     # loads them without Dynamo's tracing; a changed structure (LoRA, IP-Adapter) uses torch.compile
     aot: bool = False

@@ -114,8 +114,8 @@ def test_external_control_image_changes_inside_the_graph(comps, parts):
 
 @pytest.mark.parametrize("background_compile", [False, True])
 def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, parts, tmp_path, background_compile):
-    """Also with the opt-in background compile (the nets and UNet halves compile on other threads
-    while the eager ones serve): the evidence it needs before it can be the default."""
+    """Both ways a net attached after the start compiles: in the background (the default: the nets and
+    UNet halves compile on other threads while the eager ones serve) and on the frame thread."""
     config = EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path, background_compile=background_compile)
     engine = create_engine("compiled", comps, config)
     assert engine.modules.unet_halves is not None  # the nets run beside the UNet's compiled down half

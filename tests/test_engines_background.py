@@ -140,15 +140,24 @@ def test_while_a_background_compile_runs_even_compiled_signatures_are_served_eag
     assert calls == ["compiled", "eager", "compiled"]
 
 
-def test_the_compiled_engine_compiles_new_shapes_on_the_frame_thread_unless_asked(components, tmp_path):
+def test_the_compiled_engine_compiles_new_shapes_in_the_background_unless_told_not_to(components, tmp_path):
+    """By default a shape the engine has not compiled is answered at once (by the eager twin) while a
+    thread compiles it; a compiled shape in another memory layout is no new shape (the compiled graphs
+    take one layout: the probe's compile serves the stream's channels_last latents); with
+    `background_compile=False` the caller's thread compiles a new shape."""
     from dreamcam.engines.compiled import make_compiled
     from dreamcam.engines.config import EngineConfig, Geometry
 
-    plain = make_compiled(components, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path))
-    opted = make_compiled(components, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path,
-                                                   background_compile=True))
-    assert not any(isinstance(m, LiveCompiled) for m in (plain.unet, plain.encode, plain.decode))
-    assert all(isinstance(m, LiveCompiled) for m in (opted.unet, opted.encode, opted.decode))
+    latents = torch.randn(1, 4, 8, 8)
+    for on in (True, False):
+        decode = make_compiled(components, EngineConfig(geometry=Geometry(64, 64), cache_dir=tmp_path,
+                                                        background_compile=on)).decode
+        decode(latents)  # the first shape compiles on this thread (the engine's probe at start)
+        decode(latents.contiguous(memory_format=torch.channels_last))
+        assert not background.compiling()
+        decode(torch.randn(2, 4, 8, 8))
+        assert background.compiling() is on
+        assert background.wait_idle(600)
 
 
 def test_a_controlnet_attached_live_compiles_in_the_background_with_the_unet_halves(components, tiny_model_dir,
