@@ -6,6 +6,8 @@
 #
 #   setsid bash scripts/device-job.sh start COMMIT > /dev/null 2>&1 < /dev/null &   # first call
 #   bash scripts/device-job.sh poll                                                  # each later call
+# The machine goes back 30 s after a call ends, and the job with it: keep a call in flight all the
+# time (each later call `sleep 240; bash scripts/device-job.sh poll`, the next one sent at once).
 set -u
 JOB=/tmp/job
 step() {  # step NAME COMMAND...: run one step, its output in out/NAME.log, its exit status noted
