@@ -132,7 +132,9 @@ class AotModule:
                     os.unlink(tmp)
 
     def _load(self, path: Path) -> Any:
-        runner = torch._inductor.aoti_load_package(str(path))
+        # single-threaded: no model-container locking or event waits, which a CUDA graph capture refuses
+        # ("operation not permitted when stream is capturing", H200 run 10); one thread calls a runner at a time
+        runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
         tensors = self._exported.state_dict(keep_vars=True)
         wanted = list(runner.get_constant_fqns())
         missing = [name for name in wanted if name not in tensors]
