@@ -26,12 +26,14 @@ case "${1:-}" in
       "$JOB"/src/.whl/*.whl > "$JOB/out/install.log" 2>&1
     # the package's folders map to dreamcam.* (pyproject's package-dir) as a namespace package
     for part in core engines plugin obs_scripts; do ln -s "$JOB/src/$part" "$JOB/pkg/dreamcam/$part"; done
-    export PYTHONPATH="$JOB/pkg:$JOB/src:/tmp/site" PYTHONUNBUFFERED=1 DREAMCAM_COMMIT=$commit
+    # a crash in native code (exit 139) still prints the Python stack of every thread
+    export PYTHONPATH="$JOB/pkg:$JOB/src:/tmp/site" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 DREAMCAM_COMMIT=$commit
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$JOB/out/gpu.txt" 2>&1
     python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)" \
       >> "$JOB/out/gpu.txt" 2>&1
     while read -r name cmd; do
-      [ -n "$name" ] && step "$name" bash -c "$cmd"
+      case "$name" in ""|"#"*) continue ;; esac
+      step "$name" bash -c "$cmd"
     done < "${STEPS_FILE:-$JOB/src/scripts/device-steps.txt}"
     echo "$(date -u +%T) all done" >> "$JOB/out/steps.txt"
     ;;
