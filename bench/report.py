@@ -240,7 +240,7 @@ def render(results: dict) -> str:
                      if "engine_s" in second else f"{second.get('error') or second.get('skipped')}."), ""]
         if "engine_s" in second:
             phases = ", ".join(f"{k[:-2]} {_f(second.get(k))} s" for k in
-                               ("import_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "total_s"))
+                               ("import_s", "cuda_init_s", "model_imports_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "total_s"))
             lines += [f"Second start by phase: {phases}; recompiles at the first frame: "
                       f"{second.get('recompiles_at_first_frame')}.", ""]
     app = results.get("app_e2e")

@@ -7,6 +7,9 @@ the cache. Each child loads the folder as the app does (`core.loading.load_compo
 engine, builds the stream and runs the first frame through the graph driver, and reports its phases:
 
 - `import_s`: Python, torch, diffusers and dreamcam imports (from the process start);
+- `cuda_init_s`: the process's CUDA initialisation (its first CUDA call), timed apart from the load;
+- `model_imports_s`: the model classes' modules (diffusers and transformers import them lazily, at
+  the first use: their package inits import every model they have, peft and scipy);
 - `load_s`: the model from disk to the GPU;
 - `engine_s`: `create_engine` (the compiled engine: torch.compile of each module at its probe);
 - `stream_s`: `StreamDiffusion` (prompt encoding, state);
@@ -42,7 +45,7 @@ import tempfile  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-PHASES = ("import_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "first_frame_s", "total_s")
+PHASES = ("import_s", "cuda_init_s", "model_imports_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "first_frame_s", "total_s")
 
 
 def _dynamo_graphs() -> int:
@@ -96,6 +99,20 @@ def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool =
     device = "cuda" if torch.cuda.is_available() and not small else "cpu"
     dtype = "float16" if device == "cuda" else "float32"
     t = time.perf_counter()
+    if device == "cuda":
+        torch.zeros(1, device=device)
+        torch.cuda.synchronize()
+    cuda_init_s = time.perf_counter() - t
+    t = time.perf_counter()
+    import diffusers
+    import transformers
+
+    for name in ("UNet2DConditionModel", "AutoencoderTiny", "AutoencoderKL"):
+        getattr(diffusers, name)
+    for name in ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer"):
+        getattr(transformers, name)
+    model_imports_s = time.perf_counter() - t
+    t = time.perf_counter()
     comps = load_components(ModelSpec(str(model_dir), tiny_vae=str(model_dir / TAESD_FOLDER[family]), device=device,
                                       dtype=dtype, local_files_only=True))
     if device == "cuda":
@@ -119,7 +136,8 @@ def measure(engine_name: str, cache_dir: Path, model_dir: Path, *, small: bool =
     background = compiling()  # the first frame met shapes the probe did not compile
     timings = driver.graphed.timings
     return {"engine": engine.name, "device": device, "family": family, "size": size,
-            "import_s": round(imported - started, 2), "load_s": round(load_s, 2), "engine_s": round(engine_s, 2),
+            "import_s": round(imported - started, 2), "cuda_init_s": round(cuda_init_s, 2),
+            "model_imports_s": round(model_imports_s, 2), "load_s": round(load_s, 2), "engine_s": round(engine_s, 2),
             "stream_s": round(stream_s, 2), "warmup_s": round(timings.get("warmup_s", 0.0), 2),
             "capture_s": round(timings.get("capture_s", 0.0), 2), "first_frame_s": round(first_frame_s, 2),
             "recompiles_at_first_frame": _dynamo_graphs() - graphs, "graph_error": driver.graph_status().error,
