@@ -61,6 +61,8 @@ VARIANTS = {
     "compiled-fp8": Variant("compiled fp8 linears+graph", "compiled", {"fp8_linear": True}, scenarios=SPEED),
     "compiled-aot": Variant("compiled ahead of time (AOTInductor packages)+graph", "compiled", {"aot": True},
                             scenarios=SPEED),
+    "compiled-heuristic": Variant("compiled, cuDNN heuristics (no benchmark search)+graph", "compiled",
+                                  {"cudnn_benchmark": False}, scenarios=SPEED),
     "compiled-combo": Variant("compiled max-autotune + channels_last + GN+SiLU+graph", "compiled",
                               {**AUTOTUNE, "channels_last_io": True, "fuse_norm_silu": True}, scenarios=SPEED),
 }

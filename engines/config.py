@@ -77,6 +77,9 @@ class EngineConfig:
     # the UNet, encoder and decoder as AOTInductor packages in the engine cache (aot.py): a later start
     # loads them without Dynamo's tracing; a changed structure (LoRA, IP-Adapter) uses torch.compile
     aot: bool = False
+    # cuDNN's benchmark mode: the first call of each convolution shape times its kernels (every process
+    # pays that search again at its start); off: cuDNN's heuristics pick (issue 11: start vs speed)
+    cudnn_benchmark: bool = True
     probe: bool = True  # run the new modules once at creation so failures fall back early
     lora_set: tuple[tuple[str, float], ...] = ()  # (name, scale) fused into the UNet, for cache keys
     trt_min_side: int = 256

@@ -142,8 +142,8 @@ def prepare(components: Any, config: EngineConfig, *, qkv_fusion: bool = False) 
     use_sdpa(unet)
     if qkv_fusion:
         fuse_qkv(unet)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # shapes are static per stream: let cuDNN time its conv kernels
+    if device.type == "cuda":  # shapes are static per stream: cuDNN may time its conv kernels (in each process)
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
     return eager_modules(components), dtype, io
 
 

@@ -72,7 +72,7 @@ def test_every_issue_11_variant_is_a_compiled_engine_option():
     from dreamcam.engines import EngineConfig
 
     for key in ("compiled-autotune", "compiled-autotune-cd", "compiled-cl", "compiled-gnsilu", "compiled-fp8",
-                "compiled-aot", "compiled-combo"):
+                "compiled-aot", "compiled-heuristic", "compiled-combo"):
         v = VARIANTS[key]
         assert v.engine == "compiled"
         EngineConfig(**v.options)  # valid options
