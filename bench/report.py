@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .start_time import PHASES
+
 
 def _f(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -239,8 +241,7 @@ def render(results: dict) -> str:
                   + (f"{_f(second.get('engine_s'))} s + {_f(second.get('first_frame_s'))} s."
                      if "engine_s" in second else f"{second.get('error') or second.get('skipped')}."), ""]
         if "engine_s" in second:
-            phases = ", ".join(f"{k[:-2]} {_f(second.get(k))} s" for k in
-                               ("import_s", "cuda_init_s", "model_imports_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "total_s"))
+            phases = ", ".join(f"{k[:-2]} {_f(second.get(k))} s" for k in PHASES if k != "first_frame_s")
             lines += [f"Second start by phase: {phases}; recompiles at the first frame: "
                       f"{second.get('recompiles_at_first_frame')}.", ""]
     app = results.get("app_e2e")

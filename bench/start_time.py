@@ -45,7 +45,8 @@ import tempfile  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-PHASES = ("import_s", "cuda_init_s", "model_imports_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s", "first_frame_s", "total_s")
+PHASES = ("import_s", "cuda_init_s", "model_imports_s", "load_s", "engine_s", "stream_s", "warmup_s", "capture_s",
+          "first_frame_s", "total_s")  # what one start reports, in order (the report reads them from here)
 
 
 def _dynamo_graphs() -> int:
