@@ -13,7 +13,7 @@ JOB=/tmp/job
 step() {  # step NAME COMMAND...: run one step, its output in out/NAME.log, its exit status noted
   local name=$1; shift
   echo "$(date -u +%T) start $name" >> "$JOB/out/steps.txt"
-  (cd "$JOB/src" && timeout "${STEP_TIMEOUT_S:-900}" "$@") > "$JOB/out/$name.log" 2>&1
+  (cd "$JOB/src" && timeout "${STEP_TIMEOUT_S:-900}" "$@") < /dev/null > "$JOB/out/$name.log" 2>&1
   local rc=$?
   echo "$(date -u +%T) end $name rc=$rc" >> "$JOB/out/steps.txt"
 }
