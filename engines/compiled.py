@@ -126,7 +126,9 @@ def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dty
     capture's warm-up of a step that runs it). With `config.aot`, `models` = (the UNet, the
     autoencoder) the three calls read: they are served ahead of time (aot.py). With
     `config.background_compile` each compiled call sits behind its eager twin for new shapes
-    (background.py), inside the layout change: a new signature there is one torch.compile's guards see."""
+    (background.py), inside the layout change: a new signature there is one torch.compile's guards see.
+    The ControlNets' switches sit outside theirs (`live_modules` wraps the factory's calls): a net
+    compiles in the background from its first call anyway, and its inputs keep one layout a frame."""
     mode, options, cl = config.compile_mode, inductor_options(config), config.channels_last_io
     aot = _aot_parts(config, models)
 
