@@ -57,6 +57,13 @@ class StreamConfig:
         return len(self.indexes)
 
     @property
+    def unet_batch(self) -> int:
+        """Rows of one UNet call: steps x frames (none, self), twice that (full: [uncond, cond]),
+        one more row per frame (initialize: the newest frames' negative pass)."""
+        n, fbs = self.num_steps, self.frame_buffer_size
+        return {"none": n * fbs, "self": n * fbs, "full": 2 * n * fbs, "initialize": (n + 1) * fbs}[self.cfg_type]
+
+    @property
     def prompt_items(self) -> tuple[tuple[str, float], ...]:
         """(prompt, weight) pairs of `prompt_blend`; () when it is off."""
         return PROMPT_BLEND.parse("prompt_blend", self.prompt_blend)

@@ -21,6 +21,10 @@ the stream makes every model call through them.
   `call(sample, timestep, encoder_hidden_states, controlnet_cond (B,3,H,W) in [0,1], **added)
   -> (down_0, ..., down_{N-1}, mid)` unscaled (conditioning scale 1; core/controlnet.py scales),
   `added` = SDXL's text_embeds and time_ids (CONTROLNET_COND_NAMES).
+- `fits(height, width, unet_batch) -> str`: '' when the modules can serve frames of that size with
+  that many UNet rows, else why not in words (a TensorRT engine's optimisation profile); the
+  stream asks before a live change of size, steps or guidance takes effect and refuses the
+  change with that reason (default `any_shape`: eager and compiled modules serve every shape).
 """
 
 from __future__ import annotations
@@ -88,6 +92,11 @@ class EagerControlNet:
         return (*down, mid)
 
 
+def any_shape(height: int, width: int, unet_batch: int) -> str:
+    """`StepModules.fits` of modules that serve every shape: no reason to refuse one."""
+    return ""
+
+
 @dataclass
 class StepModules:
     unet: UNetCall
@@ -97,6 +106,7 @@ class StepModules:
     # the UNet in two halves (core/unet_halves.py: down(...) -> state, up(state, **residuals)), so
     # ControlNets run beside the down half; None: the engine has none (the whole `unet` is called)
     unet_halves: Any = None
+    fits: Callable[[int, int, int], str] = any_shape  # (height, width, unet_batch) -> '' or why not
 
 
 class EagerUNet:

@@ -94,9 +94,7 @@ class StreamDiffusion:
 
     @property
     def unet_batch(self) -> int:
-        n, fbs = self.num_steps, self.fbs
-        return {"none": n * fbs, "self": n * fbs, "full": 2 * n * fbs, "initialize": (n + 1) * fbs}[
-            self.config.cfg_type]
+        return self.config.unet_batch
 
     @property
     def stateless(self) -> bool:
@@ -451,13 +449,31 @@ class StreamDiffusion:
         """Apply setting changes between frames. Raises ValueError naming the bad field; on error
         nothing changes. Accepts every StreamConfig field (e.g. prompt, negative_prompt,
         guidance_scale, delta, seed, strength, steps, t_index_list, cfg_type, similarity_threshold,
-        similarity_max_skip, transition_frames, do_add_noise)."""
+        similarity_max_skip, transition_frames, do_add_noise, width, height). A shape the engine's
+        modules cannot serve (`StepModules.fits`) is refused the same way."""
         if "similarity_max_skip_frames" in changes:
             changes["similarity_max_skip"] = changes.pop("similarity_max_skip_frames")
         old, new = self.config, self.config.replace(**changes)
+        self._check_fits(old, new)
         cond, pooled = self._prompt_embeds(new)  # may raise: nothing changed yet
         uncond, upooled = self._encode("negative_prompt", self.prompts.encode_negative, new.negative_prompt)
         self._commit(old, new, (cond, pooled, uncond, upooled))
+
+    def _check_fits(self, old: StreamConfig, new: StreamConfig) -> None:
+        """ValueError naming the field when the modules cannot serve `new`'s shapes. The new size is
+        asked about at the old batch first, so a change of size and steps together names the one refused."""
+        size_field = "width" if new.width != old.width else "height"
+        batch_field = ("frame_buffer_size" if new.frame_buffer_size != old.frame_buffer_size else
+                       "cfg_type" if new.num_steps == old.num_steps else
+                       "t_index_list" if new.t_index_list is not None else "steps")
+        checked = {(old.height, old.width, old.unet_batch)}  # served now
+        for field, shape in ((size_field, (new.height, new.width, old.unet_batch)),
+                             (batch_field, (new.height, new.width, new.unet_batch))):
+            if shape not in checked:
+                checked.add(shape)
+                reason = self.modules.fits(*shape)
+                if reason:
+                    raise ValueError(f"{field}: {reason}")
 
     @staticmethod
     def _encode(field: str, encode, prompt: str) -> tuple:

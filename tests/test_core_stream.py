@@ -39,3 +39,44 @@ def test_bad_frame_is_a_clear_error(components):
         stream(np.zeros((64, 64, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="frame"):
         stream(np.zeros((64, 64), dtype=np.uint8))
+
+
+def test_a_live_size_change_reallocates_and_the_next_frame_has_the_new_size(components):
+    stream = StreamDiffusion(components, StreamConfig(width=64, height=64, t_index_list=(20, 40), prompt="a cat"))
+    stream(_frame(0))
+    key = stream.shape_key
+    stream.update(width=96, height=48)
+    assert stream.shape_key != key and stream.buffer.shape[-2:] == (6, 12)
+    assert stream(_frame(1)).shape == (48, 96, 3)
+
+
+def test_a_shape_the_modules_cannot_serve_is_refused_naming_the_field_and_nothing_changes(components):
+    """`StepModules.fits` (a TensorRT engine's profile): asked before a change of size or UNet batch;
+    the refusal names the field that asked for the shape, and the stream keeps its shapes and settings."""
+    import dataclasses
+
+    from dreamcam.core.modules import eager_modules
+
+    asked = []
+
+    def fits(height: int, width: int, unet_batch: int) -> str:
+        asked.append((height, width, unet_batch))
+        return "" if max(height, width) <= 64 and unet_batch == 1 else "outside this engine's profile"
+
+    modules = dataclasses.replace(eager_modules(components), fits=fits)
+    config = StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type="none", prompt="a cat")
+    stream = StreamDiffusion(components, config, modules=modules)
+    stream(_frame(0))
+    key = stream.shape_key
+    for changes, field in (({"width": 96}, "width"), ({"height": 72, "prompt": "a dog"}, "height"),
+                           ({"t_index_list": (20, 40)}, "t_index_list"), ({"t_index_list": None, "steps": 2}, "steps"),
+                           ({"cfg_type": "full"}, "cfg_type"), ({"width": 48, "cfg_type": "full"}, "cfg_type")):
+        with pytest.raises(ValueError, match=f"^{field}: outside this engine's profile"):
+            stream.update(**changes)
+        assert stream.shape_key == key and stream.config == config
+    assert (64, 48, 1) in asked and (64, 48, 2) in asked  # the size alone fits, with the batch it does not
+    asked.clear()
+    stream.update(prompt="a dog", guidance_scale=1.5)
+    assert asked == []  # no shape change: nothing to ask
+    stream.update(width=48)
+    assert stream(_frame(1)).shape == (64, 48, 3)
