@@ -87,6 +87,26 @@ def _profiles(config: EngineConfig) -> tuple[ShapeProfile, ShapeProfile]:
             choose_profile(g.height, g.width, g.frame_batch, **sides))
 
 
+def profile_fits(config: EngineConfig) -> Callable[[int, int, int], str]:
+    """`StepModules.fits` of engines built for `config`'s profiles: their sides and the UNet batch
+    are fixed when the engine is built, so a live change outside them is refused with how to get it."""
+    unet_profile, vae_profile = _profiles(config)
+    frames = config.geometry.frame_batch
+
+    def fits(height: int, width: int, unet_batch: int) -> str:
+        p = unet_profile
+        if not (p.contains(height, width, p.min_batch) and vae_profile.contains(height, width, frames)):
+            return (f"the TensorRT engine takes sizes with sides from {p.min_side} to {p.max_side} (its optimisation "
+                    f"profile), got {width}x{height}; restart at that size to build an engine for it")
+        if not p.contains(height, width, unet_batch):
+            rows = f"{p.min_batch}" if p.min_batch == p.max_batch else f"{p.min_batch} to {p.max_batch}"
+            return (f"the TensorRT engine was built for a UNet batch of {rows} (steps x frames, more with full or "
+                    f"initialize guidance), this needs {unet_batch}; restart with it to build an engine for it")
+        return ""
+
+    return fits
+
+
 def plan_parts(modules: StepModules, unet: torch.nn.Module, vae: torch.nn.Module, config: EngineConfig,
                device: torch.device, conditions: tuple[Condition, ...] = ()) -> list[PartPlan]:
     g = config.geometry
@@ -238,4 +258,5 @@ def make_tensorrt(components: Any, config: EngineConfig) -> StepModules:
         plan = plan_controlnet(EagerControlNet(net), net, config, device, conditions)
         return _as_io_many(load(plan, model_fingerprint(net)), io)
 
-    return StepModules(unet=unet_call, encode=built["vae_encoder"], decode=built["vae_decoder"], controlnet=controlnet)
+    return StepModules(unet=unet_call, encode=built["vae_encoder"], decode=built["vae_decoder"], controlnet=controlnet,
+                       fits=profile_fits(config))

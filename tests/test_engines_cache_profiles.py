@@ -78,3 +78,36 @@ def test_model_fingerprint_follows_the_weights():
     with torch.no_grad():
         m[0].weight[3, 3] += 0.5  # a change in the middle of a tensor (a fused LoRA changes sums)
     assert model_fingerprint(m) != first
+
+
+def test_the_tensorrt_profile_refuses_a_live_size_or_batch_outside_it_and_the_stream_keeps_its_own(tiny_components):
+    """The TensorRT modules' `fits` (no GPU needed to ask): the stream refuses a live size outside the
+    engine's sides and a steps or guidance change outside its UNet batch, and keeps serving its own."""
+    import numpy as np
+
+    from dreamcam.core.config import StreamConfig
+    from dreamcam.core.modules import eager_modules
+    from dreamcam.core.stream import StreamDiffusion
+    from dreamcam.engines.config import EngineConfig, Geometry
+    from dreamcam.engines.tensorrt import profile_fits
+
+    fits = profile_fits(EngineConfig(geometry=Geometry(64, 64, unet_batch=1), trt_min_side=64, trt_max_side=128))
+    assert fits(64, 128, 1) == fits(128, 64, 1) == ""
+    assert "sides from 64 to 128 (its optimisation profile), got 136x64" in fits(64, 136, 1)
+    assert "got 64x56" in fits(56, 64, 1)
+    assert "UNet batch of 1" in fits(64, 64, 2) and "needs 2" in fits(64, 64, 2)
+    modules = dataclasses.replace(eager_modules(tiny_components), fits=fits)
+    stream = StreamDiffusion(tiny_components, StreamConfig(width=64, height=64, t_index_list=(30,), cfg_type="none"),
+                             modules=modules)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    stream(frame)
+    with pytest.raises(ValueError, match="^width: the TensorRT engine takes sizes with sides from 64 to 128"):
+        stream.update(width=256)
+    with pytest.raises(ValueError, match="^steps: the TensorRT engine was built for a UNet batch of 1"):
+        stream.update(t_index_list=None, steps=2)
+    with pytest.raises(ValueError, match="^cfg_type: "):
+        stream.update(cfg_type="full")
+    assert (stream.config.width, stream.config.num_steps, stream.config.cfg_type) == (64, 1, "none")
+    assert stream(frame).shape == (64, 64, 3)
+    stream.update(width=128)
+    assert stream(frame).shape == (64, 128, 3)
