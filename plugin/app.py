@@ -27,7 +27,9 @@ class Service(Protocol):
 class DreamcamApp:
     """Start with `.start()` (returns at once); stop with `.stop()` (from any thread, e.g. Ctrl+C,
     SIGTERM or the tray's quit). `source`, `sink` and `processor` default to what `app` names;
-    without a processor the model is loaded in the background while the input passes through."""
+    without a processor the model is loaded in the background while the input passes through.
+    The source and the sink open at the start size (`initial`'s width and height); the sink keeps
+    it (`output_size`, default that size) while the diffusion size changes live."""
 
     def __init__(
         self,
@@ -40,12 +42,16 @@ class DreamcamApp:
         load_processor: Callable[[], Processor] | None = None,
         max_frames: int | None = None,
         overwrite: bool = False,
+        output_size: tuple[int, int] | None = None,
     ) -> None:
         self.settings = app
         self.store = SettingsStore(initial)
         self.board = StatusBoard()
-        self.source = source or make_source(app.source, width=app.width, height=app.height, fps=app.fps)
-        self.sink = sink or make_sink(app.sink, width=app.width, height=app.height, fps=app.fps,
+        start = self.store.current
+        self.output_size = output_size or (start.width, start.height)  # (width, height) of every frame written
+        width, height = self.output_size
+        self.source = source or make_source(app.source, width=start.width, height=start.height, fps=app.fps)
+        self.sink = sink or make_sink(app.sink, width=width, height=height, fps=app.fps,
                                       max_frames=max_frames, overwrite=overwrite)
         self._processor = processor
         self._load_processor = load_processor
@@ -129,8 +135,7 @@ class DreamcamApp:
                 raise RuntimeError("this app was already started; make a new DreamcamApp")
             self._open_devices()
             engine = self._processor.engine_name if self._processor is not None else self.settings.engine
-            config = RunnerConfig(self.settings.width, self.settings.height, self.settings.resize,
-                                  model=self.settings.model, engine=engine)
+            config = RunnerConfig(*self.output_size, self.settings.resize, model=self.settings.model, engine=engine)
             self._runner = Runner(self.source, self.sink, self.store, self.board, config,
                                   processor=self._processor, load_processor=self._load_processor)
             self._runner.start()

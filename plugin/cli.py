@@ -53,7 +53,8 @@ def _size(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 @app.command()
 @setting_options()
 def run(
-    size: Optional[str] = typer.Option(None, help=f"Output size: 512 or WIDTHxHEIGHT \\[{field('width').allowed()}].",
+    size: Optional[str] = typer.Option(None, help=f"Size at start: 512 or WIDTHxHEIGHT \\[{field('width').allowed()}]. "
+                                       "The camera keeps it; the diffusion size changes live (width, height).",
                                        rich_help_panel="Output (at start)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with \\[app] and \\[stream] tables."),
     obs_camera: Optional[str] = typer.Option(None, help="With --obs: add a video capture source showing this device (e.g. 'OBS Virtual Camera') to OBS's current scene.",
@@ -94,8 +95,8 @@ def run(
         settings.update(slot_options("controlnet", controlnet or [], settings))
         settings.update(slot_options("lora", lora or [], settings))
         cli_app = {f.name: settings.get(f.name) for f in app_fields()}
-        cli_app.update(width=width, height=height)
         cli_stream = {f.name: settings.get(f.name) for f in live_fields()}
+        cli_stream.update(width=width, height=height)
         file_app, file_stream = cfg.load_file(config) if config else ({}, {})
         app_settings = cfg.build_app_settings(file_app, cli_app)
         stream_settings = cfg.build_stream_settings(file_stream, cli_stream)
@@ -194,7 +195,7 @@ def _run_stoppable(app_settings, stream_settings, *, obs: bool, frames: Optional
         return
     sink_name = getattr(dream.sink, "device_name", "") or app_settings.sink
     console.print(f"[bold]dreamcam[/bold]: {escape(app_settings.source)} -> {escape(sink_name)} "
-                  f"({app_settings.width}x{app_settings.height}, engine {processor.engine_name}). "
+                  f"({'x'.join(map(str, dream.output_size))}, engine {processor.engine_name}). "
                   "Ctrl+C stops.")
     if page is not None:
         console.print(f"control page: {page.url}", highlight=False, markup=False, soft_wrap=True)

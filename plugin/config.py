@@ -3,9 +3,9 @@ config folder (DREAMCAM_CONFIG_DIR overrides the folder, e.g. for tests).
 
 File layout (every key optional):
 
-    [app]              # AppSettings: source, sink, model, engine, width, height, fps, ...
+    [app]              # AppSettings: source, sink, model, engine, fps, ...
     source = "camera:0"
-    [stream]           # StreamSettings: prompt, strength, steps, guidance_scale, seed, ...
+    [stream]           # StreamSettings: prompt, strength, steps, guidance_scale, seed, width, height, ...
     prompt = "a watercolor painting"
     preset = "watercolor"   # start from a saved preset, then apply the keys above
 """
@@ -69,7 +69,11 @@ def load_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     for table in ("app", "stream"):
         if not isinstance(data.get(table, {}), dict):
             raise SettingsError("config", f"{path}: {table} must be a table ([{table}] with key = value lines)")
-    return dict(data.get("app", {})), dict(data.get("stream", {}))
+    app, stream = dict(data.get("app", {})), dict(data.get("stream", {}))
+    live = sorted(set(app) & STREAM_KEYS)  # e.g. width and height, start-only ([app]) before they changed live
+    if live:
+        raise SettingsError(live[0], f"{path}: {live[0]} is a live setting: move it from [app] to [stream]")
+    return app, stream
 
 
 def build_app_settings(*layers: Mapping[str, Any]) -> AppSettings:

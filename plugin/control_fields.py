@@ -40,16 +40,16 @@ def toggle_fields() -> Tuple[Field, ...]:
 
 
 def from_unit(f: Field, position: Any) -> int | float:
-    """The field's value at `position` (0..1) of its range; whole-number fields round. A position
-    outside 0..1 or not a finite number is refused (nothing is clamped silently)."""
+    """The field's value at `position` (0..1) of its range; whole-number fields round (sizes to their
+    multiple). A position outside 0..1 or not a finite number is refused (nothing is clamped silently)."""
     if not is_ranged(f):
         raise SettingsError(f.name, "has no range to scale a 0..1 value to")
     if isinstance(position, bool) or not isinstance(position, (int, float)) or not math.isfinite(position) \
             or not 0.0 <= position <= 1.0:
         raise SettingsError(f.name, f"a normalised value must be a number from 0 to 1, got {position!r}")
-    low, high = f.range.low, f.range.high
+    low, high, step = f.range.low, f.range.high, f.range.multiple_of or 1
     value = low + float(position) * (high - low)
-    return int(round(value)) if f.range.integer else min(max(value, low), high)
+    return int(round(value / step)) * step if f.range.integer else min(max(value, low), high)
 
 
 def to_unit(f: Field, value: int | float) -> float:

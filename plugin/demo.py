@@ -72,12 +72,11 @@ class SideBySide(Processor):
         self.processor.close()
 
 
-def demo_settings(model: Path, out: Path, size: int, device: str) -> AppSettings:
+def demo_settings(model: Path, out: Path, device: str) -> AppSettings:
     taesd = model / "taesd"
     return AppSettings(source="pattern", sink=f"file:{out}", model=str(model),
                        tiny_vae=str(taesd) if taesd.is_dir() else None, engine="eager", device=device,
-                       dtype="float32" if device == "cpu" else "float16", width=size, height=size,
-                       fps=30.0, control_port=0)
+                       dtype="float32" if device == "cpu" else "float16", fps=30.0, control_port=0)
 
 
 def run_demo(out: Path, frames: int = 60, size: int = 256, device: str = "cpu", prompt: str | None = None,
@@ -88,14 +87,14 @@ def run_demo(out: Path, frames: int = 60, size: int = 256, device: str = "cpu", 
     from .sinks.video import VideoFileSink
 
     model = tiny_model(model_dir, say)
-    app_settings = demo_settings(model, out, size, device)
-    stream = StreamSettings(prompt=prompt) if prompt else StreamSettings()
+    app_settings = demo_settings(model, out, device)
+    stream = StreamSettings(width=size, height=size, **({"prompt": prompt} if prompt else {}))
     processor = build_processor(app_settings, stream, progress=say, local_files_only=True)
     width = size * 2 if side_by_side else size
     # the demo replaces its own file and plays at a fixed rate (it renders slower than real time)
     sink = VideoFileSink(out, width, size, app_settings.fps, max_frames=frames, overwrite=True, realtime=False)
     app = DreamcamApp(app_settings, stream, processor=SideBySide(processor) if side_by_side else processor,
-                      sink=sink, max_frames=frames)
+                      sink=sink, max_frames=frames, output_size=(width, size))
     say(f"running {frames} frames of {size}x{size} through the pipeline on {device}")
     start = time.monotonic()
     app.start()

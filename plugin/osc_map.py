@@ -50,7 +50,8 @@ def routes() -> dict[str, Route]:
     for f in ranged_fields():
         table.append(Route(f"{NORM_PREFIX}{f.name}", NORM, f.name, args="f from 0 to 1",
                            does=f"{f.label}, scaled to its range {f.range.low} to {f.range.high}"
-                                + (" (rounded)" if f.range.integer else "") + " (for faders)."))
+                                + (f" (rounded to a multiple of {f.range.multiple_of})" if f.range.multiple_of
+                                   else " (rounded)" if f.range.integer else "") + " (for faders)."))
     for f in toggle_fields():
         table.append(Route(f"{ROOT}/{f.name}/toggle", TOGGLE, f.name, args="none (or any)",
                            does=f"Flip {f.label.lower()}."))

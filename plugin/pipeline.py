@@ -1,5 +1,6 @@
-"""Builds the core pipeline (a CoreProcessor) from AppSettings: model, tiny VAE, LCM-LoRA, device,
-dtype, size, an engine through dreamcam.engines (falling back to eager) and its graph driver."""
+"""Builds the core pipeline (a CoreProcessor) from AppSettings and the start's StreamSettings: model,
+tiny VAE, LCM-LoRA, device, dtype, the start size, an engine through dreamcam.engines (falling back
+to eager) and its graph driver."""
 
 from __future__ import annotations
 
@@ -29,22 +30,11 @@ def effective_dtype(dtype: str, device: str) -> str:
     return "float32" if device == "cpu" else dtype
 
 
-def unet_batch(settings: StreamSettings, frame_buffer_size: int) -> int:
-    steps = len(settings.t_index_list) if settings.t_index_list else settings.steps
-    batch = steps * frame_buffer_size
-    if settings.cfg_type == "full":
-        return batch * 2
-    if settings.cfg_type == "initialize":
-        return batch + frame_buffer_size
-    return batch
-
-
 def stream_config(app: AppSettings, settings: StreamSettings):
     from dreamcam.core.config import StreamConfig
 
     # the live settings map to the core as every later update does (one mapping: core_update)
-    return StreamConfig(width=app.width, height=app.height, frame_buffer_size=app.frame_buffer_size,
-                        resize=app.resize, **core_update(settings))
+    return StreamConfig(frame_buffer_size=app.frame_buffer_size, resize=app.resize, **core_update(settings))
 
 
 def model_spec(app: AppSettings, device: str, dtype: str, local_files_only: bool = False):
@@ -68,8 +58,9 @@ def build_engine(app: AppSettings, components: Any, settings: StreamSettings, de
     elif engine == "auto" and any(conditioning_of(settings).keys().values()):
         engine = "compiled"  # TensorRT's UNet has its weights and inputs built in: no live ControlNet, LoRA, ...
         log.info("engine auto: starting at compiled (ControlNets, IP-Adapter and LoRAs need a UNet that takes them live)")
-    geometry = Geometry(height=app.height, width=app.width, frame_batch=app.frame_buffer_size,
-                        unet_batch=unet_batch(settings, app.frame_buffer_size))
+    start = stream_config(app, settings)
+    geometry = Geometry(height=start.height, width=start.width, frame_batch=start.frame_buffer_size,
+                        unet_batch=start.unet_batch)
     config = EngineConfig(geometry=geometry, dtype=ENGINE_DTYPES[dtype], probe=engine != "eager")
     progress(f"building the {engine} engine (the first build of a compiled or TensorRT engine takes minutes)")
     built = create_engine(engine, components, config, log=lambda text: log.info("%s", text), progress=progress)
@@ -110,8 +101,8 @@ def build_processor(app: AppSettings, settings: StreamSettings | None = None, *,
         from .control_feed import ControlFeed
         from .sources import make_source
 
-        feed = ControlFeed(control_source or make_source(app.control_source, width=app.width, height=app.height,
-                                                         fps=app.fps), app.control_source or "")
+        feed = ControlFeed(control_source or make_source(app.control_source, width=settings.width,
+                                                         height=settings.height, fps=app.fps), app.control_source or "")
         feed.start()
     conditioner = Conditioner(driver, built.name, loaders=loaders, local_files_only=local_files_only, feed=feed)
     wanted = conditioning_of(settings)

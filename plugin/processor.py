@@ -156,6 +156,8 @@ class CoreProcessor(Processor):
 def core_update(settings: StreamSettings) -> dict[str, Any]:
     """One update for the core from the settings in force (`paused` is the runner's job)."""
     changes: dict[str, Any] = {
+        "width": settings.width,
+        "height": settings.height,
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt,
         "guidance_scale": settings.guidance_scale,

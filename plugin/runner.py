@@ -22,7 +22,7 @@ from .control import SettingsStore, Status, StatusBoard
 from .frames import Frame, fit
 from .mailbox import Mailbox
 from .processor import Processor, Ready, Work, core_update
-from .settings import StreamSettings
+from .settings import STREAM_FIELDS, StreamSettings
 from .sinks import Sink
 from .sinks.guard import SinkGuard
 from .sources import Pacer, Source
@@ -41,6 +41,9 @@ BACKOFF_MAX_S = 2.0
 
 @dataclass
 class RunnerConfig:
+    """`width` x `height`: the sink's size, fixed at its open; every frame written is fitted to it
+    (`resize` policy) when the processor's output has another size (a live size change)."""
+
     width: int = 512
     height: int = 512
     resize: str = "crop"
@@ -234,12 +237,13 @@ class Runner:
         if self.processor is not None:
             self._swap_loaded(self.processor)
         settings, version = self._settings_for_frame()
-        width, height, policy = self.config.width, self.config.height, self.config.resize
+        policy = self.config.resize
         processor = self.processor
         if settings.paused or processor is None:
-            return _Job(frame, t_start, settings, version, Ready(fit(frame.image, width, height, policy)))
-        # the core fits frames itself, on the GPU; anything else gets them fitted here
-        image = frame.image if processor.fits_frames else fit(frame.image, width, height, policy)
+            return _Job(frame, t_start, settings, version,
+                        Ready(fit(frame.image, self.config.width, self.config.height, policy)))
+        # the core fits frames to the diffusion size itself, on the GPU; anything else gets them fitted here
+        image = frame.image if processor.fits_frames else fit(frame.image, settings.width, settings.height, policy)
         skipped_before = processor.frames_skipped
         t0 = time.perf_counter()
         try:
@@ -261,8 +265,9 @@ class Runner:
             self._skips.add(1.0 if job.skipped else 0.0)  # frames the processor's similarity filter skipped
         frame = job.frame
         meta = dict(frame.meta, settings_version=job.version, t_start=job.t_start, paused=job.settings.paused,
-                    t_processed=time.monotonic())
+                    t_processed=time.monotonic(), size=(out.shape[1], out.shape[0]))  # as processed
         self.history.append((frame.index, meta))
+        out = fit(out, self.config.width, self.config.height, self.config.resize)  # the sink's size (no-op if equal)
         self.out_box.put(Frame(out, frame.t_capture, frame.index, meta))
 
     def _frame_failed(self, exc: Exception) -> None:
@@ -334,11 +339,24 @@ class Runner:
             log.warning("settings rejected by the pipeline: %s", exc)
             self._set_error("settings", f"rejected update: {exc}")
             if self.active_settings is not None:
+                self._put_back(settings, str(exc).partition(":")[0])
                 return self.active_settings, version
             return settings, version
         self._clear_error("settings")
         self.active_settings = settings
         return settings, version
+
+    def _put_back(self, refused: StreamSettings, name: str) -> None:
+        """The field the pipeline refused (a size its engine cannot serve, say) goes back to its value in
+        force, unless changed since: panels show what runs, and the next change is not refused for it."""
+        in_force = self.active_settings
+        if name not in STREAM_FIELDS or getattr(refused, name) == getattr(in_force, name) \
+                or getattr(self.store.current, name) != getattr(refused, name):
+            return
+        self.store.apply({name: getattr(in_force, name)}, origin="pipeline")
+        settings, version = self.store.snapshot()
+        if settings == in_force:  # nothing new to apply: the rejection stays in the status
+            self._applied_version = version
 
     # ---- publish ---------------------------------------------------------------------------
     def _publish_loop(self) -> None:

@@ -230,6 +230,11 @@ SCHEMA: Tuple[Field, ...] = (
             "slider", range=RANGES["image_feedback"], step=0.01),
     _stream("paused", "bool", False, "Pause (pass the input through unchanged)",
             "Pass the input through unchanged.", "Output", "toggle", in_preset=False),
+    *(_stream(name, "int", 512, name.capitalize(),
+              f"The diffusion {name} in pixels. The virtual camera (or file) keeps the size it opened with (apps "
+              "cannot follow a camera size change), so frames are scaled to it (resize); restart to change the "
+              "camera size (--size).", "Output", "number", range=RANGES[name], step=8, cli=None, in_preset=False)
+      for name in ("width", "height")),
     _stream("preset", "text", None, "Preset", "Start from a saved preset (its values, then the others given).",
             "Prompt", "text", nullable=True, max_chars=100, panel=False, in_preset=False),
     *_conditioning_fields(),
@@ -255,12 +260,9 @@ SCHEMA: Tuple[Field, ...] = (
     _app("device", "text", "auto", "Device", "auto | cpu | cuda | cuda:N", "Model", "text"),
     _app("dtype", "choice", "float16", "Precision", "Compute precision on the GPU (the CPU uses float32).", "Model",
          "choice", choices=DTYPES),
-    _app("width", "int", 512, "Width", "Output width in pixels.", "Output", "number", range=RANGES["width"],
-         step=8, cli=None),
-    _app("height", "int", 512, "Height", "Output height in pixels.", "Output", "number", range=RANGES["height"],
-         step=8, cli=None),
-    _app("resize", "choice", "crop", "Resize", "How the input is fitted to the output size.", "Output", "choice",
-         choices=RESIZE_POLICIES),
+    _app("resize", "choice", "crop", "Resize",
+         "How frames are fitted to another size: the input to the diffusion size, the output to the camera's.",
+         "Output", "choice", choices=RESIZE_POLICIES),
     _app("fps", "float", 30.0, "Frame rate", "Virtual camera frame rate.", "Output", "number",
          range=Range(1.0, 240.0), step=1),
     _app("frame_buffer_size", "int", 1, "Frames per call", "Frames per core call (the live app sends one).",

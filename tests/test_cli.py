@@ -115,6 +115,12 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         bad = run_cli("set", "strength=-1", "--port", str(port))
         assert bad.returncode == 2 and "strength: must be from 0.0 to 1.0" in bad.stderr  # refused before sending (schema check)
         assert send_event(encode("hello"), port=port)["settings"]["strength"] == 0.35
+        assert send_event(encode("hello"), port=port)["settings"]["width"] == 64  # --size: the start value
+        bad = run_cli("set", "width=100", "--port", str(port))
+        assert bad.returncode == 2 and "width: must be a multiple of 8, got 100" in bad.stderr
+        resized = run_cli("set", "width=96", "height=48", "--port", str(port))  # live: the camera keeps 64x64
+        assert resized.returncode == 0, resized.stderr
+        assert send_event(encode("hello"), port=port)["settings"]["width"] == 96
         for command in (("status",), ("set",)):  # both print the settings in force and the status
             shown = run_cli(*command, "--port", str(port))
             assert shown.returncode == 0, shown.stderr
@@ -128,9 +134,10 @@ def test_set_reaches_a_running_app_and_sigterm_stops_it(tmp_path, tiny_model_dir
         assert "stopped" in out
         # without -v: one line per applied change, naming the field, old -> new and the surface
         changes = [line for line in err.splitlines() if "settings from control:dreamcam set" in line]
-        assert len(changes) == 1, err
+        assert len(changes) == 2, err
         assert "prompt 'a vivid watercolor" in changes[0] and "-> 'a paper boat'" in changes[0]
         assert "strength 0.5 -> 0.35" in changes[0] and "paused False -> True" in changes[0]
+        assert "width 64 -> 96" in changes[1] and "height 64 -> 48" in changes[1]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -148,7 +155,7 @@ def test_set_and_token_with_a_real_control_server(tmp_path, monkeypatch):
     from dreamcam.plugin.sinks import NullSink
 
     monkeypatch.setenv("DREAMCAM_CONFIG_DIR", str(tmp_path / "cfg"))
-    app = DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(prompt="start"),
+    app = DreamcamApp(AppSettings(control_port=0), StreamSettings(prompt="start", width=64, height=64),
                       sink=NullSink(), processor=PassThrough())
     server = ControlServer(app.store, app.board, port=0)
     app.add_service(server)
@@ -298,11 +305,11 @@ def test_ctrl_c_during_the_model_load_says_so_and_exits_130(tiny_model_dir, caps
 
     app_settings = AppSettings(source="pattern", sink="null", model=str(tiny_model_dir),
                                tiny_vae=str(tiny_model_dir / "taesd"), device="cpu", dtype="float32",
-                               engine="eager", width=64, height=64, control_port=0, web_port=0)
+                               engine="eager", control_port=0, web_port=0)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(typer.Exit) as stopped:
-            _run_app(app_settings, StreamSettings(), obs=False, frames=2, build=build_interrupted)
+            _run_app(app_settings, StreamSettings(width=64, height=64), obs=False, frames=2, build=build_interrupted)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert stopped.value.exit_code == 130
@@ -325,14 +332,14 @@ def test_the_control_port_answers_during_the_load_and_is_given_back_after_a_fail
 
     monkeypatch.setenv("DREAMCAM_CONFIG_DIR", str(tmp_path / "cfg"))
     port = free_port()
-    app_settings = AppSettings(source="pattern", sink="null", width=64, height=64, control_port=port)
+    app_settings = AppSettings(source="pattern", sink="null", control_port=port)
     replies = []
 
     def loading(app_settings, stream_settings, progress):
         replies.append(send_settings({"prompt": "sent during the load"}, port=port))
         return PassThrough()
 
-    _run_app(app_settings, StreamSettings(prompt="start"), obs=False, frames=3, build=loading)
+    _run_app(app_settings, StreamSettings(prompt="start", width=64, height=64), obs=False, frames=3, build=loading)
     assert replies[0]["ok"] and replies[0]["status"]["running"] is False
     assert replies[0]["settings"]["prompt"] == "sent during the load"
 
@@ -341,6 +348,6 @@ def test_the_control_port_answers_during_the_load_and_is_given_back_after_a_fail
         raise RuntimeError("no model here")
 
     with pytest.raises(typer.Exit):
-        _run_app(app_settings, StreamSettings(), obs=False, frames=3, build=failing)
+        _run_app(app_settings, StreamSettings(width=64, height=64), obs=False, frames=3, build=failing)
     assert dreamcam_threads() == []
     bind_listener("127.0.0.1", port).close()  # the port is free again

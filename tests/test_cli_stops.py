@@ -202,10 +202,10 @@ def test_an_interrupt_swallowed_during_the_load_still_stops(tiny_model_dir, caps
         return build_processor(app_settings, stream_settings, progress=step)
 
     app_settings = AppSettings(source="pattern", sink="null", model=str(tiny_model_dir), device="cpu",
-                               dtype="float32", engine="eager", width=64, height=64, control_port=0)
+                               dtype="float32", engine="eager", control_port=0)
     previous = signal.getsignal(signal.SIGINT)
     with pytest.raises(typer.Exit) as stopped:
-        _run_app(app_settings, StreamSettings(), obs=False, frames=2, build=build_swallowing)
+        _run_app(app_settings, StreamSettings(width=64, height=64), obs=False, frames=2, build=build_swallowing)
     assert signal.getsignal(signal.SIGINT) is previous  # given back
     assert swallowed and stopped.value.exit_code == 130
     stderr = " ".join(capsys.readouterr().err.split())

@@ -228,8 +228,8 @@ def test_obs_killed_and_restarted_bridge_reconnects(tmp_path, caplog, tiny_model
                                                   "password": password, "prompt": "before",
                                                   "similarity_filter": False})
     app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
-                               device="cpu", dtype="float32", width=64, height=64, engine="eager")
-    initial = StreamSettings(similarity_filter=False)
+                               device="cpu", dtype="float32", engine="eager")
+    initial = StreamSettings(similarity_filter=False, width=64, height=64)
     sink = RecordingSink()
     camera = StillCamera(64, 64, fps=15)
     app = DreamcamApp(app_settings, initial, source=camera, sink=sink,
@@ -294,8 +294,9 @@ def test_a_preset_hotkey_in_obs_changes_the_next_frame_of_the_running_app(obs_st
     from dreamcam.plugin.settings import AppSettings, StreamSettings
 
     app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
-                               device="cpu", dtype="float32", width=64, height=64, engine="eager")
-    initial = StreamSettings(prompt="a grey stone wall", strength=0.65, similarity_filter=False, seed=3)
+                               device="cpu", dtype="float32", engine="eager")
+    initial = StreamSettings(prompt="a grey stone wall", strength=0.65, similarity_filter=False, seed=3, width=64,
+                             height=64)
     monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))
     cfg.save_preset("Fox", dataclasses.replace(initial, prompt=PANEL_PROMPT))
     sink = RecordingSink()

@@ -300,6 +300,9 @@ def test_properties_panel_has_every_control_in_folding_sections(dialog):
     assert set(groups[3].extra["box"].props) == {"prompt_blend", "seed_blend", "apply_blending", "blend_method"}
     assert props["guidance_scale"].kind == "float_slider" and props["guidance_scale"].extra["high"] == 20.0
     assert props["seed"].kind == "int" and props["seed"].extra["high"] == 2**31 - 1
+    assert props["width"].kind == "int" and (props["width"].extra["low"], props["width"].extra["step"]) == (32, 8)
+    output_box = next(g for g in groups if g.desc == "Output").extra["box"].props
+    assert {"paused", "width", "height"} <= set(output_box)
     for button in ("refresh_status", "apply_prompts", "randomize_seed", "preset_load", "preset_save", "preset_delete"):
         assert props[button].kind == "button"
     assert "install_hint" not in props
@@ -351,6 +354,10 @@ def test_panel_shows_the_app_settings_sends_only_changes_and_prompts_on_apply(di
     time.sleep(module.DEBOUNCE_S + 0.1)
     pump(module, store)
     assert store.current.strength == 0.45 and store.current.prompt == "a neon cyberpunk city at night"
+    view.user_sets("width", 640)  # the diffusion size is live like the numbers above
+    time.sleep(module.DEBOUNCE_S + 0.1)
+    pump(module, store)
+    assert store.current.width == 640
     # a change made elsewhere (dreamcam set, the tray) shows in the panel
     store.apply({"guidance_scale": 3.5, "seed": 77}, origin="control:dreamcam set")
     module._S.panel.on_event(messages.state_event(store))

@@ -5,6 +5,7 @@ frames, a failed load is one error line and changes nothing, weights and scales 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -46,7 +47,7 @@ def models(tiny_model_dir, tiny_sd15_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_settings(tiny_model_dir):
     return AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cpu",
-                       dtype="float32", engine="eager", width=SIZE, height=SIZE, control_port=0, web_port=0)
+                       dtype="float32", engine="eager", control_port=0, web_port=0)
 
 
 class Gate:
@@ -66,6 +67,7 @@ class Gate:
 
 
 def start(app_settings, initial, loaders=None, control_source=None):
+    initial = dataclasses.replace(initial, width=SIZE, height=SIZE)
     processor = build_processor(app_settings, initial, local_files_only=True, loaders=loaders,
                                 control_source=control_source)
     sink = RecordingSink()
@@ -350,7 +352,7 @@ def test_ip_adapter_loads_in_the_background_a_new_image_is_only_encoded_and_a_ba
         styles.append(str(path))
     (tmp_path / "notes.png").write_text("not an image")
     settings = AppSettings(model=str(tiny_sd15_dir), tiny_vae=str(tiny_sd15_dir / "taesd"), device="cpu",
-                           dtype="float32", engine="eager", width=SIZE, height=SIZE, control_port=0, web_port=0)
+                           dtype="float32", engine="eager", control_port=0, web_port=0)
     app, processor, sink = start(settings, StreamSettings(similarity_filter=False))
     try:
         plain = settled(sink, app)

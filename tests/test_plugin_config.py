@@ -17,13 +17,24 @@ def config_home(tmp_path, monkeypatch):
 
 def test_toml_file_then_command_line(tmp_path):
     path = tmp_path / "dreamcam.toml"
-    path.write_text('[app]\nsource = "camera:1"\nwidth = 768\nfps = 24\n'
-                    '[stream]\nprompt = "oil painting"\nstrength = 0.3\n')
+    path.write_text('[app]\nsource = "camera:1"\nfps = 24\n'
+                    '[stream]\nprompt = "oil painting"\nstrength = 0.3\nwidth = 768\n')
     file_app, file_stream = cfg.load_file(path)
     app = cfg.build_app_settings(file_app, {"fps": 60.0, "sink": None})
-    stream = cfg.build_stream_settings(file_stream, {"strength": 0.6, "seed": None})
-    assert (app.source, app.width, app.fps, app.sink) == ("camera:1", 768, 60.0, "vcam")
+    stream = cfg.build_stream_settings(file_stream, {"strength": 0.6, "seed": None, "height": 432})
+    assert (app.source, app.fps, app.sink) == ("camera:1", 60.0, "vcam")
     assert (stream.prompt, stream.strength, stream.seed) == ("oil painting", 0.6, StreamSettings().seed)
+    assert (stream.width, stream.height) == (768, 432)
+
+
+def test_a_size_left_under_app_says_to_move_it_to_stream(tmp_path):
+    """width and height were start-only ([app]) before they changed live: an older file is refused with
+    the move to make, not read with its size silently dropped."""
+    path = tmp_path / "old.toml"
+    path.write_text('[app]\nsource = "camera:1"\nwidth = 768\nheight = 432\n')
+    with pytest.raises(SettingsError, match=r"^height: .*old.toml: height is a live setting: move it from "
+                                            r"\[app\] to \[stream\]$"):
+        cfg.load_file(path)
 
 
 def test_bad_file_values_name_the_field(tmp_path):

@@ -36,7 +36,7 @@ def config_dir(tmp_path, monkeypatch):
 
 
 def start_app(**server_options):
-    app = DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(prompt="start"),
+    app = DreamcamApp(AppSettings(control_port=0), StreamSettings(prompt="start", width=64, height=64),
                       sink=NullSink(), processor=PassThrough())
     server = ControlServer(app.store, app.board, port=0, **server_options)
     app.add_service(server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,12 +18,13 @@ from plugin_helpers import no_recorder_left_behind  # noqa: F401 (autouse fixtur
 from plugin_helpers import BACKEND, dreamcam_threads, register_recorder, wait_for
 
 SIZE = 64
+AT_SIZE = StreamSettings(width=SIZE, height=SIZE)
 
 
 @pytest.fixture(scope="module")
 def tiny_app_settings(tiny_model_dir):
     return AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cpu",
-                       dtype="float32", engine="eager", width=SIZE, height=SIZE, fps=20, control_port=0)
+                       dtype="float32", engine="eager", fps=20, control_port=0)
 
 
 def first_processed_after(runner, t):
@@ -37,7 +39,7 @@ def is_passthrough(image, pattern):
 
 
 def test_settings_change_is_visible_in_the_next_processed_frame(tiny_app_settings):
-    initial = StreamSettings(prompt="a red fox", similarity_filter=False)
+    initial = StreamSettings(prompt="a red fox", similarity_filter=False, width=SIZE, height=SIZE)
     processor = build_processor(tiny_app_settings, initial, local_files_only=True)
     recorder = register_recorder()
     pattern = PatternSource(SIZE, SIZE, 15)
@@ -72,13 +74,13 @@ def test_settings_change_is_visible_in_the_next_processed_frame(tiny_app_setting
 
 
 def test_filter_and_steps_map_onto_the_core(tiny_app_settings):
-    processor = build_processor(tiny_app_settings, StreamSettings(), local_files_only=True)
+    processor = build_processor(tiny_app_settings, AT_SIZE, local_files_only=True)
     from dreamcam.plugin.processor import core_update
 
-    processor.update(**core_update(StreamSettings(similarity_filter=False, strength=0.8, steps=3)))
+    processor.update(**core_update(replace(AT_SIZE, similarity_filter=False, strength=0.8, steps=3)))
     assert processor.config.similarity_threshold is None
     assert processor.config.num_steps == 3
-    processor.update(**core_update(StreamSettings(t_index_list=(20, 40))))
+    processor.update(**core_update(replace(AT_SIZE, t_index_list=(20, 40))))
     assert processor.config.indexes == (20, 40)
     out = processor(np.zeros((SIZE, SIZE, 3), np.uint8))
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
@@ -86,9 +88,9 @@ def test_filter_and_steps_map_onto_the_core(tiny_app_settings):
 
 def test_frames_of_another_size_reach_the_sink_at_the_configured_size(tiny_app_settings):
     """A 160x90 camera: the core fits it (on its device); the sink always gets 64x64."""
-    processor = build_processor(tiny_app_settings, StreamSettings(), local_files_only=True)
+    processor = build_processor(tiny_app_settings, AT_SIZE, local_files_only=True)
     recorder = register_recorder()
-    app = DreamcamApp(tiny_app_settings, StreamSettings(), source=PatternSource(160, 96, 15),
+    app = DreamcamApp(tiny_app_settings, AT_SIZE, source=PatternSource(160, 96, 15),
                       processor=processor, sink=VirtualCameraSink(SIZE, SIZE, 20, backend=BACKEND))
     app.start()
     try:
@@ -103,11 +105,9 @@ def test_frames_of_another_size_reach_the_sink_at_the_configured_size(tiny_app_s
 
 
 def test_an_engine_that_cannot_run_here_says_why_it_was_replaced(tiny_app_settings, caplog):
-    from dataclasses import replace
-
     from dreamcam.plugin.pipeline import build_processor
 
     with caplog.at_level(logging.WARNING, logger="dreamcam.plugin.pipeline"):
-        processor = build_processor(replace(tiny_app_settings, engine="tensorrt"))
+        processor = build_processor(replace(tiny_app_settings, engine="tensorrt"), AT_SIZE)
     assert processor.engine_name != "tensorrt"
     assert any("fell back from tensorrt" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

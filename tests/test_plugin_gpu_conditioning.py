@@ -28,9 +28,9 @@ def test_live_weights_and_scales_keep_the_graph_and_new_sources_recapture(tiny_m
 
     assert torch.cuda.is_available(), "this test needs a CUDA GPU"
     settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cuda",
-                           dtype="float16", engine="eager", width=SIZE, height=SIZE, control_port=0, web_port=0,
+                           dtype="float16", engine="eager", control_port=0, web_port=0,
                            frames_in_flight=frames_in_flight)
-    initial = StreamSettings(similarity_filter=False, lora_1=models["lora_a"], lora_1_weight=0.7,
+    initial = StreamSettings(similarity_filter=False, width=SIZE, height=SIZE, lora_1=models["lora_a"], lora_1_weight=0.7,
                              controlnet_1=f"canny:{models['controlnet']}", canny_low=20.0, canny_high=60.0)
     processor = build_processor(settings, initial, local_files_only=True)
     sink = RecordingSink()

@@ -28,7 +28,7 @@ class Uncaptured(PassThrough):
 @pytest.fixture
 def app_and_port(tmp_path, monkeypatch):
     monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))
-    app = DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(),
+    app = DreamcamApp(AppSettings(control_port=0), StreamSettings(width=64, height=64),
                       sink=NullSink(fps=30), processor=Uncaptured())
     server = ControlServer(app.store, app.board, port=0)
     app.add_service(server)

@@ -51,7 +51,7 @@ MAPPING = {
 
 
 def make_app() -> DreamcamApp:
-    return DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(prompt="start"),
+    return DreamcamApp(AppSettings(control_port=0), StreamSettings(prompt="start", width=64, height=64),
                        sink=NullSink(), processor=PassThrough())
 
 

@@ -33,7 +33,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "control.md"
 
 def make_app(tmp_path, monkeypatch) -> DreamcamApp:
     monkeypatch.setenv(cfg.CONFIG_ENV, str(tmp_path / "cfg"))
-    return DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(prompt="start"),
+    return DreamcamApp(AppSettings(control_port=0), StreamSettings(prompt="start", width=64, height=64),
                        sink=NullSink(), processor=PassThrough())
 
 
@@ -135,6 +135,9 @@ def test_normalised_faders_scale_to_the_schema_range(osc_app):
     client.send_message("/dreamcam/norm/strength", 1)
     replies(client, "/dreamcam/strength")
     assert app.store.current.strength == 1.0
+    client.send_message("/dreamcam/norm/width", 0.3)  # 32 + 0.3 * 2016 = 636.8 -> 640, a multiple of 8
+    replies(client, "/dreamcam/width")
+    assert app.store.current.width == 640
 
 
 def test_presets_seed_and_queries(osc_app):

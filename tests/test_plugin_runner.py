@@ -3,6 +3,7 @@ with a recording backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -21,9 +22,9 @@ SIZE = 64
 
 def make_app(source_fps=30.0, sink_fps=20.0, delay=0.0, source=None, processor=None, initial=None):
     recorder = register_recorder()
-    settings = AppSettings(width=SIZE, height=SIZE, fps=sink_fps, control_port=0)
+    settings = AppSettings(fps=sink_fps, control_port=0)
     app = DreamcamApp(
-        settings, initial,
+        settings, dataclasses.replace(initial or StreamSettings(), width=SIZE, height=SIZE),
         source=source or PatternSource(SIZE, SIZE, source_fps),
         sink=VirtualCameraSink(SIZE, SIZE, sink_fps, backend=BACKEND),
         processor=processor or PassThrough(delay),
@@ -223,7 +224,7 @@ def test_model_loads_in_the_background_while_the_input_passes_through():
 
     recorder = register_recorder()
     pattern = PatternSource(SIZE, SIZE, 30)
-    app = DreamcamApp(AppSettings(width=SIZE, height=SIZE, fps=20, control_port=0), source=pattern,
+    app = DreamcamApp(AppSettings(fps=20, control_port=0), StreamSettings(width=SIZE, height=SIZE), source=pattern,
                       sink=VirtualCameraSink(SIZE, SIZE, 20, backend=BACKEND), load_processor=load)
     app.start()
     try:

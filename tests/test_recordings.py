@@ -17,7 +17,7 @@ import pytest
 
 from dreamcam.plugin.app import DreamcamApp
 from dreamcam.plugin.processor import PassThrough
-from dreamcam.plugin.settings import AppSettings
+from dreamcam.plugin.settings import AppSettings, StreamSettings
 from dreamcam.plugin.sinks import SinkError, SinkFailed, make_sink
 from dreamcam.plugin.sinks.guard import SinkGuard
 from dreamcam.plugin.sinks.images import ImageSequenceSink
@@ -162,9 +162,9 @@ def test_a_file_that_got_no_frame_is_removed_at_close(tmp_path):
 
 # ---- the failure policy ----------------------------------------------------------------------
 def _image_app(folder, fps=30.0) -> DreamcamApp:
-    settings = AppSettings(width=64, height=64, fps=fps, control_port=0, sink=f"images:{folder}")
-    return DreamcamApp(settings, source=PatternSource(64, 64, fps), processor=PassThrough(),
-                       sink=ImageSequenceSink(folder))
+    settings = AppSettings(fps=fps, control_port=0, sink=f"images:{folder}")
+    return DreamcamApp(settings, StreamSettings(width=64, height=64), source=PatternSource(64, 64, fps),
+                       processor=PassThrough(), sink=ImageSequenceSink(folder))
 
 
 def test_a_deleted_images_folder_is_made_again_and_frames_go_on(tmp_path):
@@ -233,8 +233,9 @@ def test_a_sink_that_fails_for_good_ends_the_run(tmp_path):
         def write(self, image):
             raise SinkFailed("video file x.mp4: the disk is full; recording stopped, 0 frames are in the file")
 
-    settings = AppSettings(width=64, height=64, fps=30, control_port=0)
-    app = DreamcamApp(settings, source=PatternSource(64, 64, 30), processor=PassThrough(),
+    settings = AppSettings(fps=30, control_port=0)
+    app = DreamcamApp(settings, StreamSettings(width=64, height=64), source=PatternSource(64, 64, 30),
+                      processor=PassThrough(),
                       sink=FullDisk(tmp_path / "f"))
     app.start()
     try:

@@ -91,12 +91,16 @@ def test_toml_keys_are_the_schema(tmp_path):
     app_table, stream_table = cfg.load_file(path)
     assert cfg.build_app_settings(app_table) == AppSettings()
     assert cfg.build_stream_settings(stream_table) == StreamSettings()
-    for table, key in (("app", "guidance_scale"), ("stream", "model"), ("stream", "guidance")):
+    for table, key in (("stream", "model"), ("stream", "guidance")):
         path.write_text(f"[{table}]\n{key} = 1\n")
         with pytest.raises(SettingsError, match=f"^{key}: unknown"):
             a, s = cfg.load_file(path)
             cfg.build_app_settings(a)
             cfg.build_stream_settings(s)
+    for key in ("guidance_scale", "width"):  # a live key under [app] (width was start-only once)
+        path.write_text(f"[app]\n{key} = 512\n")
+        with pytest.raises(SettingsError, match=fr"^{key}: .*: move it from \[app\] to \[stream\]$"):
+            cfg.load_file(path)
 
 
 def test_presets_hold_the_schemas_preset_fields(config_home):
@@ -227,7 +231,7 @@ def test_set_refuses_nan_before_connecting():
 
 @pytest.fixture
 def control_app(tmp_path):
-    app = DreamcamApp(AppSettings(width=64, height=64, control_port=0), StreamSettings(prompt="start"),
+    app = DreamcamApp(AppSettings(control_port=0), StreamSettings(prompt="start", width=64, height=64),
                       sink=NullSink(), processor=PassThrough())
     server = ControlServer(app.store, app.board, port=0)
     app.add_service(server)
@@ -298,6 +302,22 @@ def test_send_settings_with_nan_gets_the_apps_refusal(control_app):
     reply = send_settings({"seed": float("nan"), "prompt": "no"}, port=port)  # json.dumps writes NaN
     assert not reply["ok"] and "seed: must be a whole number" in reply["error"]
     assert app.store.current.prompt == "start"
+
+
+def test_the_size_is_a_live_setting_of_the_protocol_and_stays_out_of_presets(control_app, config_home):
+    app, port = control_app
+    reply = send_settings({"width": 96, "height": 48}, port=port)
+    assert reply["ok"] and (reply["settings"]["width"], reply["settings"]["height"]) == (96, 48)
+    for bad, words in (({"width": 100}, "width: must be a multiple of 8, got 100"),
+                       ({"height": 4096, "prompt": "no"}, "height: must be from 32 to 2048, got 4096"),
+                       ({"width": 96.5}, "width: must be a whole number")):
+        reply = send_settings(bad, port=port)
+        assert not reply["ok"] and words in reply["error"], reply
+    assert (app.store.current.width, app.store.current.height, app.store.current.prompt) == (96, 48, "start")
+    path = cfg.save_preset("Sized", app.store.current)
+    assert "width" not in json.loads(path.read_text())  # a preset is a look, not a size (the camera's stays)
+    assert send_settings({"preset": "Sized", "width": 128}, port=port)["ok"] and app.store.current.width == 128
+    assert send_settings({"preset": "Sized"}, port=port)["ok"] and app.store.current.width == 128
 
 
 def test_a_preset_with_nan_named_over_the_socket_is_refused(control_app, config_home):

@@ -72,12 +72,16 @@ def test_concurrent_updates_are_atomic():
     assert current.prompt == f"p{current.seed}"
 
 
-def test_app_settings_reject_bad_sizes_and_engines():
-    with pytest.raises(SettingsError, match="width"):
-        AppSettings(width=500)
+def test_sizes_are_live_and_checked_like_the_core_engines_are_start_only():
+    with pytest.raises(SettingsError, match="^width: must be a multiple of 8, got 500"):
+        StreamSettings(width=500)
+    with pytest.raises(SettingsError, match="^height: must be from 32 to 2048, got 4096"):
+        StreamSettings(height=4096)
+    assert StreamSettings(width=768, height=432).height == 432
     with pytest.raises(SettingsError, match="engine"):
         AppSettings(engine="warp")
-    assert AppSettings(width=768, height=432).height == 432
+    with pytest.raises(TypeError):
+        AppSettings(width=768)  # no longer chosen at start: [stream], `dreamcam set width=...`
 
 
 def test_password_not_in_repr():

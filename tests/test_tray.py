@@ -31,7 +31,7 @@ def tray(tiny_model_dir, config_dir):
     from dreamcam.plugin.pipeline import build_processor
 
     app_settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"),
-                               device="cpu", dtype="float32", width=64, height=64)
+                               device="cpu", dtype="float32")
     sinks: list[RecordingSink] = []
     opened: list = []
 
@@ -42,7 +42,7 @@ def tray(tiny_model_dir, config_dir):
         return DreamcamApp(app_settings, initial, source=StillCamera(64, 64, fps=15), sink=sink,
                            processor=processor)
 
-    controller = TrayController(make_app, StreamSettings(similarity_filter=False, seed=5),
+    controller = TrayController(make_app, StreamSettings(similarity_filter=False, seed=5, width=64, height=64),
                                 open_folder=opened.append)
     icon = build_icon(controller)
     origins: list[str] = []
@@ -177,8 +177,8 @@ def test_dreamcam_tray_runs_with_a_real_tray_backend_and_stops_on_sigterm(tiny_m
     config = tmp_path / "dreamcam.toml"
     config.write_text(
         f'[app]\nmodel = "{tiny_model_dir}"\ntiny_vae = "{tiny_model_dir / "taesd"}"\ndevice = "cpu"\n'
-        f'width = 64\nheight = 64\nsource = "pattern"\nsink = "null"\ncontrol_port = {port}\n'
-        '[stream]\nprompt = "tray test"\n')
+        f'source = "pattern"\nsink = "null"\ncontrol_port = {port}\n'
+        '[stream]\nprompt = "tray test"\nwidth = 64\nheight = 64\n')
     env = dict(os.environ, DISPLAY=x.display, PYSTRAY_BACKEND="xorg",
                DREAMCAM_CONFIG_DIR=str(tmp_path / "cfg"), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "dreamcam.plugin.cli", "tray", "--config", str(config)],
@@ -275,7 +275,7 @@ def test_the_tray_app_serves_the_control_port_with_the_token(tiny_model_dir, con
     config = tmp_path / "dreamcam.toml"
     config.write_text(
         f'[app]\nmodel = "{tiny_model_dir}"\ntiny_vae = "{tiny_model_dir / "taesd"}"\ndevice = "cpu"\n'
-        f'width = 64\nheight = 64\nsource = "pattern"\nsink = "null"\ncontrol_port = {port}\n')
+        f'source = "pattern"\nsink = "null"\ncontrol_port = {port}\n[stream]\nwidth = 64\nheight = 64\n')
     make_app, initial = app_factory(config)
     first = TrayController(make_app, initial, open_folder=lambda p: None)
     second = TrayController(make_app, initial, open_folder=lambda p: None)

@@ -44,8 +44,9 @@ def tiny_app(tiny_model_dir, config_dir):
     from dreamcam.plugin.pipeline import build_processor
 
     settings = AppSettings(model=str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"), device="cpu",
-                           dtype="float32", engine="eager", width=SIZE, height=SIZE, control_port=0)
-    initial = StreamSettings(prompt="a grey stone wall", strength=0.5, similarity_filter=False, seed=3)
+                           dtype="float32", engine="eager", control_port=0)
+    initial = StreamSettings(prompt="a grey stone wall", strength=0.5, similarity_filter=False, seed=3, width=SIZE,
+                             height=SIZE)
     # a still scene with a fixed seed: once warmed up, the output is one picture until a setting changes
     return DreamcamApp(settings, initial, source=StillCamera(SIZE, SIZE, fps=10), sink=RecordingSink(),
                        processor=build_processor(settings, initial, local_files_only=True))
@@ -182,6 +183,18 @@ def test_the_page_drives_the_running_app_and_shows_what_others_change(tiny_app, 
         assert wait_for(lambda: tiny_app.store.current.paused is True, 15)
         click(browser, "f-paused")
         assert wait_for(lambda: tiny_app.store.current.paused is False, 15)
+
+        # the diffusion size, a live number field; the preview keeps the camera's aspect (the frames' size)
+        width = browser.find_element("id", "f-width")
+        assert width.get_attribute("step") == "8"
+        driver_aspect = "return getComputedStyle(document.documentElement).getPropertyValue('--aspect').trim()"
+        assert browser.execute_script(driver_aspect) == f"{SIZE} / {SIZE}"
+        width.send_keys(Keys.CONTROL, "a")  # typed over, as a user does (clear() would send an empty value)
+        width.send_keys(str(SIZE + 32), Keys.ENTER)
+        assert wait_for(lambda: tiny_app.store.current.width == SIZE + 32, 15)
+        assert wait_for(lambda: tiny_app.runner.history[-1][1]["size"] == (SIZE + 32, SIZE), 30)
+        time.sleep(0.5)  # a preview frame or two at the new diffusion size
+        assert browser.execute_script(driver_aspect) == f"{SIZE} / {SIZE}"
 
         # the status and its graph
         assert wait_for(lambda: text_of(browser, "st-fps_in") not in ("-", "0.0"), 15)

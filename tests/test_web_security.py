@@ -29,9 +29,9 @@ def config_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def app(config_dir):
-    settings = AppSettings(source="pattern", sink="null", width=64, height=64, fps=20, control_port=0,
+    settings = AppSettings(source="pattern", sink="null", fps=20, control_port=0,
                            obs_password=SECRET_PASSWORD)
-    return DreamcamApp(settings, StreamSettings(prompt="a quiet lake"), processor=PassThrough())
+    return DreamcamApp(settings, StreamSettings(prompt="a quiet lake", width=64, height=64), processor=PassThrough())
 
 
 def test_the_token_becomes_an_httponly_strict_cookie_and_leaves_the_address(app, config_dir):
@@ -135,7 +135,7 @@ def test_the_obs_password_never_reaches_the_page(app):
         for text in (state.decode(), schema.decode(), str(hello)):
             assert SECRET_PASSWORD not in text
             assert '"obs_password"' not in text and "'obs_password'" not in text  # not even the field
-        assert hello["app"]["obs_port"] == 4455 and hello["app"]["width"] == 64  # the rest is shown
+        assert hello["app"]["obs_port"] == 4455 and hello["settings"]["width"] == 64  # the rest is shown
 
 
 def test_presets_are_saved_loaded_and_deleted_through_the_preset_store(app, config_dir):

@@ -102,6 +102,7 @@ function onMessage(message) {
       showPresets(message.presets);
       ui.version = -1; // a new connection may be a restarted app, counting from 0 again
       showSettings(message.settings, message.version);
+      if (!$("img-output").dataset.frames) setAspect(message.settings.width, message.settings.height);
       showStatus(message.status);
       break;
     case "settings": showSettings(message.settings, message.version); break;
@@ -116,7 +117,10 @@ function onFrame(bytes) {
   if (!img) return;
   const url = URL.createObjectURL(new Blob([bytes.subarray(1)], { type: "image/jpeg" }));
   const old = img.dataset.url;
-  img.onload = () => { if (old) URL.revokeObjectURL(old); };
+  img.onload = () => {
+    if (old) URL.revokeObjectURL(old);
+    if (img.id === "img-output") setAspect(img.naturalWidth, img.naturalHeight);
+  };
   img.dataset.url = url;
   img.dataset.frames = String(Number(img.dataset.frames || 0) + 1);
   img.src = url;
@@ -324,9 +328,11 @@ function showApp(app) {
     const value = app[field.name];
     list.append(el("dt", { text: field.label }), el("dd", { text: value == null ? "none" : String(value) }));
   }
-  if (app.width && app.height) {
-    document.documentElement.style.setProperty("--aspect", `${app.width} / ${app.height}`);
-  }
+}
+
+// the preview boxes take the output's aspect: its frames' (the camera's size), before the first the stream's
+function setAspect(width, height) {
+  if (width && height) document.documentElement.style.setProperty("--aspect", `${width} / ${height}`);
 }
 
 // ---- presets --------------------------------------------------------------------------------
