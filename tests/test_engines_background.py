@@ -94,6 +94,42 @@ def test_frames_keep_coming_while_a_live_change_compiles_and_then_the_compiled_m
     assert served[0][1] == new_calls[0][1]  # the same signature the background compiled
 
 
+def test_a_live_size_change_compiles_the_new_size_in_the_background_while_the_frames_keep_coming(components,
+                                                                                                 tiny_model_dir):
+    """A new diffusion size is a new signature for all three modules: each compiles on a thread of its
+    own while the eager twins serve frames of the new size (the plain stream's), then the compiled serve."""
+    gate, held = threading.Event(), threading.Event()
+    eager = eager_modules(components)
+    slow = StepModules(*(SlowCompile(fn, gate, held) for fn in (eager.unet, eager.encode, eager.decode)))
+    driver = StreamDriver(StreamDiffusion(components, _config(), modules=live_modules(slow, eager)))
+    plain = StreamDiffusion(load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))),
+                            _config())
+    frames = _frames(8)
+    for f in frames[:2]:
+        np.testing.assert_array_equal(driver(f), plain(f))
+    parts = {"UNet": slow.unet, "image encoder": slow.encode, "image decoder": slow.decode}
+    held.set()
+    driver.update(width=96, height=48)
+    plain.update(width=96, height=48)
+    before = {name: len(part.calls) for name, part in parts.items()}
+    for f in frames[2:5]:  # held compiles: these frames would never come if any ran on this thread
+        out = driver(f)
+        assert out.shape == (48, 96, 3)
+        np.testing.assert_array_equal(out, plain(f))
+    assert background.compiling()
+    for name, part in parts.items():
+        assert [thread for thread, _ in part.calls[before[name]:]] == [f"compile-{name}"], name
+    gate.set()
+    _wait_for_background()
+    for f in frames[5:]:
+        np.testing.assert_array_equal(driver(f), plain(f))
+    here = threading.current_thread().name
+    for name, part in parts.items():
+        served = part.calls[before[name] + 1:]
+        assert len(served) == 3 and all(thread == here for thread, _ in served), name
+        assert served[0][1] == part.calls[before[name]][1]  # the signature the background compiled
+
+
 def test_a_failed_background_compile_leaves_the_eager_module_serving(caplog):
     eager_calls: list[int] = []
 
