@@ -3,7 +3,8 @@
 A compiled-engine stream (1-step img2img at 512x512 on the GPU) runs frames one at a time through the
 app's graph driver, numpy in, numpy out, captured in a CUDA graph. Then a live change arrives that no
 compiled code serves yet: a new size (`size`: 768x512, the core reallocates, the compiled modules meet
-new shapes) or more steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while
+new shapes; `size-default-switch`: 512x768 with Python's own thread switch interval during the compile,
+against the engine's shorter one) or more steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while
 the new shapes compile in the background (engines/background.py) and the eager modules serve them
 uncaptured; once the compile is done the next frame captures the compiled step.
 
@@ -30,9 +31,22 @@ import torch
 from .scenarios import SCENARIOS, frames_for
 from .timing import sync
 
-CHANGES: dict[str, Callable[[int], dict[str, Any]]] = {
-    "size": lambda side: {"width": side + side // 2, "height": side},  # 512 -> 768x512
-    "steps": lambda side: {"t_index_list": [16, 32]},
+
+
+@dataclass(frozen=True)
+class Change:
+    """A live change and the engine options it runs under (EngineConfig overrides)."""
+
+    settings: Callable[[int], dict[str, Any]]  # the stream's side -> the update
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+CHANGES: dict[str, Change] = {
+    "size": Change(lambda side: {"width": side + side // 2, "height": side}),  # 512 -> 768x512
+    # the same pixels in other shapes (nothing compiled yet), with Python's own 5 ms switch interval
+    "size-default-switch": Change(lambda side: {"width": side, "height": side + side // 2},
+                                  (("compile_switch_interval_s", None),)),
+    "steps": Change(lambda side: {"t_index_list": [16, 32]}),
 }
 BEFORE_FRAMES = 60
 AFTER_FRAMES = 60
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from .models import build, components as make_components
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--changes", default="size,steps", help=f"comma-separated: {', '.join(CHANGES)}")
+    ap.add_argument("--changes", default="size,size-default-switch,steps", help=f"comma-separated: {', '.join(CHANGES)}")
     ap.add_argument("--small", action="store_true", help="tiny widths on the CPU: checks the code, not the speed")
     ap.add_argument("--timeout-s", type=float, default=240.0, help="per change: the most to wait for its compile")
     ap.add_argument("--json", help="also write the results here")
@@ -128,12 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     side = 512 if device == "cuda" else 64
     models = build(device, dtype, small=device != "cuda")
     components = make_components(models, device, dtype)
-    config = EngineConfig(geometry=Geometry(side, side))
-    engine = create_engine("compiled", components, config)
-    results = {"engine": engine.name, "device": device, "side": side}
-    for name in names:  # one engine for both: each change meets shapes its compile has not seen
-        results[name] = measure_change(components, engine.modules, CHANGES[name](side), side=side, config=config,
-                                       timeout_s=args.timeout_s)
+    results: dict[str, Any] = {"device": device, "side": side}
+    engines: dict[tuple, Any] = {}  # one engine per set of options; each change meets shapes not compiled yet
+    for name in names:
+        change = CHANGES[name]
+        config = EngineConfig(geometry=Geometry(side, side), **dict(change.options))
+        if change.options not in engines:
+            engines[change.options] = create_engine("compiled", components, config)
+        engine = engines[change.options]
+        results[name] = {"engine": engine.name, "options": dict(change.options),
+                         **measure_change(components, engine.modules, change.settings(side), side=side,
+                                          config=config, timeout_s=args.timeout_s)}
         print(name, json.dumps(results[name]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -14,11 +14,18 @@ ControlNet never stalls the frames either.
 `compiling()` is True while any such compile runs in this process: the graph driver then runs new
 shapes uncaptured and captures them once it is False (no capture while another thread compiles,
 and the capture then records the compiled kernels, not the stand-in).
+
+While a compile runs, the frame thread and the compile thread share Python's GIL. Each kernel launch
+of an eager frame lets the GIL go, and with Python's default 5 ms switch interval getting it back can
+wait for the compiling thread's whole interval: a frame of a thousand launches could take seconds.
+A compile therefore runs with a short switch interval (`switch_interval_s`, EngineConfig's
+`compile_switch_interval_s`), and the process's own interval is back when the last compile ends.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import weakref
 from contextlib import nullcontext
@@ -35,6 +42,7 @@ Call = Callable[..., torch.Tensor]
 
 _lock = threading.Lock()
 _running = 0  # background compiles in this process
+_saved_interval: float | None = None  # the process's switch interval while compiles run with a shorter one
 
 
 def compiling() -> bool:
@@ -55,16 +63,23 @@ def wait_idle(timeout_s: float = 1800.0, poll_s: float = 0.05) -> bool:
     return True
 
 
-def _started() -> None:
-    global _running
+def _started(switch_interval_s: float | None = None) -> None:
+    global _running, _saved_interval
     with _lock:
         _running += 1
+        if switch_interval_s is not None and switch_interval_s < sys.getswitchinterval():
+            if _saved_interval is None:
+                _saved_interval = sys.getswitchinterval()
+            sys.setswitchinterval(switch_interval_s)
 
 
 def _finished() -> None:
-    global _running
+    global _running, _saved_interval
     with _lock:
         _running -= 1
+        if _running == 0 and _saved_interval is not None:
+            sys.setswitchinterval(_saved_interval)
+            _saved_interval = None
 
 
 def _inputs(args: tuple, named: dict) -> tuple[tuple, dict]:
@@ -109,8 +124,9 @@ class LiveCompiled:
     `compile_first` the first signature compiles in the caller's thread (the engine's probe at start)."""
 
     def __init__(self, name: str, compiled: Call, eager: Call, *, on_event: Callable[[str], None] | None = None,
-                 compile_first: bool = True) -> None:
+                 compile_first: bool = True, switch_interval_s: float | None = None) -> None:
         self.name = name
+        self.switch_interval_s = switch_interval_s  # Python's thread switch interval while it compiles
         self.compiled, self.eager = compiled, eager
         self.compile_first = compile_first
         self.on_event = on_event or (lambda text: log.info("%s", text))
@@ -146,7 +162,7 @@ class LiveCompiled:
                       "background; the eager module serves the frames until it is ready")
         device = tensors[0].device if tensors else torch.device("cpu")
         meta = pytree.tree_map(_meta, _inputs(args, named))
-        _started()
+        _started(self.switch_interval_s)
         threading.Thread(target=self._compile, args=(sig, meta, device), name=f"compile-{self.name}",
                          daemon=True).start()
 
@@ -180,7 +196,8 @@ class LiveHalves:
 
 
 def live_controlnets(compiled: Callable[[Any], Call], eager: Callable[[Any], Call],
-                     on_event: Callable[[str], None] | None = None) -> Callable[[Any], Call]:
+                     on_event: Callable[[str], None] | None = None,
+                     switch_interval_s: float | None = None) -> Callable[[Any], Call]:
     """The engine's ControlNet factory with each net's compiled call behind a `LiveCompiled`: a net
     attached live compiles in the background from its first call."""
     made: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a dropped net is not kept alive
@@ -188,18 +205,20 @@ def live_controlnets(compiled: Callable[[Any], Call], eager: Callable[[Any], Cal
     def make(net: Any) -> Call:
         if net not in made:
             fast = compiled(net)  # first: the compiled factory retunes the net (precision, layout) for both
-            made[net] = LiveCompiled("ControlNet", fast, eager(net), on_event=on_event, compile_first=False)
+            made[net] = LiveCompiled("ControlNet", fast, eager(net), on_event=on_event, compile_first=False,
+                                     switch_interval_s=switch_interval_s)
         return made[net]
 
     return make
 
 
-def live_modules(compiled: StepModules, eager: StepModules,
-                 on_event: Callable[[str], None] | None = None) -> StepModules:
+def live_modules(compiled: StepModules, eager: StepModules, on_event: Callable[[str], None] | None = None,
+                 switch_interval_s: float | None = None) -> StepModules:
     """Each compiled module behind a `LiveCompiled` with its eager twin; the ones first used after the
     start (ControlNets, the UNet halves beside them) compile in the background from their first call."""
     def live(name: str, fast: Call, slow: Call, *, at_start: bool = True) -> LiveCompiled:
-        return LiveCompiled(name, fast, slow, on_event=on_event, compile_first=at_start)
+        return LiveCompiled(name, fast, slow, on_event=on_event, compile_first=at_start,
+                            switch_interval_s=switch_interval_s)
 
     halves = None
     if compiled.unet_halves is not None and eager.unet_halves is not None:
@@ -208,5 +227,5 @@ def live_modules(compiled: StepModules, eager: StepModules,
     return StepModules(unet=live("UNet", compiled.unet, eager.unet),
                        encode=live("image encoder", compiled.encode, eager.encode),
                        decode=live("image decoder", compiled.decode, eager.decode),
-                       controlnet=live_controlnets(compiled.controlnet, eager.controlnet, on_event),
+                       controlnet=live_controlnets(compiled.controlnet, eager.controlnet, on_event, switch_interval_s),
                        unet_halves=halves)

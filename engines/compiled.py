@@ -143,7 +143,7 @@ def compile_modules(modules: StepModules, config: EngineConfig, dtype: torch.dty
                         decode=fast(modules.decode, "decode"), controlnet=controlnet,
                         unet_halves=CompiledHalves(fast(halves.down), fast(halves.up)) if halves is not None else None)
     if config.background_compile:
-        inner = live_modules(inner, modules)
+        inner = live_modules(inner, modules, switch_interval_s=config.compile_switch_interval_s)
     # The encoder keeps the stream's layout unless told otherwise: its uint8 NHWC frames permuted
     # are channels_last already. The up half's state comes from the compiled down half, its residuals
     # from the compiled ControlNets: their layouts are the same every frame (one compilation).

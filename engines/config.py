@@ -74,6 +74,9 @@ class EngineConfig:
     # on a thread of their own while the eager modules serve (background.py), so the output keeps flowing;
     # off: they compile on the frame thread (the output waits, for a minute at a time)
     background_compile: bool = True
+    # Python's thread switch interval while such a compile runs (the default is 5 ms): the frame thread gets
+    # the GIL back sooner after each kernel launch (background.py); None leaves the process's own
+    compile_switch_interval_s: float | None = 2e-4
     # the UNet, encoder and decoder as AOTInductor packages in the engine cache (aot.py): a later start
     # loads them without Dynamo's tracing; a changed structure (LoRA, IP-Adapter) uses torch.compile
     aot: bool = False
@@ -96,6 +99,8 @@ class EngineConfig:
             raise ValueError(f"autotune_search must be one of {', '.join(AUTOTUNE_SEARCHES)}, got {self.autotune_search!r}")
         if self.compile_threads < 0:
             raise ValueError(f"compile_threads must be 0 (Inductor's default) or more, got {self.compile_threads}")
+        if self.compile_switch_interval_s is not None and not self.compile_switch_interval_s > 0:
+            raise ValueError(f"compile_switch_interval_s must be above 0 or None, got {self.compile_switch_interval_s}")
         if self.compile_scope not in COMPILE_SCOPES:
             raise ValueError(f"compile_scope must be one of {', '.join(COMPILE_SCOPES)}, got {self.compile_scope!r}")
 

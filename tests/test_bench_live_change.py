@@ -6,6 +6,7 @@ import pytest
 
 from bench.live_change import CHANGES, Timeline
 from bench.scenarios import SCENARIOS
+from dreamcam.engines import EngineConfig
 
 
 def test_gaps_and_rates_come_from_the_frames_of_each_phase() -> None:
@@ -23,5 +24,6 @@ def test_gaps_and_rates_come_from_the_frames_of_each_phase() -> None:
 @pytest.mark.parametrize("name", sorted(CHANGES))
 def test_each_change_is_a_valid_live_update_of_new_shapes(name: str) -> None:
     config = SCENARIOS["img2img-1step-512"].stream_config()
-    changed = config.replace(**CHANGES[name](512))
+    changed = config.replace(**CHANGES[name].settings(512))
     assert (changed.width, changed.height, changed.num_steps) != (config.width, config.height, config.num_steps)
+    EngineConfig(**dict(CHANGES[name].options))  # options the engine takes
