@@ -96,18 +96,19 @@ def measure_change(components: Any, modules: Any, change: dict[str, Any], *, sid
     t_change = time.perf_counter()
     driver.update(**change)
     first_after = len(line.times)
-    t_compiled = None
-    i = 0
-    after = 0
-    while after < AFTER_FRAMES and time.perf_counter() - t_change < timeout_s:
-        busy = compiling()
+    busy: list[bool] = []  # per frame after the change: a background compile ran before or after it
+    i, quiet = 0, 0
+    while quiet < AFTER_FRAMES and time.perf_counter() - t_change < timeout_s:
+        was = compiling()
         driver(host[i % len(host)])
         i += 1
-        if t_compiled is None and not busy and not compiling() and i > 1:
-            t_compiled = time.perf_counter()
-        phase = "during" if t_compiled is None else "after"
-        after += phase == "after"
-        line.add(phase)
+        busy.append(was or compiling() or i == 1)
+        quiet = 0 if busy[-1] else quiet + 1
+        line.add("pending")
+    last_busy = max((k for k, b in enumerate(busy) if b), default=-1)
+    for k in range(len(busy)):  # "during": up to the last frame a compile ran beside; "after": the rest
+        line.phases[first_after + k] = "during" if k <= last_busy else "after"
+    t_compiled = line.times[first_after + last_busy] if 0 <= last_busy < len(busy) - 1 else None
     sync()
     status = driver.graph_status()
     result = {
@@ -115,7 +116,7 @@ def measure_change(components: Any, modules: Any, change: dict[str, Any], *, sid
         "compile_s": round(t_compiled - t_change, 2) if t_compiled is not None else None,
         "gap_ms": line.gaps_ms(first_after - 1), "gap_before_ms": line.gaps_ms(1, first_after),
         "fps_before": line.fps("before"), "fps_during": line.fps("during"), "fps_after": line.fps("after"),
-        "graph_error": status.error, "lanes_captured": status.lanes, "finished": after >= AFTER_FRAMES,
+        "graph_error": status.error, "lanes_captured": status.lanes, "finished": quiet >= AFTER_FRAMES,
         "stream": {"width": stream.config.width, "height": stream.config.height, "steps": stream.num_steps},
     }
     driver.close()
