@@ -97,7 +97,8 @@ def cast_modules(modules: StepModules, compute: torch.dtype, io: torch.dtype) ->
     return StepModules(unet=_cast(modules.unet, compute, io), encode=_cast(modules.encode, compute, io),
                        decode=_cast(modules.decode, compute, io),
                        controlnet=lambda net: _cast_many(factory(net), compute, io),
-                       unet_halves=CastHalves(halves, compute, io) if halves is not None else None)
+                       unet_halves=CastHalves(halves, compute, io) if halves is not None else None,
+                       fits=modules.fits)
 
 
 def controlnet_factory(config: EngineConfig, dtype: torch.dtype,
