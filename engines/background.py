@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 Call = Callable[..., torch.Tensor]
 
 _lock = threading.Lock()
+# One background compile at a time: Dynamo and FX keep their "tracing now" flags process-wide, so a
+# compile starting while another thread traces fails ("FX to symbolically trace a dynamo-optimized
+# function", seen on the H200 when a size change started the UNet's, encoder's and decoder's at once)
+_one_compile = threading.Lock()
 _running = 0  # background compiles in this process
 _saved_interval: float | None = None  # the process's switch interval while compiles run with a shorter one
 
@@ -169,7 +173,7 @@ class LiveCompiled:
     def _compile(self, sig: Hashable, meta: tuple, device: torch.device) -> None:
         try:
             side = torch.cuda.Stream(device) if device.type == "cuda" else None
-            with torch.no_grad(), (torch.cuda.stream(side) if side is not None else nullcontext()):
+            with _one_compile, torch.no_grad(), (torch.cuda.stream(side) if side is not None else nullcontext()):
                 args, named = pytree.tree_map(_example, meta)
                 self.compiled(*args, **named)
                 if side is not None:

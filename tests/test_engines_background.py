@@ -97,7 +97,8 @@ def test_frames_keep_coming_while_a_live_change_compiles_and_then_the_compiled_m
 def test_a_live_size_change_compiles_the_new_size_in_the_background_while_the_frames_keep_coming(components,
                                                                                                  tiny_model_dir):
     """A new diffusion size is a new signature for all three modules: each compiles on a thread of its
-    own while the eager twins serve frames of the new size (the plain stream's), then the compiled serve."""
+    own, one after the other, while the eager twins serve frames of the new size (the plain stream's),
+    then the compiled serve."""
     gate, held = threading.Event(), threading.Event()
     eager = eager_modules(components)
     slow = StepModules(*(SlowCompile(fn, gate, held) for fn in (eager.unet, eager.encode, eager.decode)))
@@ -117,10 +118,12 @@ def test_a_live_size_change_compiles_the_new_size_in_the_background_while_the_fr
         assert out.shape == (48, 96, 3)
         np.testing.assert_array_equal(out, plain(f))
     assert background.compiling()
-    for name, part in parts.items():
-        assert [thread for thread, _ in part.calls[before[name]:]] == [f"compile-{name}"], name
+    started = [name for name, part in parts.items() if len(part.calls) > before[name]]
+    assert len(started) == 1, started  # one compile at a time (Dynamo's tracing flags are process-wide)
     gate.set()
     _wait_for_background()
+    for name, part in parts.items():
+        assert part.calls[before[name]][0] == f"compile-{name}", name  # each compiled on its own thread
     for f in frames[5:]:
         np.testing.assert_array_equal(driver(f), plain(f))
     here = threading.current_thread().name
@@ -233,11 +236,14 @@ def test_a_controlnet_attached_live_compiles_in_the_background_with_the_unet_hal
         np.testing.assert_array_equal(driver(f), plain(f))
     assert background.compiling()
     here = threading.current_thread().name
-    for compiled in (nets[0], slow_halves.down, slow_halves.up):
-        assert compiled.calls and all(name != here for name, _ in compiled.calls)  # only compile threads ran them
+    parts = (nets[0], slow_halves.down, slow_halves.up)
+    assert sum(bool(compiled.calls) for compiled in parts) == 1  # one compile at a time, the others queued
+    assert all(name != here for compiled in parts for name, _ in compiled.calls)  # never on the frame thread
 
     gate.set()
     _wait_for_background()
+    for compiled in parts:
+        assert compiled.calls[0][0].startswith("compile-")  # each compiled on a thread of its own
     for f in frames[4:]:
         np.testing.assert_array_equal(driver(f), plain(f))
     for compiled in (nets[0], slow_halves.down, slow_halves.up):

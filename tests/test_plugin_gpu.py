@@ -80,11 +80,12 @@ def test_a_live_size_change_under_the_compiled_engine_keeps_frames_coming_and_ca
         written = sink.count()
         assert wait_for(lambda: sink.count() >= written + 30, timeout=60)
         status = app.runner.status()
+        lanes, shape = graphed.active_lanes, processor.stream.shape_key  # before the stop releases the graphs
     finally:
         assert app.stop()
     assert status.error == "" and status.graph == ""
     assert graphed.capture_error is None and processor.driver.graph_status().error is None
-    assert graphed.active_lanes == 1 and processor.stream.shape_key[4:6] == (48, 96)  # captured at the new size
+    assert lanes == 1 and shape[4:6] == (48, 96)  # captured at the new size
     assert all(meta["size"] == (96, 48) for _, meta in list(app.runner.history) if meta["settings_version"] >= version)
     assert all(image.shape == (64, 64, 3) for _, image in sink.frames)
     assert dreamcam_threads() == []
