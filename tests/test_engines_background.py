@@ -62,13 +62,19 @@ def _wait_for_background(limit_s: float = 120) -> None:
     assert not background.compiling()
 
 
-def test_frames_keep_coming_while_a_live_change_compiles_and_then_the_compiled_module_serves(components, tiny_model_dir):
+def _held_stream(components, tiny_model_dir):
+    """(gate, held, the held "compiles", a driver over live modules with them, a plain stream to compare)."""
     gate, held = threading.Event(), threading.Event()
     eager = eager_modules(components)
     slow = StepModules(*(SlowCompile(fn, gate, held) for fn in (eager.unet, eager.encode, eager.decode)))
     driver = StreamDriver(StreamDiffusion(components, _config(), modules=live_modules(slow, eager)))
     plain = StreamDiffusion(load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))),
                             _config())
+    return gate, held, slow, driver, plain
+
+
+def test_frames_keep_coming_while_a_live_change_compiles_and_then_the_compiled_module_serves(components, tiny_model_dir):
+    gate, held, slow, driver, plain = _held_stream(components, tiny_model_dir)
     frames = _frames(9)
     for f in frames[:2]:  # the start: the first signature compiles in the frame thread
         np.testing.assert_array_equal(driver(f), plain(f))
@@ -99,12 +105,7 @@ def test_a_live_size_change_compiles_the_new_size_in_the_background_while_the_fr
     """A new diffusion size is a new signature for all three modules: each compiles on a thread of its
     own, one after the other, while the eager twins serve frames of the new size (the plain stream's),
     then the compiled serve."""
-    gate, held = threading.Event(), threading.Event()
-    eager = eager_modules(components)
-    slow = StepModules(*(SlowCompile(fn, gate, held) for fn in (eager.unet, eager.encode, eager.decode)))
-    driver = StreamDriver(StreamDiffusion(components, _config(), modules=live_modules(slow, eager)))
-    plain = StreamDiffusion(load_components(ModelSpec(str(tiny_model_dir), tiny_vae=str(tiny_model_dir / "taesd"))),
-                            _config())
+    gate, held, slow, driver, plain = _held_stream(components, tiny_model_dir)
     frames = _frames(8)
     for f in frames[:2]:
         np.testing.assert_array_equal(driver(f), plain(f))
