@@ -4,7 +4,7 @@ A compiled-engine stream (1-step img2img at 512x512 on the GPU) runs frames one 
 app's graph driver, numpy in, numpy out, captured in a CUDA graph. Then a live change arrives that no
 compiled code serves yet: a new size (`size`: 768x512, the core reallocates, the compiled modules meet
 new shapes; `size-default-switch`: 512x768 with Python's own thread switch interval during the compile,
-against the engine's shorter one) or more steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while
+against the engine's shorter one; `size-fine-switch`: 640x512 with a 4x shorter one still) or more steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while
 the new shapes compile in the background (engines/background.py) and the eager modules serve them
 uncaptured; once the compile is done the next frame captures the compiled step.
 
@@ -46,6 +46,9 @@ CHANGES: dict[str, Change] = {
     # the same pixels in other shapes (nothing compiled yet), with Python's own 5 ms switch interval
     "size-default-switch": Change(lambda side: {"width": side, "height": side + side // 2},
                                   (("compile_switch_interval_s", None),)),
+    # another new shape with a 4x shorter interval than the engine's (the next step of that A/B)
+    "size-fine-switch": Change(lambda side: {"width": side + side // 4, "height": side},
+                               (("compile_switch_interval_s", 5e-5),)),
     "steps": Change(lambda side: {"t_index_list": [16, 32]}),
 }
 BEFORE_FRAMES = 60
