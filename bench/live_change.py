@@ -4,9 +4,10 @@ A compiled-engine stream (1-step img2img at 512x512 on the GPU) runs frames one 
 app's graph driver, numpy in, numpy out, captured in a CUDA graph. Then a live change arrives that no
 compiled code serves yet: a new size (`size`: 768x512, the core reallocates, the compiled modules meet
 new shapes; `size-default-switch`: 512x768 with Python's own thread switch interval during the compile,
-against the engine's shorter one; `size-fine-switch`: 640x512 with a 4x shorter one still) or more steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while
-the new shapes compile in the background (engines/background.py) and the eager modules serve them
-uncaptured; once the compile is done the next frame captures the compiled step.
+against the engine's shorter one; `size-fine-switch`: 640x512 with a 4x shorter one still) or more
+steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while the new shapes
+compile in the background (engines/background.py) and the eager modules serve them uncaptured; once
+the compile is done the next frame captures the compiled step.
 
 Reported per change, from the time each frame came out: the median and longest gap between two
 frames out (the longest is what a virtual camera would show as a stall), fps before the change, while
