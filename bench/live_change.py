@@ -6,8 +6,8 @@ compiled code serves yet: a new size (`size`: 768x512, the core reallocates, the
 new shapes; `size-default-switch`: 512x768 with Python's own thread switch interval during the compile,
 against the engine's shorter one; `size-fine-switch`: 640x512 with a 4x shorter one still) or more
 steps (`steps`: 2 steps, the UNet batch doubles). Frames keep being submitted while the new shapes
-compile in the background (engines/background.py) and the eager modules serve them uncaptured; once
-the compile is done the next frame captures the compiled step.
+compile in the background (engines/background.py) and the eager modules serve them, captured in a
+graph of their own; once the compile is done the next frame captures the compiled step.
 
 Reported per change, from the time each frame came out: the median and longest gap between two
 frames out (the longest is what a virtual camera would show as a stall), fps before the change, while
@@ -121,6 +121,7 @@ def measure_change(components: Any, modules: Any, change: dict[str, Any], *, sid
         "gap_ms": line.gaps_ms(first_after - 1), "gap_before_ms": line.gaps_ms(1, first_after),
         "fps_before": line.fps("before"), "fps_during": line.fps("during"), "fps_after": line.fps("after"),
         "graph_error": status.error, "lanes_captured": status.lanes, "finished": quiet >= AFTER_FRAMES,
+        "stand_in_captures": driver.graphed.stand_in_captures,
         "stream": {"width": stream.config.width, "height": stream.config.height, "steps": stream.num_steps},
     }
     driver.close()

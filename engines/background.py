@@ -11,9 +11,13 @@ Modules first used after the start (a ControlNet attached live, and the UNet's t
 beside it) compile in the background from their first call (`compile_first=False`): attaching a
 ControlNet never stalls the frames either.
 
-`compiling()` is True while any such compile runs in this process: the graph driver then runs new
-shapes uncaptured and captures them once it is False (no capture while another thread compiles,
-and the capture then records the compiled kernels, not the stand-in).
+`compiling()` is True while any such compile runs (or waits to start) in this process. The graph
+driver captures the step that meets new shapes with the eager stand-ins inside `held()`: compiles
+asked for in the block start when it ends, so no compile thread touches the device during the
+capture (another thread's device synchronisation invalidates a capture on the same GPU). That
+stand-in graph serves the frames while the compile runs; once `compiling()` is False the driver
+captures the compiled step. A capture needed while a compile already runs waits for it (frames
+uncaptured meanwhile).
 
 While a compile runs, the frame thread and the compile thread share Python's GIL. Each kernel launch
 of an eager frame lets the GIL go, and with Python's default 5 ms switch interval getting it back can
@@ -28,9 +32,9 @@ import logging
 import sys
 import threading
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterator
 
 import torch
 from torch.utils import _pytree as pytree
@@ -47,11 +51,39 @@ _lock = threading.Lock()
 _one_compile = threading.Lock()
 _running = 0  # background compiles in this process
 _saved_interval: float | None = None  # the process's switch interval while compiles run with a shorter one
+_holds = 0  # open `held()` blocks
+_queued: list[threading.Thread] = []  # compile threads asked for inside them, started when the last ends
 
 
 def compiling() -> bool:
     with _lock:
         return _running > 0
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Compile threads asked for inside this block start when it ends (the outermost, if nested)."""
+    global _holds
+    with _lock:
+        _holds += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _holds -= 1
+            ready = _queued[:] if _holds == 0 else []
+            if ready:
+                _queued.clear()
+        for thread in ready:
+            thread.start()
+
+
+def _launch(thread: threading.Thread) -> None:
+    with _lock:
+        if _holds:
+            _queued.append(thread)
+            return
+    thread.start()
 
 
 def wait_idle(timeout_s: float = 1800.0, poll_s: float = 0.05) -> bool:
@@ -167,8 +199,8 @@ class LiveCompiled:
         device = tensors[0].device if tensors else torch.device("cpu")
         meta = pytree.tree_map(_meta, _inputs(args, named))
         _started(self.switch_interval_s)
-        threading.Thread(target=self._compile, args=(sig, meta, device), name=f"compile-{self.name}",
-                         daemon=True).start()
+        _launch(threading.Thread(target=self._compile, args=(sig, meta, device), name=f"compile-{self.name}",
+                                 daemon=True))
 
     def _compile(self, sig: Hashable, meta: tuple, device: torch.device) -> None:
         try:

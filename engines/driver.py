@@ -69,7 +69,7 @@ class StreamDriver:
         # dropped driver frees its graphs at once instead of in a later garbage collection
         self.graphed = GraphedStep(_step_fn(stream, config), lambda: stream.shape_key, device=stream.device,
                                    lanes=lanes, stateless_fn=lambda: stream.stateless, state_fn=stream.step_state,
-                                   defer_fn=background.compiling)
+                                   compiles=background)
 
     @property
     def lanes(self) -> int:

@@ -16,6 +16,13 @@ capture is then invalidated), so garbage is collected before and collection is o
 capture; other threads' CUDA calls do not invalidate it (capture_error_mode "thread_local"). A
 failed capture is retried once after a full synchronize; if it still fails the step runs
 uncaptured and `status()` says so, with the one message the app shows (`uncaptured_message`).
+
+With background compiles (`compiles`, engines/background.py), a step that meets new shapes is
+captured with the eager stand-ins that serve them, inside `compiles.held()` (no compile thread
+touches the device during the capture); that stand-in graph replays until `compiles.compiling()`
+is False, and the next frame captures the compiled step in its place. A replay needs Python a few
+times a frame, the eager step about a thousand: beside a compiling thread that is the difference
+between tens of frames a second and a few.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ import gc
 import logging
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Callable, ContextManager, Generic, Hashable, Iterator, Protocol, TypeVar
 
 import torch
 
@@ -43,12 +50,30 @@ def uncaptured_message(reason: str) -> str:
     return (f"the stream runs without a CUDA graph ({UNCAPTURED_SLOWDOWN} slower): capture failed: {reason}")
 
 
-WAITING = ("compiling the new shapes in the background: frames run without a CUDA graph (slower) until "
+WAITING = ("compiling the new shapes in the background: the eager modules serve the frames (slower) until "
            "they are ready")
 
 
-class _Deferred(Exception):
-    """A capture put off until a background compile is done (engines/background.py)."""
+class Compiles(Protocol):
+    """Background compiles of new shapes (the module engines/background.py is one)."""
+
+    def compiling(self) -> bool:
+        """True while a compile runs or waits to start."""
+
+    def held(self) -> ContextManager[None]:
+        """A block in which no compile starts (those asked for start when it ends)."""
+
+
+class NoCompiles:
+    """Nothing compiles in the background (eager steps, TensorRT, tests)."""
+
+    @staticmethod
+    def compiling() -> bool:
+        return False
+
+    @staticmethod
+    def held() -> ContextManager[None]:
+        return nullcontext()
 
 
 @dataclass(frozen=True)
@@ -58,7 +83,7 @@ class GraphStatus:
     applies: bool
     lanes: int = 0  # lanes captured for the current shape (0: not captured yet, or failed)
     error: str | None = None  # why the capture failed (the step then runs uncaptured)
-    waiting: bool = False  # new shapes compile in the background: uncaptured until they are ready
+    waiting: bool = False  # new shapes compile in the background: the eager stand-ins serve until they are ready
 
     @property
     def message(self) -> str:
@@ -192,7 +217,7 @@ class GraphedStep:
         lanes: int = 1,
         stateless_fn: Callable[[], bool] | None = None,
         state_fn: Callable[[], list[torch.Tensor]] | None = None,
-        defer_fn: Callable[[], bool] | None = None,
+        compiles: Compiles | None = None,
         keep: int = 2,
     ) -> None:
         if not 1 <= lanes <= 4:
@@ -205,14 +230,14 @@ class GraphedStep:
         self.n_slots = max(slots, lanes)
         self.stateless_fn = stateless_fn or (lambda: False)
         self.state_fn = state_fn  # the step's persistent state: restored after warm-up, so capture has no side effect
-        # True while a new capture must wait (a module compiles new shapes in the background): the
-        # step then runs uncaptured, and the capture happens at the first frame after it is False
-        self.defer_fn = defer_fn or (lambda: False)
-        self.captures = 0
+        self.compiles: Compiles = compiles or NoCompiles()
+        self.captures = 0  # of the step as it will run (compiled modules, where they compile)
+        self.stand_in_captures = 0  # of the eager stand-ins, while new shapes compiled in the background
         self.failures = 0  # capture attempts that failed (each retried once)
         self.capture_error: str | None = None  # set when capture failed: frames then run uncaptured
         self.timings: dict[str, float] = {}  # the last capture: warmup_s (first calls: compiles, autotuning), capture_s
-        self._waiting = False  # the current shape waits for a background compile (see defer_fn)
+        self._waiting = False  # the current shape waits for a background compile (see `compiles`)
+        self._stand_in = False  # the current graph holds eager stand-ins for modules still compiling
         self._failed_key: Hashable = None
         self._failed_reason: str | None = None  # why the capture of _failed_key failed
         self._key: Hashable = object()
@@ -245,30 +270,31 @@ class GraphedStep:
         current = torch.cuda.current_stream(self.device)
         start = time.perf_counter()
         try:
-            for stream in streams:
-                side = stream or torch.cuda.Stream(self.device)
-                side.wait_stream(current)
-                with torch.cuda.stream(side):
-                    for _ in range(self.warmup):
-                        self.step_fn(static_in)
-                current.wait_stream(side)
-            torch.cuda.synchronize(self.device)
-            if self.defer_fn():  # the warm-up met new shapes that now compile in the background
-                raise _Deferred
-            warmed = time.perf_counter()
-            with _collector_paused():
-                lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
-                         for i, stream in enumerate(streams)]
+            with self.compiles.held():  # compiles the warm-up asks for start after the capture
+                for stream in streams:
+                    side = stream or torch.cuda.Stream(self.device)
+                    side.wait_stream(current)
+                    with torch.cuda.stream(side):
+                        for _ in range(self.warmup):
+                            self.step_fn(static_in)
+                    current.wait_stream(side)
+                torch.cuda.synchronize(self.device)
+                stand_in = self.compiles.compiling()  # the warm-up met new shapes: eager stand-ins serve them
+                warmed = time.perf_counter()
+                with _collector_paused():
+                    lanes = [self._capture_lane(static_in if i == 0 else static_in.clone(), stream)
+                             for i, stream in enumerate(streams)]
             self.timings = {"warmup_s": warmed - start, "capture_s": time.perf_counter() - warmed}
         finally:  # warm-up steps must not count as frames, whether or not the capture worked
             with torch.inference_mode():  # also allows in-place writes to inference-mode state tensors
                 for tensor, value in zip(state, saved):
                     tensor.copy_(value)
-        self._lanes = lanes
+        self._lanes, self._stand_in = lanes, stand_in
         self._key = (self.shape_key_fn(), tuple(first.shape))
         self._slots = [_Slot(None, torch.cuda.Event()) for _ in range(self.n_slots)]
         self._next = 0
-        self.captures += 1
+        self.captures += not stand_in
+        self.stand_in_captures += stand_in
 
     def _capture_lane(self, static_in: torch.Tensor, stream: torch.cuda.Stream | None) -> _Lane:
         """A private memory pool per lane, and each lane captured on its own stream: PyTorch keys
@@ -295,15 +321,14 @@ class GraphedStep:
                     self._capture(first, n_lanes)
                     self.capture_error = None
                     return True
-                except _Deferred:  # not a failure: captured at the first frame after the compile
-                    self._release()
-                    return False
                 except Exception as exc:  # noqa: BLE001 - a step that cannot be captured still runs eagerly
                     self.failures += 1
                     self._release()
                     _synchronize_quietly(self.device)
                     reason = f"{type(exc).__name__}: {str(exc)[:200]}"
                     log.warning("capturing %d lane(s) failed (attempt %d of 2): %s", n_lanes, attempt, reason)
+                    if self.compiles.compiling():  # its compiles run now: try again once they are done
+                        return False
         log.warning("%s", uncaptured_message(reason))
         self.capture_error = self._failed_reason = reason
         self._failed_key = key
@@ -311,14 +336,17 @@ class GraphedStep:
 
     def _release(self) -> None:
         """Drop the current graphs (their memory pools go back to the allocator) outside any capture."""
-        self._lanes, self._slots = [], []
+        self._lanes, self._slots, self._stand_in = [], [], False
 
     def _stash(self) -> None:
-        """Keep the current capture for its key (dropping the least recently used beyond `keep`)."""
-        if self._lanes:
+        """Keep the current capture for its key (dropping the least recently used beyond `keep`); a
+        graph of stand-ins is dropped (its frames in flight done first): the compiled one replaces it."""
+        if self._lanes and self._stand_in:
+            self._wait_slots(self._slots)
+        elif self._lanes:
             for dropped in self._kept.put(self._key, _Capture(self._lanes, self._slots)):
                 self._wait_slots(dropped.slots)
-            self._release()
+        self._release()
 
     def _take_up(self, key: Hashable) -> bool:
         """Replay a kept capture of `key` from now on (no capture); False when none is kept."""
@@ -328,6 +356,7 @@ class GraphedStep:
         self._stash()
         self._lanes, self._slots, self._key, self._next = kept.lanes, kept.slots, key, 0
         self.capture_error = None  # this key's graphs replay (another key's capture may have failed)
+        self._waiting = False  # kept captures are of compiled steps (stand-ins are never kept)
         self.switches += 1
         return True
 
@@ -358,12 +387,14 @@ class GraphedStep:
         if self._failed_reason is not None and self._failed_key == key:
             self.capture_error = self._failed_reason
             return self._run_uncaptured(frames, to_host)
+        if self._stand_in and self._key == key and not self.compiles.compiling():
+            self._stash()  # the compiled modules are ready: capture them in place of the stand-ins
         if (not self._lanes or self._key != key) and not self._take_up(key):
-            if self.defer_fn():  # new shapes compile in the background: uncaptured until they are ready
+            if self.compiles.compiling():  # a compile thread runs: a capture now could be invalidated
                 self._waiting = True
                 return self._run_uncaptured(frames, to_host)
             captured = self._try_capture(frames)
-            self._waiting = not captured and self.capture_error is None  # put off, not failed
+            self._waiting = self._stand_in or (not captured and self.capture_error is None)  # put off, not failed
             if not captured:
                 return self._run_uncaptured(frames, to_host)
         slot, lane = self._next_slot()

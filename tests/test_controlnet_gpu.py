@@ -126,9 +126,11 @@ def test_compiled_engine_compiles_the_controlnet_and_captures_the_step(comps, pa
     driver = StreamDriver(StreamDiffusion(comps, _cfg(), modules=engine.modules))
     driver.set_controlnets(_stack(parts, 2))
     got = [driver(f) for f in frames]
-    if background_compile:  # those frames came from the eager nets and halves; the compiled step captures after
+    if background_compile:  # those frames came from the eager nets and halves, in a graph; then the compiled step's
+        assert driver.graphed.stand_in_captures == 1 and driver.graph_status().lanes == 1
+        assert driver.graph_status().waiting
         assert background.wait_idle(600)
-        got = [driver(f) for f in frames]
+        got, want = [driver(f) for f in frames] + got, want * 2
     assert driver.graph_status().error is None and driver.graphed.captures == 1
     for g, w in zip(got, want):
         diff = np.abs(g.astype(np.int16) - w.astype(np.int16))

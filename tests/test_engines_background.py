@@ -154,6 +154,22 @@ def test_a_failed_background_compile_leaves_the_eager_module_serving(caplog):
     assert "inductor failed" in caplog.text
 
 
+def test_a_compile_asked_for_inside_held_starts_only_when_the_block_ends():
+    # the graph driver captures the eager stand-ins inside `held()`: a compile thread touching the
+    # device during that capture would invalidate it (a device synchronisation from any thread does)
+    ran = threading.Event()
+    live = LiveCompiled("UNet", lambda x: ran.set() or x + 1, lambda x: x + 1, on_event=lambda text: None,
+                        compile_first=False)
+    with background.held():
+        with background.held():  # nested: the outermost block decides
+            assert live(torch.zeros(2)).tolist() == [1, 1]  # the eager stand-in answers at once
+        assert background.compiling()  # asked for, waiting: the driver treats it as running
+        time.sleep(0.3)
+        assert not ran.is_set()
+    assert ran.wait(30)
+    _wait_for_background()
+
+
 def test_the_status_says_while_new_shapes_compile_and_a_failure_still_wins():
     from dreamcam.engines.graphed import WAITING, GraphStatus
 
