@@ -17,10 +17,7 @@ asked for in the block start when it ends, so no compile thread touches the devi
 capture (another thread's device synchronisation invalidates a capture on the same GPU). That
 stand-in graph serves the frames while the compile runs; once `compiling()` is False the driver
 captures the compiled step. A capture needed while a compile already runs waits for it (frames
-uncaptured meanwhile). The stand-ins' calls inside `held()` run with cuDNN's benchmark mode off: it
-would time every algorithm of each new convolution shape first (2.0 of the 2.3 s the first frame of
-a new size took on the H200, 0.5 s with it off, for kernels about 11% slower per pixel; run 12). The
-flag is process-wide, and inside `held()` with compiles waiting no other thread runs device work.
+uncaptured meanwhile).
 
 While a compile runs, the frame thread and the compile thread share Python's GIL. Each kernel launch
 of an eager frame lets the GIL go, and with Python's default 5 ms switch interval getting it back can
@@ -79,21 +76,6 @@ def held() -> Iterator[None]:
                 _queued.clear()
         for thread in ready:
             thread.start()
-
-
-@contextmanager
-def _stand_in_flags() -> Iterator[None]:
-    """cuDNN's heuristics instead of its benchmark for a stand-in call inside `held()` (see above)."""
-    with _lock:
-        applies = _holds > 0 and _running > 0
-    if not applies or not torch.backends.cudnn.benchmark:
-        yield
-        return
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = True
 
 
 def _launch(thread: threading.Thread) -> None:
@@ -197,18 +179,14 @@ class LiveCompiled:
         if ready and not compiling():  # no compiled call while another thread traces: Dynamo's and FX's
             return self.compiled(*args, **named)  # tracing flags are process-wide (seen on the H200)
         if ready:
-            return self._stand_in(args, named)
+            return self.eager(*args, **named)
         if first:  # the engine's probe at start: compile here (start-up shows its progress)
             out = self.compiled(*args, **named)
             with self._guard:
                 self._ready.add(sig)
             return out
         self._start(sig, args, named)
-        return self._stand_in(args, named)
-
-    def _stand_in(self, args: tuple, named: dict) -> torch.Tensor:
-        with _stand_in_flags():
-            return self.eager(*args, **named)
+        return self.eager(*args, **named)
 
     def _start(self, sig: Hashable, args: tuple, named: dict) -> None:
         with self._guard:
